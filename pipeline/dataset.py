@@ -1,0 +1,303 @@
+"""The canonical dataset directory: written by every ingest path, read by every later stage.
+
+    python cli.py ingest movielens ../shared/datasets/ml-100k data/ml-100k
+
+Layout of DATASET/ (all arrays are plain .npy, so later stages can memory-map them):
+
+    meta.json            counts, modalities and dims, split settings, source, fingerprint
+    train.npy            int32 (N_train, 2)  rows (user, item), sorted by user then item
+    val.npy              int32 (N_val, 2)    validation interactions (warm and cold items)
+    test.npy             int32 (N_test, 2)   test interactions (warm and cold items)
+    item_status.npy      int8 (num_items,)   0 warm, 1 cold in validation, 2 cold in test
+    features/<name>.npy  float32 (num_items, dim), one per modality, rows aligned to item index
+    users.parquet        columns user (0..n-1), original_id
+    items.parquet        columns item (0..n-1), original_id [, title]
+    extras/<name>.npy    optional arrays that training never reads (e.g. planted synthetic
+                         factors for the oracle); not part of the fingerprint
+
+Users and items are re-indexed to 0..n-1; the parquet tables map back to the original ids.
+The fingerprint is a SHA-256 of the interaction arrays, the item status and the features; caches
+and checkpoints record it and refuse to run against a dataset that changed under them.
+Writing is atomic (built in a temporary directory beside the target, then renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipeline.errors import InputError
+from pipeline.fsutil import atomic_write_json, clean_tmp_leftovers, make_tmp_dir, publish_dir
+
+FORMAT = "clcrec-dataset"
+FORMAT_VERSION = 1
+WARM, COLD_VAL, COLD_TEST = 0, 1, 2
+STATUS_NAMES = {WARM: "warm", COLD_VAL: "cold-val", COLD_TEST: "cold-test"}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Dataset:
+    """A loaded dataset directory. Arrays are memory-mapped read-only."""
+
+    root: Path
+    meta: dict
+    train: np.ndarray  # (N, 2) int32
+    val: np.ndarray  # (N, 2) int32
+    test: np.ndarray  # (N, 2) int32
+    item_status: np.ndarray  # (num_items,) int8
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (num_items, dim)
+
+    @property
+    def num_users(self) -> int:
+        return int(self.meta["num_users"])
+
+    @property
+    def num_items(self) -> int:
+        return int(self.meta["num_items"])
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    @property
+    def warm_items(self) -> np.ndarray:
+        return np.flatnonzero(self.item_status == WARM).astype(np.int32)
+
+    @property
+    def cold_items(self) -> np.ndarray:
+        return np.flatnonzero(self.item_status != WARM).astype(np.int32)
+
+    def split(self, name: str) -> np.ndarray:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; use one of {SPLITS}")
+        return getattr(self, name)
+
+    def train_csr(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indptr int64 (num_users+1,), indices int32) of each user's sorted training items."""
+        return interactions_to_csr(self.train, self.num_users)
+
+    def extra_array(self, name: str) -> np.ndarray | None:
+        """An optional array from extras/ (e.g. planted factors), or None if absent."""
+        path = self.root / "extras" / f"{name}.npy"
+        return np.load(path) if path.exists() else None
+
+    def user_ids(self) -> pl.DataFrame:
+        return pl.read_parquet(self.root / "users.parquet")
+
+    def item_ids(self) -> pl.DataFrame:
+        return pl.read_parquet(self.root / "items.parquet")
+
+
+def interactions_to_csr(pairs: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr, indices) of `pairs` (user, item) grouped by user, items sorted ascending."""
+    pairs = np.asarray(pairs)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    users = pairs[order, 0]
+    indices = np.ascontiguousarray(pairs[order, 1], dtype=np.int32)
+    counts = np.bincount(users, minlength=num_users)
+    indptr = np.zeros(num_users + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return indptr, indices
+
+
+def compute_fingerprint(
+    splits: dict[str, np.ndarray], item_status: np.ndarray, features: dict[str, np.ndarray]
+) -> str:
+    """SHA-256 over the content that training depends on (not the id mapping tables)."""
+    h = hashlib.sha256()
+
+    def add(name: str, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr)
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(memoryview(arr).cast("B"))
+
+    for name in SPLITS:
+        add(name, splits[name])
+    add("item_status", item_status)
+    for name in sorted(features):
+        add("feature:" + name, features[name])
+    return h.hexdigest()
+
+
+def _check_pairs(name: str, pairs: np.ndarray, num_users: int, num_items: int) -> np.ndarray:
+    pairs = np.asarray(pairs)
+    if pairs.ndim != 2 or pairs.shape[1] != 2:
+        raise InputError(f"{name} interactions must have shape (N, 2), got {pairs.shape}")
+    if pairs.size and not np.issubdtype(pairs.dtype, np.integer):
+        raise InputError(f"{name} interactions must be integer ids, got dtype {pairs.dtype}")
+    pairs = pairs.astype(np.int64, copy=False)
+    if pairs.size:
+        if pairs.min() < 0:
+            raise InputError(f"{name} interactions contain negative ids")
+        if pairs[:, 0].max() >= num_users or pairs[:, 1].max() >= num_items:
+            raise InputError(
+                f"{name} interactions reference ids outside 0..num_users-1 / 0..num_items-1 "
+                f"(num_users={num_users}, num_items={num_items})"
+            )
+    return pairs.astype(np.int32)
+
+
+def validate_features(features: dict[str, np.ndarray], num_items: int, where: str = "") -> dict:
+    """Return features as C-contiguous float32, refusing NaN/inf and misaligned rows."""
+    if not features:
+        raise InputError(f"no item content features given{where}: CLCRec needs at least one modality")
+    out = {}
+    for name, arr in features.items():
+        if not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise InputError(f"modality name {name!r} must be letters, digits, '_' or '-'")
+        arr = np.asarray(arr)
+        if arr.ndim != 2:
+            raise InputError(f"feature {name!r}{where} must be 2-D (num_items, dim), got shape {arr.shape}")
+        if arr.shape[0] != num_items:
+            raise InputError(
+                f"feature {name!r}{where} has {arr.shape[0]} rows but the dataset has {num_items} items; "
+                "rows must be aligned to the item index"
+            )
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            row = int(np.argwhere(bad)[0, 0])
+            raise InputError(
+                f"feature {name!r}{where} has {int(bad.sum())} NaN/inf values (first at item row {row}); "
+                "clean or impute them before ingest"
+            )
+        out[name] = arr
+    return out
+
+
+def write_dataset(
+    target: Path,
+    *,
+    train: np.ndarray,
+    val: np.ndarray,
+    test: np.ndarray,
+    item_status: np.ndarray,
+    features: dict[str, np.ndarray],
+    user_ids: pl.DataFrame,
+    item_ids: pl.DataFrame,
+    source: dict,
+    split: dict,
+    extra: dict | None = None,
+    extra_arrays: dict[str, np.ndarray] | None = None,
+    force: bool = False,
+) -> Path:
+    """Validate and atomically write a canonical dataset directory; returns its path.
+
+    `user_ids` / `item_ids` have one row per index in order, with at least an `original_id`
+    column (items may add `title`). Raises InputError on any inconsistency, before writing.
+    """
+    target = Path(target)
+    if target.exists() and not force:
+        raise InputError(f"{target} already exists; pass --force to replace it")
+    num_users, num_items = user_ids.height, item_ids.height
+    if "original_id" not in user_ids.columns or "original_id" not in item_ids.columns:
+        raise ValueError("user_ids and item_ids need an 'original_id' column")
+    splits = {
+        "train": _check_pairs("train", train, num_users, num_items),
+        "val": _check_pairs("validation", val, num_users, num_items),
+        "test": _check_pairs("test", test, num_users, num_items),
+    }
+    if len(splits["train"]) == 0:
+        raise InputError(
+            "the split leaves no training interactions; lower the cold fraction or provide more data"
+        )
+    item_status = np.asarray(item_status, dtype=np.int8)
+    if item_status.shape != (num_items,) or not np.isin(item_status, list(STATUS_NAMES)).all():
+        raise InputError(f"item_status must be (num_items,) with values 0/1/2, got shape {item_status.shape}")
+    if (item_status[splits["train"][:, 1]] != WARM).any():
+        raise InputError("a cold item appears in the training interactions")
+    features = validate_features(features, num_items)
+    # Sorted train makes CSR building trivial downstream and the fingerprint order-independent
+    # of how the ingest path happened to produce the rows.
+    tr = splits["train"]
+    splits["train"] = tr[np.lexsort((tr[:, 1], tr[:, 0]))]
+    fingerprint = compute_fingerprint(splits, item_status, features)
+
+    counts = {name: int(len(arr)) for name, arr in splits.items()}
+    counts.update(
+        warm_items=int((item_status == WARM).sum()),
+        cold_val_items=int((item_status == COLD_VAL).sum()),
+        cold_test_items=int((item_status == COLD_TEST).sum()),
+    )
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "num_users": num_users,
+        "num_items": num_items,
+        "counts": counts,
+        "modalities": [{"name": k, "dim": int(v.shape[1])} for k, v in features.items()],
+        "split": split,
+        "source": source,
+        "fingerprint": fingerprint,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra or {}),
+    }
+
+    clean_tmp_leftovers(target.parent, target.name)
+    tmp = make_tmp_dir(target)
+    try:
+        for name, arr in splits.items():
+            np.save(tmp / f"{name}.npy", arr)
+        np.save(tmp / "item_status.npy", item_status)
+        (tmp / "features").mkdir()
+        for name, arr in features.items():
+            np.save(tmp / "features" / f"{name}.npy", arr)
+        if extra_arrays:
+            (tmp / "extras").mkdir()
+            for name, arr in extra_arrays.items():
+                np.save(tmp / "extras" / f"{name}.npy", np.asarray(arr))
+        user_ids.with_row_index("user").write_parquet(tmp / "users.parquet")
+        item_ids.with_row_index("item").write_parquet(tmp / "items.parquet")
+        atomic_write_json(tmp / "meta.json", meta)  # last: its presence marks completeness
+        publish_dir(tmp, target, force=force)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_dataset(root: Path, *, mmap: bool = True, modalities: list[str] | None = None) -> Dataset:
+    """Open a dataset directory. `modalities` selects feature files (default: all)."""
+    root = Path(root)
+    meta_path = root / "meta.json"
+    if not meta_path.exists():
+        raise InputError(
+            f"{root} is not a dataset directory (no meta.json); create one with `cli.py ingest ...` "
+            "or `cli.py synth`"
+        )
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{meta_path} is not a {FORMAT} v{FORMAT_VERSION} dataset; re-run the ingest")
+    mode = "r" if mmap else None
+    names = [m["name"] for m in meta["modalities"]]
+    if modalities is not None:
+        unknown = sorted(set(modalities) - set(names))
+        if unknown:
+            raise InputError(f"dataset {root} has no modality {unknown}; it has {names}")
+        names = [n for n in names if n in modalities]
+    return Dataset(
+        root=root,
+        meta=meta,
+        train=np.load(root / "train.npy", mmap_mode=mode),
+        val=np.load(root / "val.npy", mmap_mode=mode),
+        test=np.load(root / "test.npy", mmap_mode=mode),
+        item_status=np.load(root / "item_status.npy"),
+        features={n: np.load(root / "features" / f"{n}.npy", mmap_mode=mode) for n in names},
+    )
+
+
+def read_fingerprint(root: Path) -> str:
+    """The recorded fingerprint of a dataset directory, without loading arrays."""
+    meta_path = Path(root) / "meta.json"
+    if not meta_path.exists():
+        raise InputError(f"{root} is not a dataset directory (no meta.json)")
+    return json.loads(meta_path.read_text())["fingerprint"]
