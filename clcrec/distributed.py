@@ -1,0 +1,89 @@
+"""torch.distributed glue: everything the training loop needs, as no-ops when world size is 1.
+
+    torchrun --nproc_per_node=2 cli.py train --dataset D --cache C --run-dir R
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK (and MASTER_ADDR / MASTER_PORT); we use NCCL on
+GPUs and gloo on CPU. Uneven shares of chunks across ranks are handled by DDP's Join context
+(ranks that run out of batches shadow the others' all-reduces), so no pair is dropped or repeated.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def init() -> DistContext:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not tdist.is_initialized():
+        use_nccl = torch.cuda.is_available() and tdist.is_nccl_available()
+        if use_nccl:
+            torch.cuda.set_device(local_rank)
+        tdist.init_process_group(backend="nccl" if use_nccl else "gloo")
+    return DistContext(rank=rank, world=world, local_rank=local_rank)
+
+
+def wrap(model: torch.nn.Module, device: torch.device, ctx: DistContext) -> torch.nn.Module:
+    if not ctx.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def join(net: torch.nn.Module, ctx: DistContext):
+    if not ctx.enabled:
+        return nullcontext()
+    from torch.distributed.algorithms.join import Join
+
+    return Join([net])
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        tdist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    if ctx.enabled:
+        t = t.clone()
+        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_flag(flag: bool, ctx: DistContext) -> bool:
+    """Rank 0's decision (e.g. early stop), agreed by every rank."""
+    if not ctx.enabled:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.long)
+    if tdist.get_backend() == "nccl":
+        t = t.cuda()
+    tdist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.enabled and tdist.is_initialized():
+        tdist.destroy_process_group()

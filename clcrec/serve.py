@@ -1,0 +1,125 @@
+"""Use a finished run: evaluate it, recommend for a user, export embeddings.
+
+    python cli.py evaluate runs/RUN
+    python cli.py recommend runs/RUN --user 196 --k 10
+    python cli.py export runs/RUN
+
+Reads RUN/config.json, RUN/checkpoints/best.pt and the run's dataset directory (whose fingerprint
+must match the checkpoint's). Original ids go in and come out; cold items are ranked by their
+content representation, so brand-new items appear in recommendations.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from clcrec.checkpoint import RunDir, load_checkpoint
+from clcrec.config import TrainConfig
+from clcrec.model import CLCRec, concat_normalised_features
+from pipeline.dataset import STATUS_NAMES, Dataset, load_dataset
+from pipeline.errors import DatasetChangedError, UserError
+
+
+@dataclass
+class LoadedRun:
+    cfg: TrainConfig
+    dataset: Dataset
+    model: CLCRec
+    checkpoint: dict
+
+    @torch.no_grad()
+    def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user vectors (U, D), ranking table (I, D)) in float32."""
+        status = torch.as_tensor(self.dataset.item_status)
+        return self.model.user_table(), self.model.ranking_table(status)
+
+
+def load_run(run_dir: Path, which: str = "best") -> LoadedRun:
+    run = RunDir(run_dir)
+    record = run.read_config()
+    cfg = TrainConfig.from_dict(record["config"])
+    ck = load_checkpoint(run.best if which == "best" else run.last)
+    dataset = load_dataset(cfg.dataset)
+    if ck["dataset_fingerprint"] != dataset.fingerprint:
+        raise DatasetChangedError(
+            f"dataset {cfg.dataset} changed since run {run_dir} was trained (fingerprints differ); "
+            "re-train, or point the run at the original data"
+        )
+    feats = concat_normalised_features([dataset.features[m] for m in ck["modalities"]])
+    model = CLCRec(dataset.num_users, dataset.num_items, feats, cfg.dim_E, cfg.hidden, cfg.temp_value, cfg.lr_lambda, cfg.num_sample)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return LoadedRun(cfg, dataset, model, ck)
+
+
+def evaluate_run(run_dir: Path, splits=("val", "test")) -> dict:
+    from clcrec.evaluate import EvalConfig, evaluate_ranking
+
+    lr = load_run(run_dir)
+    users, items = lr.tables()
+    ecfg = EvalConfig(ks=tuple(lr.cfg.ks), user_block=lr.cfg.eval_block)
+    return {
+        s: evaluate_ranking(users, items, lr.dataset.train, lr.dataset.split(s), lr.dataset.item_status, ecfg)
+        for s in splits
+    }
+
+
+def _lookup_user(dataset: Dataset, user: str) -> int:
+    ids = dataset.user_ids()
+    col = ids["original_id"]
+    try:
+        value = pl.Series([user]).cast(col.dtype)[0]  # "196" -> 196 when ids are integers
+    except Exception:
+        value = None
+    hit = ids.filter(pl.col("original_id") == value) if value is not None else ids.clear()
+    if hit.height == 0:
+        raise UserError(f"user {user!r} is not in dataset {dataset.root} (original ids, e.g. {col[0]!r})")
+    return int(hit["user"][0])
+
+
+def recommend(run_dir: Path, user: str, k: int = 10, include_seen: bool = False) -> pl.DataFrame:
+    """Top-k items for one user (original id), training items excluded unless include_seen."""
+    from clcrec.evaluate import topk_items
+
+    if k < 1:
+        raise UserError("--k must be >= 1")
+    lr = load_run(run_dir)
+    uid = _lookup_user(lr.dataset, user)
+    users, items = lr.tables()
+    scores, idx = topk_items(users, items, torch.tensor([uid]), lr.dataset.train, min(k, lr.dataset.num_items), exclude_train=not include_seen)
+    idx, scores = idx[0].numpy(), scores[0].numpy()
+    keep = np.isfinite(scores)
+    idx, scores = idx[keep], scores[keep]
+    table = lr.dataset.item_ids()
+    rows = table[idx.tolist()]
+    status = lr.dataset.item_status[idx]
+    out = rows.select([c for c in ("original_id", "title") if c in rows.columns]).with_columns(
+        pl.Series("score", scores.astype(np.float64)).round(4),
+        pl.Series("status", [STATUS_NAMES[int(s)] for s in status]),
+    )
+    return out.with_row_index("rank", offset=1)
+
+
+def export_embeddings(run_dir: Path, out_dir: Path | None = None) -> Path:
+    """Write users.npy / items.npy (the ranking tables) and their id tables under out_dir."""
+    from pipeline.fsutil import atomic_write_bytes
+
+    lr = load_run(run_dir)
+    out_dir = Path(out_dir) if out_dir else Path(run_dir) / "embeddings"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    users, items = lr.tables()
+    for name, arr in (("users.npy", users.numpy()), ("items.npy", items.numpy())):
+        buf = io.BytesIO()
+        np.save(buf, arr.astype(np.float32))
+        atomic_write_bytes(out_dir / name, buf.getvalue())
+    lr.dataset.user_ids().write_parquet(out_dir / "user_ids.parquet")
+    lr.dataset.item_ids().with_columns(
+        pl.Series("status", [STATUS_NAMES[int(s)] for s in lr.dataset.item_status])
+    ).write_parquet(out_dir / "item_ids.parquet")
+    return out_dir

@@ -1,0 +1,14 @@
+"""Fixtures of the cache tests (helpers live in cache_test_helpers.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cache_test_helpers import make_dataset
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "data")
