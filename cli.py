@@ -311,10 +311,10 @@ def train(
     run_dir: Optional[Path] = typer.Option(None, help="Run directory (default runs/<dataset>-<time>)."),
     resume: Optional[Path] = typer.Option(None, help="Continue a killed or finished run from its last checkpoint."),
     scale: str = typer.Option("default", help="Synthetic scale when no --dataset: tiny, default, paper, large."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default 30; with --resume: the run's own)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default 30, synthetic demo 15; with --resume: the run's own)."),
     patience: int = typer.Option(5, help="Epochs without validation improvement before stopping."),
     batch_size: int = typer.Option(256),
-    l_r: float = typer.Option(0.001, "--l-r"),
+    l_r: Optional[float] = typer.Option(None, "--l-r", help="Learning rate (reference default 0.001; the synthetic demo uses 0.005)."),
     reg_weight: float = typer.Option(0.1),
     num_neg: int = typer.Option(128),
     lr_lambda: float = typer.Option(0.5, help="Weight of the R-E loss (U-I gets 1 - lr_lambda)."),
@@ -353,11 +353,15 @@ def train(
 
             report(cfg.run_dir, results, console)
         return
+    # Options left unset take the reference defaults, or the demo preset when no dataset is given.
+    from clcrec.flow import DEMO_PRESET
+
+    preset = DEMO_PRESET if dataset is None else {}
     cfg = TrainConfig(
         dataset=str(dataset or ""), cache=str(cache or ""), run_dir=str(run_dir or ""),
-        l_r=l_r, reg_weight=reg_weight, num_neg=num_neg, lr_lambda=lr_lambda, temp_value=temp_value,
+        l_r=l_r if l_r is not None else preset.get("l_r", 0.001), reg_weight=reg_weight, num_neg=num_neg, lr_lambda=lr_lambda, temp_value=temp_value,
         num_sample=num_sample, batch_size=batch_size, dim_E=dim_e, has_v=has_v, has_a=has_a, has_t=has_t,
-        modalities=tuple(modality), epochs=epochs or 30, patience=patience, select_mode=select_mode,
+        modalities=tuple(modality), epochs=epochs or preset.get("epochs", 30), patience=patience, select_mode=select_mode,
         select_k=select_k, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
         encode=encode, threads=threads, log_every=log_every,
     )

@@ -13,6 +13,8 @@ from pathlib import Path
 from pipeline.errors import UserError
 
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
+# Fields a resumed run may change: where and how fast it runs, and how long, but not what it learns.
+RESUMABLE_CHANGES = {"run_dir", "epochs", "patience", "device", "threads", "log_every", "prefetch", "eval_block"}
 SELECT_MODES = ("cold", "warm", "all", "mean")
 ENCODE_MODES = ("auto", "unique", "slots")
 
@@ -83,6 +85,19 @@ class TrainConfig:
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **kw)
 
+    def check_resumable(self, saved: dict) -> None:
+        """Refuse to resume a checkpoint saved under a different training config."""
+        now = self.to_dict()
+        diff = sorted(
+            k for k in now if k not in RESUMABLE_CHANGES and k in saved and _norm(saved[k]) != _norm(now[k])
+        )
+        if diff:
+            pairs = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in diff)
+            raise UserError(
+                f"cannot resume: the config differs from the checkpoint's ({pairs}); start a new run "
+                f"instead (only {sorted(RESUMABLE_CHANGES)} may change on resume)"
+            )
+
     def generation_for_epoch(self, epoch: int) -> int:
         """Generation id that epoch `epoch` (0-based) trains on: a pure function, so a resumed
         run reads the same negatives as an uninterrupted one."""
@@ -102,3 +117,7 @@ class TrainConfig:
     @property
     def run_path(self) -> Path:
         return Path(self.run_dir)
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (tuple, list)) else v

@@ -27,7 +27,7 @@ from torch import nn
 
 def concat_normalised_features(features: list[np.ndarray]) -> torch.Tensor:
     """Each modality L2-normalised per row (as the reference does), then concatenated."""
-    parts = [F.normalize(torch.as_tensor(np.asarray(f), dtype=torch.float32), dim=1) for f in features]
+    parts = [F.normalize(torch.from_numpy(np.array(f, dtype=np.float32)), dim=1) for f in features]  # copies the mmap
     return torch.cat(parts, dim=1).contiguous()  # (I, F)
 
 

@@ -157,6 +157,7 @@ class Trainer:
     def setup_run_dir(self) -> None:
         if self.resume:
             ck = load_checkpoint(self.run.last, map_location=self.device)
+            self.cfg.check_resumable(ck["config"])
             if ck["dataset_fingerprint"] != self.dataset.fingerprint:
                 raise DatasetChangedError(
                     f"run {self.run.root} was trained on another dataset (fingerprint "

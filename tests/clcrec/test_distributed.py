@@ -1,0 +1,69 @@
+"""Distributed training on CPU with real processes: torchrun, gloo, DDP.
+
+A 2-rank run with the same global batch and seed as a 1-rank run sees different (but equally
+random) batch compositions and hybrid masks, so the runs agree statistically, not bitwise:
+per-epoch mean losses within 3% and test Recall@20 within 0.08 per mode (measured gaps on this
+data: about 1% and 0.03).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.clcrec.conftest import NUM_NEG
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(cmd, timeout=300):
+    env = dict(os.environ, COLUMNS="200", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def torchrun(nproc: int, *args):
+    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                "cli.py", *map(str, args)])
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_ranks_agree_with_one_rank_and_serve_every_pair_once(tiny_dataset, tiny_cache, tmp_path):
+    common = ["train", "--dataset", tiny_dataset, "--cache", tiny_cache, "--num-neg", NUM_NEG,
+              "--batch-size", 64, "--epochs", 4, "--patience", 10, "--l-r", 0.01, "--threads", 1]
+    run([sys.executable, "cli.py", *map(str, common), "--run-dir", tmp_path / "one"])
+    torchrun(2, *common, "--run-dir", tmp_path / "two")
+
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert len(one) == len(two) == 4
+    num_pairs = one[0]["samples"]
+    for a, b in zip(one, two):
+        assert b["samples"] == num_pairs  # summed over ranks: each pair once per epoch
+        # each rank runs half-size batches; each rank's own last batch may be short
+        assert 2 * a["steps"] - 1 <= b["steps"] <= 2 * a["steps"] + 1
+        assert abs(a["loss"] - b["loss"]) / a["loss"] < 0.03
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
+    ra = json.loads((tmp_path / "one" / "results.json").read_text())["test"]
+    rb = json.loads((tmp_path / "two" / "results.json").read_text())["test"]
+    for mode in ("all", "warm", "cold"):
+        assert abs(ra[mode]["recall@20"] - rb[mode]["recall@20"]) < 0.08, mode
+
+
+@pytest.mark.slow
+def test_a_two_rank_checkpoint_resumes_on_one_rank(tiny_dataset, tiny_cache, tmp_path):
+    run_dir = tmp_path / "run"
+    torchrun(2, "train", "--dataset", tiny_dataset, "--cache", tiny_cache, "--num-neg", NUM_NEG,
+             "--batch-size", 64, "--epochs", 2, "--l-r", 0.01, "--threads", 1, "--run-dir", run_dir)
+    assert [m["epoch"] for m in metrics(run_dir)] == [0, 1]
+    proc = run([sys.executable, "cli.py", "train", "--resume", str(run_dir), "--epochs", "4"])
+    assert "resuming" in proc.stderr
+    assert [m["epoch"] for m in metrics(run_dir)] == [0, 1, 2, 3]
+    assert json.loads((run_dir / "results.json").read_text())["best_epoch"] in range(4)

@@ -1,0 +1,160 @@
+"""The trainer end to end on a tiny synthetic dataset: run directory contents, early stopping,
+kill and resume (real subprocess, SIGKILL), divergence, refresh, and refusals."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clcrec.checkpoint import load_checkpoint
+from clcrec.config import TrainConfig
+from clcrec.train import Trainer, train
+from pipeline.errors import DatasetChangedError, TrainingDivergedError, UserError
+from tests.clcrec.conftest import NUM_NEG
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def config(dataset, cache, run_dir, **kw) -> TrainConfig:
+    base = dict(dataset=str(dataset), cache=str(cache), run_dir=str(run_dir), num_neg=NUM_NEG,
+                batch_size=64, epochs=3, patience=10, l_r=0.01, log_every=5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def quiet():
+    from rich.console import Console
+
+    return Console(file=open(os.devnull, "w"))
+
+
+def test_run_directory_holds_config_metrics_checkpoints_results_and_plots(tiny_dataset, tiny_cache, tmp_path):
+    cfg = config(tiny_dataset, tiny_cache, tmp_path / "run", epochs=4)
+    results = train(cfg, console=quiet())
+    run = tmp_path / "run"
+    record = json.loads((run / "config.json").read_text())
+    assert record["config"]["l_r"] == 0.01 and record["config"]["num_neg"] == NUM_NEG
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [0, 1, 2, 3]
+    assert all(m["generation"] == 0 and m["samples"] == 3701 for m in metrics)  # every pair, each epoch
+    # the best epoch is the one with the highest validation cold Recall@20
+    best = max(metrics, key=lambda m: m["val"]["cold"]["recall@20"])
+    assert results["best_epoch"] == best["epoch"]
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == best["epoch"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 3
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["val"]["cold"]["recall@20"] == pytest.approx(best["val"]["cold"]["recall@20"])
+    assert set(saved["baselines"]["test"]) == {"content", "random", "oracle"}
+    for png in ("loss.png", "val_metrics.png", "warm_vs_cold.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # training reduced the loss
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(tiny_dataset, tiny_cache, tmp_path):
+    cfg = config(tiny_dataset, tiny_cache, tmp_path / "run", epochs=30, patience=2, l_r=0.05)
+    results = train(cfg, console=quiet())
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    scores = [m["val"]["cold"]["recall@20"] for m in metrics]
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    assert results["best_epoch"] == best
+    assert len(metrics) == min(30, best + 1 + 2)  # stopped exactly `patience` epochs after the best
+
+
+def run_cli(*args, **kw):
+    env = dict(os.environ, COLUMNS="200", OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "cli.py", *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_killed_and_resumed_run_ends_with_the_same_metrics(tiny_dataset, tiny_cache, tmp_path):
+    common = ["--dataset", tiny_dataset, "--cache", tiny_cache, "--num-neg", NUM_NEG, "--batch-size", 16,
+              "--epochs", 6, "--patience", 10, "--l-r", 0.01, "--threads", 1]
+    straight = run_cli("train", *common, "--run-dir", tmp_path / "straight")
+    out, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err
+
+    run = tmp_path / "killed"
+    proc = run_cli("train", *common, "--run-dir", run)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "results.json").exists()
+
+    resumed = run_cli("train", "--resume", run)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming" in err
+    a = json.loads((tmp_path / "straight" / "results.json").read_text())
+    b = json.loads((run / "results.json").read_text())
+    assert a["best_epoch"] == b["best_epoch"]
+    assert a["test"] == b["test"] and a["val"] == b["val"]
+    la = [json.loads(x)["loss"] for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in metrics.read_text().splitlines()]
+    assert la == lb
+
+
+def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_best_checkpoint(tiny_dataset, tiny_cache, tmp_path):
+    cfg = config(tiny_dataset, tiny_cache, tmp_path / "run", epochs=2)
+    train(cfg, console=quiet())
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    digest = hashlib.sha256(best.read_bytes()).hexdigest()
+
+    trainer = Trainer(cfg.replace(epochs=4), resume=True, console=quiet())
+    trainer.model.temp_value = 1e-45  # scores overflow to inf: the loss becomes NaN at once
+    with pytest.raises(TrainingDivergedError, match=r"non-finite loss at epoch 2, step 0.*best checkpoint .* is intact"):
+        trainer.fit()
+    assert hashlib.sha256(best.read_bytes()).hexdigest() == digest
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_refresh_every_moves_to_new_generations_built_in_the_background(tiny_dataset, tiny_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    cfg = config(tiny_dataset, cache, tmp_path / "run", epochs=5, refresh_every=2)
+    train(cfg, console=quiet())
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["generation"] for m in metrics] == [0, 0, 1, 1, 2]
+    from cache.store import CacheStore
+
+    assert CacheStore(cache).published() == [0, 1, 2]
+
+
+def test_cache_of_another_dataset_is_refused(tiny_dataset, tmp_path):
+    from cache.build import build_generation
+    from cache.store import NegativeConfig
+    from pipeline.synthetic import SynthConfig, write_synthetic
+
+    other = tmp_path / "other"
+    write_synthetic(other, SynthConfig(scale="tiny", seed=1))
+    cache = tmp_path / "cache"
+    build_generation(other, cache, 0, NegativeConfig(num_neg=NUM_NEG), progress=False)
+    with pytest.raises(DatasetChangedError, match="built from another dataset.*rebuild"):
+        Trainer(config(tiny_dataset, cache, tmp_path / "run"), console=quiet())
+
+
+def test_resume_refuses_a_changed_config_and_an_existing_run_dir(tiny_dataset, tiny_cache, tmp_path):
+    cfg = config(tiny_dataset, tiny_cache, tmp_path / "run", epochs=1)
+    train(cfg, console=quiet())
+    with pytest.raises(UserError, match="already holds a run; pass --resume"):
+        Trainer(cfg, console=quiet()).fit()
+    with pytest.raises(UserError, match=r"config differs.*l_r: 0.01 -> 0.5"):
+        Trainer(cfg.replace(l_r=0.5, epochs=2), resume=True, console=quiet()).fit()
+
+
+def test_num_neg_must_match_the_cache(tiny_dataset, tiny_cache, tmp_path):
+    with pytest.raises(UserError, match=f"holds {NUM_NEG} negatives per pair but --num-neg is 128"):
+        Trainer(config(tiny_dataset, tiny_cache, tmp_path / "run", num_neg=128), console=quiet())
