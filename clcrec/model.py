@@ -79,7 +79,7 @@ class CLCRec(nn.Module):
 
         Per-item work (embedding lookup, encoder, normalisation, norms) runs once per distinct
         item; slots gather from those rows with F.embedding, whose backward is a fast
-        segment-sum, and the hybrid choice is made on (B, 1+K) scores rather than D-wide vectors.
+        segment-sum, and the hybrid choice is an index into [ID rows; content rows], not a D-wide `where`.
         In slots mode every slot is its own "distinct" item, so both modes share this code.
         """
         if uniq is None:
@@ -97,9 +97,11 @@ class CLCRec(nn.Module):
         loss_re = info_nce(s_re / self.temp_value)
 
         # U-I with hybrid contrast: in `hybrid` slots the item is its content representation.
-        s_id = torch.bmm(F.embedding(inverse, emb), user).squeeze(-1)  # (B, 1+K)
-        s_feat = torch.bmm(F.embedding(inverse, feat.to(emb.dtype)), user).squeeze(-1)  # (B, 1+K)
-        loss_ui = info_nce(torch.where(hybrid, s_feat, s_id) / self.temp_value)
+        # One gather from [ID rows; content rows] with the choice folded into the index.
+        both = torch.cat([emb, feat.to(emb.dtype)])  # (2Q, D)
+        pick = inverse + hybrid.long() * uniq.numel()  # (B, 1+K) row in `both`
+        s_ui = torch.bmm(F.embedding(pick, both), user).squeeze(-1)  # (B, 1+K)
+        loss_ui = info_nce(s_ui / self.temp_value)
 
         # The reference regulariser: mean L2 norm of the user and of every item-slot embedding.
         item_norm = emb.float().norm(dim=1, keepdim=True)  # (Q, 1)
