@@ -369,12 +369,17 @@ def train(
 
 
 @app.command()
-def evaluate(run_dir: Path = typer.Argument(..., help="A run directory.")):
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    k: list[int] = typer.Option([10, 20, 50], help="Cut-offs to show (repeatable); must be among the run's ks."),
+):
     """Evaluate a run's best checkpoint on validation and test (all / warm / cold)."""
     from clcrec.evaluate import format_table
     from clcrec.serve import evaluate_run
 
-    console.print(format_table(evaluate_run(run_dir), ks=(10, 20, 50)))
+    results = evaluate_run(run_dir)
+    for kk in k:
+        Console().print(format_table(results, ks=(kk,), title=f"{run_dir} @{kk}"))
 
 
 @app.command()
@@ -383,13 +388,14 @@ def recommend(
     user: str = typer.Option(..., help="The user's original id."),
     k: int = typer.Option(10),
     include_seen: bool = typer.Option(False, help="Also rank the user's training items."),
+    candidates: str = typer.Option("all", help="Rank among all, warm (with interactions) or cold (new) items."),
 ):
     """Top-k items for a user (original ids; cold items included)."""
     from rich.table import Table
 
     from clcrec.serve import recommend as rec
 
-    df = rec(run_dir, user, k, include_seen)
+    df = rec(run_dir, user, k, include_seen, candidates)
     table = Table(title=f"top {k} for user {user}")
     for col in df.columns:
         table.add_column(col)

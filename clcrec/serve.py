@@ -83,16 +83,28 @@ def _lookup_user(dataset: Dataset, user: str) -> int:
     return int(hit["user"][0])
 
 
-def recommend(run_dir: Path, user: str, k: int = 10, include_seen: bool = False) -> pl.DataFrame:
-    """Top-k items for one user (original id), training items excluded unless include_seen."""
+CANDIDATE_POOLS = ("all", "warm", "cold")
+
+
+def recommend(run_dir: Path, user: str, k: int = 10, include_seen: bool = False, candidates: str = "all") -> pl.DataFrame:
+    """Top-k items for one user (original id), training items excluded unless include_seen.
+
+    candidates: all items, only warm items (ID embeddings) or only cold items (content encoder).
+    """
     from clcrec.evaluate import topk_items
 
     if k < 1:
         raise UserError("--k must be >= 1")
+    if candidates not in CANDIDATE_POOLS:
+        raise UserError(f"--candidates must be one of {CANDIDATE_POOLS}, got {candidates!r}")
     lr = load_run(run_dir)
     uid = _lookup_user(lr.dataset, user)
     users, items = lr.tables()
-    scores, idx = topk_items(users, items, torch.tensor([uid]), lr.dataset.train, min(k, lr.dataset.num_items), exclude_train=not include_seen)
+    status = lr.dataset.item_status
+    pool = None
+    if candidates != "all":
+        pool = torch.from_numpy(np.flatnonzero((status == 0) if candidates == "warm" else (status != 0)))
+    scores, idx = topk_items(users, items, torch.tensor([uid]), lr.dataset.train, k, exclude_train=not include_seen, candidates=pool)
     idx, scores = idx[0].numpy(), scores[0].numpy()
     keep = np.isfinite(scores)
     idx, scores = idx[keep], scores[keep]

@@ -328,7 +328,7 @@ class Trainer:
                 f"({record['samples_per_s']:,.0f} samples/s, wait {record['data_wait_frac']:.1%}) "
                 f"val {key} all {record['val']['all'][key]:.4f} warm {record['val']['warm'][key]:.4f} "
                 f"cold {record['val']['cold'][key]:.4f}" + ("  *best" if improved else ""),
-                highlight=False,
+                highlight=False, soft_wrap=True,  # one line per epoch, also in logs
             )
             stop = self.bad_epochs >= cfg.patience
             if stop:

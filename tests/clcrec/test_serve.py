@@ -1,0 +1,82 @@
+"""Using a finished run: evaluate, recommend (original ids, cold items), export."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from clcrec.config import TrainConfig
+from clcrec.serve import evaluate_run, export_embeddings, load_run, recommend
+from clcrec.train import train
+from pipeline.dataset import load_dataset
+from pipeline.errors import UserError
+from tests.clcrec.conftest import NUM_NEG
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_dataset, tiny_cache, tmp_path_factory):
+    path = tmp_path_factory.mktemp("run") / "run"
+    cfg = TrainConfig(dataset=str(tiny_dataset), cache=str(tiny_cache), run_dir=str(path), num_neg=NUM_NEG,
+                      batch_size=64, epochs=2, l_r=0.01)
+    train(cfg, console=Console(file=open(os.devnull, "w")))
+    return path
+
+
+def test_evaluate_reproduces_the_saved_results(run_dir):
+    saved = json.loads((run_dir / "results.json").read_text())
+    again = evaluate_run(run_dir)
+    for split in ("val", "test"):
+        for mode in ("all", "warm", "cold"):
+            assert again[split][mode] == pytest.approx(saved[split][mode], abs=1e-9), (split, mode)
+
+
+def test_recommend_uses_original_ids_and_skips_training_items(run_dir, tiny_dataset):
+    ds = load_dataset(tiny_dataset)
+    users, items = ds.user_ids(), ds.item_ids()
+    uid = 5
+    original = str(users["original_id"][uid])
+    df = recommend(run_dir, original, k=15)
+    assert df.height == 15 and df["rank"].to_list() == list(range(1, 16))
+    index_of = {v: i for i, v in enumerate(items["original_id"].to_list())}
+    recommended = [index_of[v] for v in df["original_id"].to_list()]
+    seen = set(ds.train[ds.train[:, 0] == uid, 1].tolist())
+    assert not seen & set(recommended)
+    assert df["score"].to_list() == sorted(df["score"].to_list(), reverse=True)
+    # the same ranking computed directly from the tables
+    lr = load_run(run_dir)
+    u, t = lr.tables()
+    scores = (t @ u[uid]).numpy()
+    scores[list(seen)] = -np.inf
+    assert recommended == np.argsort(-scores, kind="stable")[:15].tolist()
+
+
+def test_recommend_cold_candidates_are_all_new_items(run_dir, tiny_dataset):
+    ds = load_dataset(tiny_dataset)
+    df = recommend(run_dir, str(ds.user_ids()["original_id"][0]), k=10, candidates="cold")
+    assert set(df["status"].to_list()) <= {"cold-val", "cold-test"} and df.height == 10
+
+
+def test_recommend_unknown_user_is_a_clear_error(run_dir):
+    with pytest.raises(UserError, match="user 'no-such-user' is not in dataset"):
+        recommend(run_dir, "no-such-user")
+    env = dict(os.environ, COLUMNS="200")
+    proc = subprocess.run([sys.executable, "cli.py", "recommend", str(run_dir), "--user", "no-such-user"],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and "is not in dataset" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_writes_the_ranking_tables_with_ids(run_dir, tiny_dataset, tmp_path):
+    out = export_embeddings(run_dir, tmp_path / "emb")
+    ds = load_dataset(tiny_dataset)
+    users, items = np.load(out / "users.npy"), np.load(out / "items.npy")
+    assert users.shape == (ds.num_users, 64) and items.shape == (ds.num_items, 64)
+    u, t = load_run(run_dir).tables()
+    np.testing.assert_array_equal(items, t.numpy())
+    np.testing.assert_array_equal(users, u.numpy())
