@@ -220,8 +220,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int, generation: int, progress) -> dict:
+        # Lease first, then open: a concurrent prune cannot remove the generation in between.
+        with self.store.reader_lease(generation):
+            gen = self.store.open_generation(generation, expect_fingerprint=self.dataset.fingerprint)
+            return self._train_epoch(epoch, generation, gen, progress)
+
+    def _train_epoch(self, epoch: int, generation: int, gen, progress) -> dict:
         cfg, model, net, device = self.cfg, self.model, self.net, self.device
-        gen = self.store.open_generation(generation, expect_fingerprint=self.dataset.fingerprint)
         rng = epoch_generator(cfg, epoch, self.ctx.rank, device)
         sums = torch.zeros(4, device=device)  # loss, loss_re, loss_ui, reg: summed on device
         bad_step = torch.full((), -1, dtype=torch.long, device=device)
@@ -229,7 +234,7 @@ class Trainer:
         t0 = time.perf_counter()
         net.train()
         task = progress.add_task(f"epoch {epoch} (gen {generation})", total=gen.num_rows // self.ctx.world)
-        with self.store.reader_lease(generation), ChunkStream(
+        with ChunkStream(
             gen, num_items=self.dataset.num_items, seed=cfg.seed, epoch=epoch,
             batch_size=cfg.batch_size // self.ctx.world, rank=self.ctx.rank, world=self.ctx.world,
             dedupe=self.dedupe, pin=device.type == "cuda", prefetch=cfg.prefetch,

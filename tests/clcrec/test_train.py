@@ -158,3 +158,19 @@ def test_resume_refuses_a_changed_config_and_an_existing_run_dir(tiny_dataset, t
 def test_num_neg_must_match_the_cache(tiny_dataset, tiny_cache, tmp_path):
     with pytest.raises(UserError, match=f"holds {NUM_NEG} negatives per pair but --num-neg is 128"):
         Trainer(config(tiny_dataset, tiny_cache, tmp_path / "run", num_neg=128), console=quiet())
+
+
+def test_training_does_not_depend_on_the_thread_count(tiny_dataset, tiny_cache, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        runs = {}
+        for threads in (1, 2):
+            cfg = config(tiny_dataset, tiny_cache, tmp_path / f"t{threads}", epochs=2, threads=threads)
+            results = train(cfg, console=quiet())
+            losses = [json.loads(x)["loss"] for x in (tmp_path / f"t{threads}" / "metrics.jsonl").read_text().splitlines()]
+            runs[threads] = (losses, results["test"])
+        assert runs[1] == runs[2]
+    finally:
+        torch.set_num_threads(before)
