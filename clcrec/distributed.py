@@ -73,6 +73,13 @@ def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return t
 
 
+def all_reduce_min(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    if ctx.enabled:
+        t = t.clone()
+        tdist.all_reduce(t, op=tdist.ReduceOp.MIN)
+    return t
+
+
 def broadcast_flag(flag: bool, ctx: DistContext) -> bool:
     """Rank 0's decision (e.g. early stop), agreed by every rank."""
     if not ctx.enabled:

@@ -249,9 +249,11 @@ class Trainer:
                 steps += 1
                 samples += batch.size
                 progress.update(task, advance=batch.size)
-                if steps % cfg.log_every == 0:
+                # A rank-local check would hang the other ranks in their next all-reduce, so
+                # distributed runs decide at the epoch end, together (check_finite below).
+                if steps % cfg.log_every == 0 and not self.ctx.enabled:
                     self.check_finite(bad_step, epoch)  # host sync point (every log_every steps)
-        self.check_finite(bad_step, epoch)  # host sync point (end of epoch)
+        self.check_finite(bad_step, epoch)  # host sync point (end of epoch, all ranks)
         progress.remove_task(task)
         seconds = time.perf_counter() - t0
         totals = dist.all_reduce_sum(torch.cat([sums, torch.tensor([steps, samples], device=device, dtype=sums.dtype)]), self.ctx)
@@ -265,6 +267,11 @@ class Trainer:
         }
 
     def check_finite(self, bad_step: torch.Tensor, epoch: int) -> None:
+        if self.ctx.enabled:  # every rank learns whether any rank diverged (first bad step, any rank)
+            big = torch.iinfo(torch.long).max
+            local = torch.where(bad_step >= 0, bad_step, torch.full_like(bad_step, big)).reshape(1)
+            first = dist.all_reduce_min(local, self.ctx)
+            bad_step = torch.where(first < big, first, torch.full_like(first, -1))[0]
         step = int(bad_step)  # host sync
         if step >= 0:
             best = f"the best checkpoint {self.run.best} (epoch {self.best_epoch}) is intact" if self.best_epoch >= 0 else "no checkpoint was written yet"

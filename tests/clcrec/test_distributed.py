@@ -67,3 +67,18 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank(tiny_dataset, tiny_cache, tmp
     assert "resuming" in proc.stderr
     assert [m["epoch"] for m in metrics(run_dir)] == [0, 1, 2, 3]
     assert json.loads((run_dir / "results.json").read_text())["best_epoch"] in range(4)
+
+
+@pytest.mark.slow
+def test_divergence_stops_every_rank_instead_of_hanging(tiny_dataset, tiny_cache, tmp_path):
+    env = dict(os.environ, COLUMNS="200", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "cli.py", "train",
+         "--dataset", str(tiny_dataset), "--cache", str(tiny_cache), "--num-neg", str(NUM_NEG), "--batch-size", "64",
+         "--epochs", "2", "--temp-value", "1e-45", "--threads", "1", "--run-dir", str(tmp_path / "run")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=180,  # a hang fails here
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.count("non-finite loss at epoch 0, step 0") == 2  # both ranks, same answer
+    # torchrun prints its own report of failed children; no traceback comes from our code
+    assert "clcrec/train.py\", line" not in proc.stderr and "cli.py\", line" not in proc.stderr
