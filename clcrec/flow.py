@@ -43,10 +43,15 @@ def ensure_cache(dataset: Path, cache: Path, num_neg: int, seed: int, console: C
 
     if (cache / "manifest.json").exists():
         store = CacheStore(cache)
-        if store.fingerprint != read_fingerprint(dataset) or store.config.num_neg != num_neg:
+        if store.fingerprint != read_fingerprint(dataset):
             raise UserError(
-                f"cache {cache} was built from another dataset or with num_neg={store.config.num_neg}; "
-                "pass another --cache or delete it"
+                f"cache {cache} was built from another dataset ({store.dataset_path}); pass another "
+                "--cache, or delete it to rebuild"
+            )
+        if store.config.num_neg != num_neg:
+            raise UserError(
+                f"cache {cache} holds {store.config.num_neg} negatives per pair but --num-neg is {num_neg}; "
+                f"pass --num-neg {store.config.num_neg} or another --cache"
             )
         if store.published():
             return cache
