@@ -248,19 +248,24 @@ def cache_info(cache: Path = typer.Argument(..., help="Cache directory.")) -> No
 def cache_verify(
     cache: Path = typer.Argument(..., help="Cache directory."),
     generation: Optional[int] = typer.Option(None, "--generation", help="Only this generation."),
-    drop_bad: bool = typer.Option(False, "--drop-bad", help="Unpublish and delete generations with bad chunks."),
+    drop_bad: bool = typer.Option(
+        False, "--drop-bad", help="Unpublish and delete generations with bad chunks or a store that will not open."),
 ) -> None:
-    """Read every chunk and check its checksum; exit 1 naming the bad chunks."""
+    """Read every chunk and check its checksum; exit 1 naming the bad chunks and unopenable stores."""
     from cache.build import drop_generations
-    from cache.store import CacheStore
+    from cache.store import CacheStore, UnreadableGenerationError
 
     store = CacheStore(cache)
     ids = [generation] if generation is not None else store.published()
     bad_gens = []
     for g in ids:
         with store.reader_lease(g):
-            bad = store.open_generation(g).verify()
-        console.print(f"generation {g}: " + ("ok" if not bad else f"{len(bad)} bad chunk(s)"), highlight=False)
+            try:
+                bad = store.open_generation(g).verify()
+                what = f"{len(bad)} bad chunk(s)"
+            except UnreadableGenerationError as e:  # the whole generation is bad: drop it too
+                bad, what = [str(e)], "store cannot be opened"
+        console.print(f"generation {g}: " + ("ok" if not bad else what), highlight=False)
         for msg in bad:
             console.print("  " + msg, highlight=False, markup=False, soft_wrap=True)
         if bad:
@@ -306,6 +311,7 @@ def bench_negatives(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     dataset: Optional[Path] = typer.Option(None, help="Dataset directory; omit to run on the built-in synthetic data."),
     cache: Optional[Path] = typer.Option(None, help="Negative cache; built (generation 0) if missing."),
     run_dir: Optional[Path] = typer.Option(None, help="Run directory (default runs/<dataset>-<time>)."),
@@ -344,9 +350,15 @@ def train(
         from clcrec.train import train as train_run
 
         record = RunDir(resume).read_config()
-        cfg = TrainConfig.from_dict(record["config"]).replace(run_dir=str(resume))
-        if epochs is not None:
-            cfg = cfg.replace(epochs=epochs)
+        # Options typed with --resume override the run's config; the trainer then refuses those
+        # that would change what the model learns (config.RESUMABLE_CHANGES lists the others).
+        names = {"dim_e": "dim_E", "modality": "modalities"}
+        given = {
+            names.get(k, k): (tuple(v) if isinstance(v, list) else v)
+            for k, v in ctx.params.items()
+            if ctx.get_parameter_source(k).name == "COMMANDLINE" and k not in ("resume", "scale")
+        }
+        cfg = TrainConfig.from_dict({**record["config"], **given, "run_dir": str(resume)})
         results = train_run(cfg, resume=True, console=console)
         if results:
             from clcrec.flow import report

@@ -24,7 +24,7 @@ from cache.manifest import (
 from cache.write import GenerationSource, dir_bytes
 from pipeline.dataset import read_fingerprint
 from pipeline.errors import CacheError
-from pipeline.fsutil import TMP_PREFIX, atomic_write_json, fsync_dir
+from pipeline.fsutil import TMP_PREFIX, atomic_write_json, fsync_dir, fsync_tree
 
 
 def check_generation(g: int) -> int:
@@ -125,18 +125,6 @@ def generation_entry(source: GenerationSource, num_rows: int, checksums: dict, p
         "shards": shards,
         "checksums": {name: [checksums[name][i] for i in sorted(checksums[name])] for name in ARRAYS},
     }
-
-
-def fsync_tree(root: Path) -> None:
-    """Flush every file and directory under `root` to disk (zarr itself does not fsync)."""
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
 
 
 def publish_as_generation(cache_dir: Path, tmp: Path, g: int, entry: dict) -> None:

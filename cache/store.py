@@ -32,7 +32,12 @@ from cache.manifest import (
 )
 from pipeline.errors import CacheError
 
-__all__ = ["CacheStore", "Generation", "NegativeConfig", "crc32c"]
+__all__ = ["CacheStore", "Generation", "NegativeConfig", "UnreadableGenerationError", "crc32c"]
+
+
+class UnreadableGenerationError(CacheError):
+    """A published generation whose store cannot be opened (garbled metadata, directory gone, wrong
+    shape): the whole generation is bad, and `cache-verify --drop-bad` drops it like bad chunks."""
 
 
 def crc32c(arr: np.ndarray) -> str:
@@ -58,16 +63,17 @@ class Generation:
             group = zarr.open_group(self.path, mode="r")
             self._arrays = {name: group[name] for name in ("users", "pos", "neg")}
         except Exception as e:  # zarr raises several types for missing or garbled metadata
-            raise CacheError(
+            raise UnreadableGenerationError(
                 f"generation {generation} of {cache_dir} is listed in the manifest but its store "
                 f"{self.path} cannot be opened ({type(e).__name__}: {e}); drop it with "
                 f"`python cli.py cache-verify {cache_dir} --drop-bad` and rebuild"
             ) from e
         neg = self._arrays["neg"]
         if neg.shape != (self.num_rows, self.num_neg) or neg.dtype != self.item_dtype:
-            raise CacheError(
+            raise UnreadableGenerationError(
                 f"generation {generation} of {cache_dir}: neg array is {neg.dtype} {neg.shape}, the "
-                f"manifest says {self.item_dtype} {(self.num_rows, self.num_neg)}; rebuild the cache"
+                f"manifest says {self.item_dtype} {(self.num_rows, self.num_neg)}; drop it with "
+                f"`python cli.py cache-verify {cache_dir} --drop-bad` and rebuild"
             )
 
     def chunk_range(self, i: int) -> tuple[int, int]:

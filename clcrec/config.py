@@ -14,7 +14,7 @@ from pipeline.errors import UserError
 
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
 # Fields a resumed run may change: where and how fast it runs, and how long, but not what it learns.
-RESUMABLE_CHANGES = {"run_dir", "epochs", "patience", "device", "threads", "log_every", "prefetch", "eval_block"}
+RESUMABLE_CHANGES = {"run_dir", "epochs", "patience", "device", "amp", "threads", "log_every", "prefetch", "eval_block", "encode"}
 SELECT_MODES = ("cold", "warm", "all", "mean")
 ENCODE_MODES = ("auto", "unique", "slots")
 
@@ -68,6 +68,12 @@ class TrainConfig:
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.select_k in self.ks, f"select_k={self.select_k} must be one of ks={self.ks}"),
             (self.refresh_every >= 0, "refresh_every must be >= 0"),
+            (self.patience >= 1, "patience must be >= 1"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+            (self.eval_block >= 1, "eval_block must be >= 1"),
+            (self.prefetch >= 1, "prefetch must be >= 1"),
+            (self.dim_E >= 1 and self.hidden >= 1, "dim_E and hidden must be >= 1"),
+            (self.threads >= 0, "threads must be >= 0 (0: torch's default)"),
         ]
         for ok, msg in checks:
             if not ok:

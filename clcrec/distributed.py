@@ -3,14 +3,13 @@
     torchrun --nproc_per_node=2 cli.py train --dataset D --cache C --run-dir R
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK (and MASTER_ADDR / MASTER_PORT); we use NCCL on
-GPUs and gloo on CPU. Uneven shares of chunks across ranks are handled by DDP's Join context
-(ranks that run out of batches shadow the others' all-reduces), so no pair is dropped or repeated.
+GPUs and gloo on CPU. The loader gives every rank a slice of the same global batches, so all ranks
+run the same number of steps and DDP needs no Join.
 """
 
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -32,13 +31,14 @@ class DistContext:
         return self.world > 1
 
 
-def init() -> DistContext:
+def init(use_cuda: bool = False) -> DistContext:
+    """Join the torchrun job if there is one: NCCL when training on CUDA, gloo otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not tdist.is_initialized():
-        use_nccl = torch.cuda.is_available() and tdist.is_nccl_available()
+        use_nccl = use_cuda and torch.cuda.is_available() and tdist.is_nccl_available()
         if use_nccl:
             torch.cuda.set_device(local_rank)
         tdist.init_process_group(backend="nccl" if use_nccl else "gloo")
@@ -50,15 +50,9 @@ def wrap(model: torch.nn.Module, device: torch.device, ctx: DistContext) -> torc
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def join(net: torch.nn.Module, ctx: DistContext):
-    if not ctx.enabled:
-        return nullcontext()
-    from torch.distributed.algorithms.join import Join
-
-    return Join([net])
+    # No buffer broadcast: the only buffer is the constant feature matrix, which every rank loads
+    # itself; broadcasting it before each forward would send (items x features) floats per step.
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
 
 
 def barrier(ctx: DistContext) -> None:

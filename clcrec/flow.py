@@ -77,7 +77,9 @@ def run_training(cfg: TrainConfig, *, scale: str = "default", console: Console |
     console = console or Console(stderr=True)
     synthetic = not cfg.dataset
     cfg = default_paths(cfg, scale)
-    ctx = dist.init()  # under torchrun: rank 0 prepares data and cache, the others wait
+    from clcrec.train import wants_cuda
+
+    ctx = dist.init(wants_cuda(cfg))  # under torchrun: rank 0 prepares data and cache, the others wait
     if ctx.is_main:
         if synthetic:
             ensure_synthetic(Path(cfg.dataset), scale, cfg.seed, console)

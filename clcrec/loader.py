@@ -8,10 +8,13 @@ Reads: a published generation (cache.store.Generation). Writes: nothing.
                      (non_blocking) while batch i computes.
 
 Order: the epoch's chunk order and each chunk's row permutation derive from (seed, epoch, chunk),
-so an epoch is reproducible (resume gives the same batches) and every rank of a distributed run
-can compute its own disjoint share (chunks rank::world) with no communication. Every pair is
-served exactly once per epoch across ranks: rows left over at the end of a chunk are stitched to
-the start of the next chunk of the same rank, and only the last batch of a rank can be short.
+so an epoch is reproducible (resume gives the same batches). Rows left over at the end of a chunk
+are stitched to the start of the next one, so only the epoch's last batch can be short.
+
+Distributed runs: every rank walks the same sequence of *global* batches (exactly the batches of a
+1-process run) and keeps its own contiguous slice of each, so every pair is served exactly once
+per epoch across ranks and every rank runs the same number of steps (DDP needs no Join, and the
+ranks' optimizer states stay identical). Each rank decodes every chunk but assembles only its rows.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import numba
 import numpy as np
 import torch
 
+from pipeline.errors import UserError
+
 
 @dataclass
 class Batch:
@@ -33,12 +38,14 @@ class Batch:
     items: torch.Tensor  # (B, 1+K) int64, positive in column 0
     uniq: torch.Tensor | None = None  # (Q,) int64 distinct items, first-appearance order
     inverse: torch.Tensor | None = None  # (B, 1+K) int64 index into uniq
+    offset: int = 0  # where this slice starts in its global batch (distributed runs)
+    global_size: int = -1  # rows of the global batch this slice belongs to (-1: the slice itself)
 
     def tensors(self):
-        return [getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None]
+        return [t for f in fields(self) if isinstance(t := getattr(self, f.name), torch.Tensor)]
 
     def apply(self, fn) -> "Batch":
-        return Batch(**{f.name: (None if (t := getattr(self, f.name)) is None else fn(t)) for f in fields(self)})
+        return Batch(**{f.name: (fn(v) if isinstance(v := getattr(self, f.name), torch.Tensor) else v) for f in fields(self)})
 
     @property
     def size(self) -> int:
@@ -68,9 +75,9 @@ def epoch_chunk_order(num_chunks: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x0C4C]).permutation(num_chunks)
 
 
-def rank_chunks(num_chunks: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
-    """The chunks rank `rank` reads in epoch `epoch`, in order: a disjoint share of a permutation."""
-    return epoch_chunk_order(num_chunks, seed, epoch)[rank::world]
+def slice_bounds(rows: int, world: int) -> np.ndarray:
+    """(world+1,) boundaries splitting a global batch of `rows` into near-equal contiguous slices."""
+    return (np.arange(world + 1, dtype=np.int64) * rows) // world
 
 
 def chunk_permutation(n: int, seed: int, epoch: int, chunk: int) -> np.ndarray:
@@ -109,8 +116,11 @@ class ChunkStream:
     ):
         self.gen = generation
         self.num_items = num_items
-        self.seed, self.epoch, self.batch_size = seed, epoch, batch_size
-        self.chunks = rank_chunks(generation.num_chunks, seed, epoch, rank, world)
+        if batch_size % world:
+            raise ValueError(f"the global batch size {batch_size} must be divisible by the {world} ranks")
+        self.seed, self.epoch, self.batch_size = seed, epoch, batch_size  # global batch size
+        self.rank, self.world = rank, world
+        self.chunks = epoch_chunk_order(generation.num_chunks, seed, epoch)
         self.dedupe, self.pin, self.verify = dedupe, pin, verify
         self.wait_s = 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
@@ -127,8 +137,9 @@ class ChunkStream:
                 continue
         return False
 
-    def _make_batch(self, users: np.ndarray, items: np.ndarray, slot_of: np.ndarray) -> Batch:
-        b = Batch(users=torch.from_numpy(users.astype(np.int64)), items=torch.from_numpy(items))
+    def _make_batch(self, users: np.ndarray, items: np.ndarray, slot_of: np.ndarray, offset: int, gsize: int) -> Batch:
+        b = Batch(users=torch.from_numpy(users.astype(np.int64)), items=torch.from_numpy(items),
+                  offset=offset, global_size=gsize)
         if self.dedupe:
             flat = items.reshape(-1)
             uniq = np.empty(flat.shape[0], dtype=np.int64)
@@ -143,33 +154,57 @@ class ChunkStream:
     def _produce(self) -> None:
         try:
             slot_of = np.full(self.num_items, -1, dtype=np.int64)
-            carry_u = carry_i = None
-            bs = self.batch_size
+            B, world, rank = self.batch_size, self.world, self.rank
+            n_total = self.gen.num_rows
+            n_batches = -(-n_total // B)
+            last_rows = n_total - (n_batches - 1) * B  # rows of the (possibly short) last global batch
+            full_bounds, last_bounds = slice_bounds(B, world), slice_bounds(last_rows, world)
+
+            def slice_of(bi: int) -> tuple[int, int, int]:  # (offset, size, global size) of this rank
+                bounds, gsize = (last_bounds, last_rows) if bi == n_batches - 1 else (full_bounds, B)
+                return int(bounds[rank]), int(bounds[rank + 1] - bounds[rank]), gsize
+
+            g0, carry_u, carry_i, carry_bi = 0, [], [], -1
             for c in self.chunks:
                 users, pos, neg = self.gen.read_chunk(int(c), verify=self.verify)
-                perm = chunk_permutation(len(users), self.seed, self.epoch, int(c))
-                items = np.empty((len(users), 1 + neg.shape[1]), dtype=np.int64)  # (n, 1+K)
+                n = len(users)
+                perm = chunk_permutation(n, self.seed, self.epoch, int(c))
+                g = np.arange(g0, g0 + n, dtype=np.int64)  # global epoch positions of the permuted rows
+                g0 += n
+                bi = g // B
+                if world > 1:  # keep only this rank's slice of each global batch
+                    p = g - bi * B
+                    is_last = bi == n_batches - 1
+                    owner = np.where(is_last, np.searchsorted(last_bounds, p, side="right"),
+                                     np.searchsorted(full_bounds, p, side="right")) - 1
+                    keep = np.flatnonzero(owner == rank)
+                    perm, bi = perm[keep], bi[keep]
+                items = np.empty((len(perm), 1 + neg.shape[1]), dtype=np.int64)  # (n_rank, 1+K)
                 items[:, 0] = pos[perm]
                 items[:, 1:] = neg[perm]
                 users = users[perm]
-                start, out = 0, []
-                if carry_u is not None:  # stitch the previous chunk's tail to this chunk's head
-                    take = min(bs - len(carry_u), len(users))
-                    carry_u = np.concatenate([carry_u, users[:take]])
-                    carry_i = np.concatenate([carry_i, items[:take]])
-                    start = take
-                    if len(carry_u) == bs:
-                        out.append(self._make_batch(carry_u, carry_i, slot_of))
-                        carry_u = carry_i = None
-                while start + bs <= len(users):
-                    out.append(self._make_batch(users[start : start + bs], items[start : start + bs], slot_of))
-                    start += bs
-                if start < len(users):
-                    carry_u, carry_i = users[start:].copy(), items[start:].copy()
+                out, start = [], 0
+                while start < len(bi):  # rows arrive grouped by global batch, in order
+                    cur = int(bi[start])
+                    end = int(np.searchsorted(bi, cur, side="right"))
+                    if cur != carry_bi:
+                        carry_u, carry_i, carry_bi = [], [], cur
+                    carry_u.append(users[start:end])
+                    carry_i.append(items[start:end])
+                    offset, size, gsize = slice_of(cur)
+                    if sum(len(u) for u in carry_u) == size:
+                        u_cat = carry_u[0] if len(carry_u) == 1 else np.concatenate(carry_u)
+                        i_cat = carry_i[0] if len(carry_i) == 1 else np.concatenate(carry_i)
+                        out.append(self._make_batch(u_cat, i_cat, slot_of, offset, gsize))
+                        carry_u, carry_i = [], []
+                    start = end
                 if out and not self._put(out):
                     return
-            if carry_u is not None and not self._put([self._make_batch(carry_u, carry_i, slot_of)]):
-                return
+            offset, size, gsize = slice_of(n_batches - 1)
+            if size == 0 and n_batches > 0:  # this rank's share of a tiny last batch is empty, but
+                empty = np.empty((0, 1 + self.gen.num_neg), dtype=np.int64)  # it must still step
+                if not self._put([self._make_batch(np.empty(0, np.int64), empty, slot_of, offset, gsize)]):
+                    return
             self._put(_DONE)
         except BaseException as e:  # surfaced in the consumer with its cause
             self._put(_Failure(e))
@@ -186,6 +221,8 @@ class ChunkStream:
                 if item is _DONE:
                     return
                 if isinstance(item, _Failure):
+                    if isinstance(item.exc, UserError):  # e.g. a corrupt chunk: its message says what to do
+                        raise item.exc
                     raise RuntimeError(f"the negative-cache reader failed: {item.exc}") from item.exc
                 yield from item
         finally:
@@ -212,7 +249,9 @@ class ChunkStream:
 class DevicePrefetcher:
     """Copies the next batch to the device on a side stream while the current one computes.
 
-    On CPU this is a pass-through; the training loop is the same code either way.
+    Each copy records a CUDA event; the compute stream waits on that batch's event only (a GPU-side
+    wait, not a host sync), so batch i never waits for batch i+1's copy. On CPU this is a
+    pass-through; the training loop is the same code either way.
     """
 
     def __init__(self, batches, device: torch.device):
@@ -220,17 +259,22 @@ class DevicePrefetcher:
         self.device = device
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
-    def _load(self, b: Batch) -> Batch:
-        ctx = torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
-        with ctx:
-            return b.apply(lambda t: t.to(self.device, non_blocking=True))
+    def _load(self, b: Batch):
+        if self.stream is None:
+            return b, None
+        with torch.cuda.stream(self.stream):
+            moved = b.apply(lambda t: t.to(self.device, non_blocking=True))
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        return moved, done
 
-    def _ready(self, b: Batch) -> Batch:
-        if self.stream is not None:
+    def _ready(self, loaded) -> Batch:
+        b, done = loaded
+        if done is not None:
             cur = torch.cuda.current_stream(self.device)
-            cur.wait_stream(self.stream)  # GPU-side wait, not a host sync
+            cur.wait_event(done)
             for t in b.tensors():
-                t.record_stream(cur)
+                t.record_stream(cur)  # the caching allocator must not reuse them while compute runs
         return b
 
     def __iter__(self):

@@ -31,10 +31,16 @@ def concat_normalised_features(features: list[np.ndarray]) -> torch.Tensor:
     return torch.cat(parts, dim=1).contiguous()  # (I, F)
 
 
+def mean0(x: torch.Tensor) -> torch.Tensor:
+    """Mean that is 0 (not NaN) for an empty tensor: a rank whose slice of the epoch's last,
+    tiny global batch is empty still takes its DDP step, with zero gradients."""
+    return x.sum() / max(x.numel(), 1)
+
+
 def info_nce(scores: torch.Tensor) -> torch.Tensor:
     """Mean softmax cross-entropy with the positive in column 0. scores: (B, 1+K)."""
     scores = scores.float()
-    return (torch.logsumexp(scores, dim=1) - scores[:, 0]).mean()
+    return mean0(torch.logsumexp(scores, dim=1) - scores[:, 0])
 
 
 class CLCRec(nn.Module):
@@ -105,7 +111,7 @@ class CLCRec(nn.Module):
 
         # The reference regulariser: mean L2 norm of the user and of every item-slot embedding.
         item_norm = emb.float().norm(dim=1, keepdim=True)  # (Q, 1)
-        reg = (user.float().norm(dim=1).mean() + F.embedding(inverse, item_norm).mean()) / 2
+        reg = (mean0(user.float().norm(dim=1)) + mean0(F.embedding(inverse, item_norm))) / 2
         return loss_re, loss_ui, reg
 
     def combine(self, loss_re, loss_ui, reg, reg_weight: float) -> torch.Tensor:

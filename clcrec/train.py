@@ -10,7 +10,6 @@ Distributed runs (torchrun) use DDP; each rank streams a disjoint share of the c
 
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,16 +18,22 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from cache.build import build_generation
 from cache.store import CacheStore
 from clcrec import distributed as dist
 from clcrec.checkpoint import RunDir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from clcrec.config import TrainConfig
 from clcrec.evaluate import EvalConfig, RankingEvaluator
+from clcrec.generations import GenerationSupply
 from clcrec.loader import ChunkStream, DevicePrefetcher
 from clcrec.model import CLCRec, concat_normalised_features
 from pipeline.dataset import load_dataset
 from pipeline.errors import DatasetChangedError, TrainingDivergedError, UserError
+from pipeline.fsutil import clean_tmp_leftovers
+
+
+def wants_cuda(cfg: TrainConfig) -> bool:
+    """Whether this run trains on CUDA (decides NCCL vs gloo before the device is set up)."""
+    return cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
 
 
 def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
@@ -80,17 +85,25 @@ def train_step(net, model, opt, scaler, autocast, batch, hybrid, reg_weight: flo
     return torch.stack([loss, loss_re, loss_ui, reg]).detach().float()  # (4,)
 
 
-def epoch_generator(cfg: TrainConfig, epoch: int, rank: int, device: torch.device) -> torch.Generator:
-    """RNG for the hybrid-contrast mask, seeded per (seed, epoch, rank) so resume replays it."""
+def epoch_generator(cfg: TrainConfig, epoch: int, device: torch.device) -> torch.Generator:
+    """RNG for the hybrid-contrast mask, seeded per (seed, epoch) so resume replays it. Every rank
+    draws the mask of the whole global batch and keeps its slice, as a 1-process run would."""
     g = torch.Generator(device=device)
-    g.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, rank, 0x4D]).generate_state(1)[0]))
+    g.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, 0x4D]).generate_state(1)[0]))
     return g
+
+
+def hybrid_mask(batch, num_sample: float, rng: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(B, 1+K) bool: which U-I slots use the content representation (Bernoulli(num_sample))."""
+    rows = batch.global_size if batch.global_size >= 0 else batch.size
+    draw = torch.rand((rows, batch.items.shape[1]), generator=rng, device=device)  # (B_global, 1+K)
+    return draw[batch.offset : batch.offset + batch.size] < num_sample
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, console: Console | None = None):
         self.console = console or Console(stderr=True)
-        self.ctx = dist.init()
+        self.ctx = dist.init(wants_cuda(cfg))
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.run = RunDir(cfg.run_dir)
@@ -134,7 +147,7 @@ class Trainer:
         # --- early-stopping state, restored on resume ---
         self.start_epoch, self.best_score, self.best_epoch, self.bad_epochs = 0, -1.0, -1, 0
         self.metrics: list[dict] = []
-        self._bg_build: tuple[int, threading.Thread, list] | None = None
+        self.supply = GenerationSupply(Path(cfg.dataset), self.store, self.ctx, self.console)
 
     # ------------------------------------------------------------------------------------------
     def run_record(self) -> dict:
@@ -164,8 +177,16 @@ class Trainer:
         }
 
     def setup_run_dir(self) -> None:
-        if self.resume:
-            ck = load_checkpoint(self.run.last, map_location=self.device)
+        if self.resume and not self.run.last.exists():
+            # Killed during its first epoch: nothing to resume, so start it again in place.
+            self.run.read_config()  # still refuse a directory that is not a run
+            self.console.print(f"{self.run.root} has no checkpoint yet; starting it from epoch 0")
+            self.resume = False
+            if self.ctx.is_main:
+                self.run.create(self.run_record(), exist_ok=True)
+        elif self.resume:
+            # CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest.
+            ck = load_checkpoint(self.run.last, map_location="cpu")
             self.cfg.check_resumable(ck["config"])
             if ck["dataset_fingerprint"] != self.dataset.fingerprint:
                 raise DatasetChangedError(
@@ -182,52 +203,20 @@ class Trainer:
             self.metrics = [r for r in self.run.read_metrics() if r["epoch"] <= ck["epoch"]]
             if self.ctx.is_main:
                 self.run.write_metrics(self.metrics)
+                for name in ("last.pt", "best.pt"):  # leftovers of a kill during a checkpoint write
+                    clean_tmp_leftovers(self.run.ckpt_dir, name)
                 self.console.print(f"resuming {self.run.root} at epoch {self.start_epoch}")
         elif self.ctx.is_main:
             self.run.create(self.run_record())
         dist.barrier(self.ctx)
 
     # ------------------------------------------------------------------------------------------
-    def ensure_generation(self, g: int) -> None:
-        """Make generation g available: join a background build of it, or build it now."""
-        if self._bg_build is not None and self._bg_build[0] == g:
-            _, thread, err = self._bg_build
-            if thread.is_alive() and self.ctx.is_main:
-                self.console.print(f"waiting for the background build of generation {g}")
-            thread.join()
-            self._bg_build = None
-            if err:
-                raise err[0]
-        if self.ctx.is_main and g not in self.store.published():
-            build_generation(Path(self.cfg.dataset), Path(self.cfg.cache), g, self.store.config, progress=True)
-        dist.barrier(self.ctx)
-
-    def prepare_next_generation(self, g: int) -> None:
-        """Start building generation g in the background unless it is published already."""
-        if not self.ctx.is_main or g in self.store.published() or self._bg_build is not None:
-            return
-        err: list = []
-
-        def work():
-            try:
-                build_generation(Path(self.cfg.dataset), Path(self.cfg.cache), g, self.store.config, progress=False)
-            except BaseException as e:  # re-raised by ensure_generation
-                err.append(e)
-
-        thread = threading.Thread(target=work, name=f"build-gen-{g}", daemon=True)
-        thread.start()
-        self._bg_build = (g, thread, err)
-
     # ------------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int, generation: int, progress) -> dict:
-        # Lease first, then open: a concurrent prune cannot remove the generation in between.
-        with self.store.reader_lease(generation):
-            gen = self.store.open_generation(generation, expect_fingerprint=self.dataset.fingerprint)
-            return self._train_epoch(epoch, generation, gen, progress)
-
-    def _train_epoch(self, epoch: int, generation: int, gen, progress) -> dict:
+        """One pass over a leased generation; returns the epoch's record (all ranks agree)."""
         cfg, model, net, device = self.cfg, self.model, self.net, self.device
-        rng = epoch_generator(cfg, epoch, self.ctx.rank, device)
+        gen = self.store.open_generation(generation, expect_fingerprint=self.dataset.fingerprint)
+        rng = epoch_generator(cfg, epoch, device)
         sums = torch.zeros(4, device=device)  # loss, loss_re, loss_ui, reg: summed on device
         bad_step = torch.full((), -1, dtype=torch.long, device=device)
         steps = samples = 0
@@ -236,11 +225,11 @@ class Trainer:
         task = progress.add_task(f"epoch {epoch} (gen {generation})", total=gen.num_rows // self.ctx.world)
         with ChunkStream(
             gen, num_items=self.dataset.num_items, seed=cfg.seed, epoch=epoch,
-            batch_size=cfg.batch_size // self.ctx.world, rank=self.ctx.rank, world=self.ctx.world,
+            batch_size=cfg.batch_size, rank=self.ctx.rank, world=self.ctx.world,
             dedupe=self.dedupe, pin=device.type == "cuda", prefetch=cfg.prefetch,
-        ) as stream, dist.join(net, self.ctx):
+        ) as stream:
             for batch in DevicePrefetcher(stream, device):
-                hybrid = torch.rand(batch.items.shape, generator=rng, device=device) < cfg.num_sample
+                hybrid = hybrid_mask(batch, cfg.num_sample, rng, device)
                 parts = train_step(net, model, self.opt, self.scaler, self.autocast, batch, hybrid, cfg.reg_weight)
                 loss = parts[0]
                 sums += parts
@@ -256,13 +245,15 @@ class Trainer:
         self.check_finite(bad_step, epoch)  # host sync point (end of epoch, all ranks)
         progress.remove_task(task)
         seconds = time.perf_counter() - t0
-        totals = dist.all_reduce_sum(torch.cat([sums, torch.tensor([steps, samples], device=device, dtype=sums.dtype)]), self.ctx)
-        mean = (totals[:4] / totals[4].clamp(min=1)).tolist()  # host sync point (epoch end)
+        sums = dist.all_reduce_sum(sums, self.ctx)
+        counts = dist.all_reduce_sum(torch.tensor([steps, samples], device=device, dtype=torch.long), self.ctx)
+        steps_all, samples_all = counts.tolist()  # host sync point (epoch end); exact int64 counts
+        mean = (sums / max(steps_all, 1)).tolist()
         return {
             "epoch": epoch, "generation": generation,
             "loss": mean[0], "loss_re": mean[1], "loss_ui": mean[2], "reg": mean[3],
-            "steps": int(totals[4]), "samples": int(totals[5]), "seconds": round(seconds, 3),
-            "samples_per_s": round(float(totals[5]) / max(seconds, 1e-9), 1),
+            "steps": steps_all, "samples": samples_all, "seconds": round(seconds, 3),
+            "samples_per_s": round(samples_all / max(seconds, 1e-9), 1),
             "data_wait_frac": round(stream.wait_s / max(seconds, 1e-9), 4),
         }
 
@@ -305,12 +296,13 @@ class Trainer:
                 if stop:
                     break
                 generation = cfg.generation_for_epoch(epoch)
-                self.ensure_generation(generation)
-                next_gen = cfg.generation_for_epoch(epoch + 1)
-                if epoch + 1 < cfg.epochs and next_gen != generation:
-                    self.prepare_next_generation(next_gen)
-                record = self.train_epoch(epoch, generation, progress)
+                with self.supply.lease(generation):
+                    next_gen = cfg.generation_for_epoch(epoch + 1)
+                    if epoch + 1 < cfg.epochs and next_gen != generation:
+                        self.supply.prefetch(next_gen)  # built while this epoch trains
+                    record = self.train_epoch(epoch, generation, progress)
                 stop = self.end_epoch(epoch, generation, record)
+        self.supply.close()
         dist.barrier(self.ctx)
         return self.finish()
 

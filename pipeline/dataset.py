@@ -18,7 +18,8 @@ Layout of DATASET/ (all arrays are plain .npy, so later stages can memory-map th
 Users and items are re-indexed to 0..n-1; the parquet tables map back to the original ids.
 The fingerprint is a SHA-256 of the interaction arrays, the item status and the features; caches
 and checkpoints record it and refuse to run against a dataset that changed under them.
-Writing is atomic (built in a temporary directory beside the target, then renamed).
+Writing is atomic (built in a temporary directory beside the target, fsynced, then renamed); a
+`--force` rewrite killed between its two renames is undone by the next write (fsutil.recover_aside).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ import numpy as np
 import polars as pl
 
 from pipeline.errors import InputError
-from pipeline.fsutil import atomic_write_json, clean_tmp_leftovers, make_tmp_dir, publish_dir
+from pipeline.fsutil import (
+    aside_path, atomic_write_json, clean_tmp_leftovers, fsync_tree, make_tmp_dir, publish_dir, recover_aside,
+)
 
 FORMAT = "clcrec-dataset"
 FORMAT_VERSION = 1
@@ -195,6 +198,7 @@ def write_dataset(
     column (items may add `title`). Raises InputError on any inconsistency, before writing.
     """
     target = Path(target)
+    recover_aside(target)  # a killed --force rewrite left the previous dataset aside: put it back
     if target.exists() and not force:
         raise InputError(f"{target} already exists; pass --force to replace it")
     num_users, num_items = user_ids.height, item_ids.height
@@ -257,11 +261,13 @@ def write_dataset(
         user_ids.with_row_index("user").write_parquet(tmp / "users.parquet")
         item_ids.with_row_index("item").write_parquet(tmp / "items.parquet")
         atomic_write_json(tmp / "meta.json", meta)  # last: its presence marks completeness
+        fsync_tree(tmp)  # on disk before the rename, so a power loss cannot publish empty files
         publish_dir(tmp, target, force=force)
     except BaseException:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+        recover_aside(target)  # interrupted between publish_dir's renames: the old copy goes back
         raise
     return target
 
@@ -270,6 +276,11 @@ def load_dataset(root: Path, *, mmap: bool = True, modalities: list[str] | None 
     """Open a dataset directory. `modalities` selects feature files (default: all)."""
     root = Path(root)
     meta_path = root / "meta.json"
+    if not meta_path.exists() and not root.exists() and aside_path(root).is_dir():
+        raise InputError(
+            f"{root} is missing but {aside_path(root)} holds its previous copy (a --force ingest was "
+            f"killed while replacing it); the next ingest into {root} restores it, or rename it back"
+        )
     if not meta_path.exists():
         raise InputError(
             f"{root} is not a dataset directory (no meta.json); create one with `cli.py ingest ...` "

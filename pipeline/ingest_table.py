@@ -89,7 +89,13 @@ def read_feature(spec: FeatureSpec, item_col: str) -> tuple[pl.Series, np.ndarra
                 "they must have one row per id"
             )
     else:
-        df = pl.read_parquet(path)
+        try:
+            df = pl.read_parquet(path)
+        except (pl.exceptions.PolarsError, OSError) as e:  # truncated or garbled: ComputeError
+            raise InputError(
+                f"feature file {path} for {spec.name!r} could not be read as parquet ({e}); it is "
+                "truncated or corrupt: write it again, or pass the features as NAME=FEAT.npy:IDS.txt"
+            ) from None
         id_col = item_col if item_col in df.columns else "item"
         if id_col not in df.columns:
             raise InputError(f"feature file {path} has no item-id column ({item_col!r} or 'item'); columns: {df.columns}")

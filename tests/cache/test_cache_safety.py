@@ -164,3 +164,29 @@ def test_corrupt_chunks_are_reported_by_generation_and_chunk(dataset, tmp_path):
     assert "chunk 1 (rows 256..511)" in proc.stderr and "Traceback" not in proc.stderr
     run_cli("cache-verify", cache, "--drop-bad", check=False)
     assert CacheStore(cache).published() == []
+
+
+def test_drop_bad_drops_generations_whose_store_will_not_open(dataset, tmp_path):
+    cache = tmp_path / "cache"
+    build_next(dataset, cache, 3, FAST, progress=False)
+    good = read_generation(CacheStore(cache), 0)
+    (cache / "gen-000001" / "neg" / "zarr.json").write_text("{ garbled")
+    shutil.rmtree(cache / "gen-000002")  # deleted by hand, still listed in the manifest
+    with pytest.raises(CacheError, match=r"generation 1 of .* cannot be opened.*--drop-bad"):
+        CacheStore(cache).open_generation(1)
+
+    proc = run_cli("cache-verify", cache, check=False)
+    out = " ".join(proc.stderr.split())
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "generation 0: ok" in out
+    assert "generation 1: store cannot be opened" in out and "gen-000001 cannot be opened" in out
+    assert "generation 2: store cannot be opened" in out and "gen-000002 cannot be opened" in out
+    assert CacheStore(cache).published() == [0, 1, 2]  # reported, nothing dropped without --drop-bad
+
+    proc = run_cli("cache-verify", cache, "--drop-bad", check=False)
+    assert proc.returncode == 1 and "dropped generations [1, 2]" in proc.stderr, proc.stderr
+    assert CacheStore(cache).published() == [0]
+    assert not (cache / "gen-000001").exists() and not (cache / "gen-000002").exists()
+    for a, b in zip(good, read_generation(CacheStore(cache), 0)):
+        np.testing.assert_array_equal(a, b)
+    assert run_cli("cache-verify", cache, check=False).returncode == 0  # the loop is broken

@@ -1,9 +1,10 @@
 """Distributed training on CPU with real processes: torchrun, gloo, DDP.
 
-A 2-rank run with the same global batch and seed as a 1-rank run sees different (but equally
-random) batch compositions and hybrid masks, so the runs agree statistically, not bitwise:
-per-epoch mean losses within 3% and test Recall@20 within 0.08 per mode (measured gaps on this
-data: about 1% and 0.03).
+A 2-rank run with the same global batch and seed as a 1-rank run trains on exactly the same global
+batches and hybrid masks (each rank holds one half of every batch), so the runs differ only by
+floating-point summation order (DDP averages two half-batch gradients), which training amplifies
+slowly: measured gaps 5e-6 relative at epoch 0, 1.5e-4 by epoch 3 (with rank-local batches they
+were ~1e-2). Stated tolerance: per-epoch mean losses within 1e-3 relative, test metrics within 0.02.
 """
 
 import json
@@ -47,14 +48,14 @@ def test_two_ranks_agree_with_one_rank_and_serve_every_pair_once(tiny_dataset, t
     num_pairs = one[0]["samples"]
     for a, b in zip(one, two):
         assert b["samples"] == num_pairs  # summed over ranks: each pair once per epoch
-        # each rank runs half-size batches; each rank's own last batch may be short
-        assert 2 * a["steps"] - 1 <= b["steps"] <= 2 * a["steps"] + 1
-        assert abs(a["loss"] - b["loss"]) / a["loss"] < 0.03
+        assert b["steps"] == 2 * a["steps"]  # summed over ranks: both ranks step with every batch
+        assert abs(a["loss"] - b["loss"]) / a["loss"] < 1e-3
     assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
     ra = json.loads((tmp_path / "one" / "results.json").read_text())["test"]
     rb = json.loads((tmp_path / "two" / "results.json").read_text())["test"]
     for mode in ("all", "warm", "cold"):
-        assert abs(ra[mode]["recall@20"] - rb[mode]["recall@20"]) < 0.08, mode
+        for metric in ("recall@20", "ndcg@20"):
+            assert abs(ra[mode][metric] - rb[mode][metric]) < 0.02, (mode, metric)
 
 
 @pytest.mark.slow

@@ -174,3 +174,36 @@ def test_training_does_not_depend_on_the_thread_count(tiny_dataset, tiny_cache, 
         assert runs[1] == runs[2]
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_scratch(tiny_dataset, tiny_cache, tmp_path):
+    cfg = config(tiny_dataset, tiny_cache, tmp_path / "run", epochs=2)
+    Trainer(cfg, console=quiet()).setup_run_dir()  # config.json written, no checkpoint: a kill here
+    assert (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    results = train(cfg, resume=True, console=quiet())
+    assert [m["epoch"] for m in (json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())] == [0, 1]
+    assert results["best_epoch"] in (0, 1)
+
+
+def test_options_given_with_resume_apply_or_are_refused(tiny_dataset, tiny_cache, tmp_path):
+    run = tmp_path / "run"
+    train(config(tiny_dataset, tiny_cache, run, epochs=1), console=quiet())
+    refused = run_cli("train", "--resume", run, "--l-r", 0.5)
+    _, err = refused.communicate(timeout=120)
+    assert refused.returncode == 1 and "cannot resume: the config differs" in err and "l_r: 0.01 -> 0.5" in err
+    allowed = run_cli("train", "--resume", run, "--epochs", 2, "--patience", 7)
+    _, err = allowed.communicate(timeout=120)
+    assert allowed.returncode == 0, err
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["patience"] == 7
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("log_every", 0, "log_every must be >= 1"),
+    ("eval_block", 0, "eval_block must be >= 1"),
+    ("select_k", 5, "select_k=5 must be one of ks"),
+    ("amp", "fp8", "amp must be one of"),
+])
+def test_bad_config_values_are_refused_with_a_message(tiny_dataset, tiny_cache, tmp_path, field, value, message):
+    with pytest.raises(UserError, match=message):
+        config(tiny_dataset, tiny_cache, tmp_path / "run", **{field: value})

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import polars as pl
 import pytest
 
 
@@ -67,3 +68,16 @@ def test_synth_cli(cli, tmp_path, args, msg):
     assert ok.returncode == 0, ok.stderr
     meta = json.loads((out / "meta.json").read_text())
     assert meta["num_users"] == 300 and meta["split"]["seed"] == 3 and meta["source"]["seed"] == 3
+
+
+@pytest.mark.parametrize("corrupt", ["truncated", "garbage"])
+def test_table_corrupt_feature_parquet(cli, tmp_path, corrupt):
+    (tmp_path / "i.csv").write_text("user,item\n1,10\n2,11\n3,12\n")
+    feat = tmp_path / "feat.parquet"
+    pl.DataFrame({"item": [10, 11, 12], "vec": [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]}).write_parquet(feat)
+    raw = feat.read_bytes()
+    feat.write_bytes(raw[: len(raw) // 2] if corrupt == "truncated" else b"not a parquet file")
+    out = tmp_path / "out"
+    r = cli("ingest", "table", tmp_path / "i.csv", out, "--feature", f"f={feat}")
+    assert_clean_failure(r, out, f"feature file {feat} for 'f' could not be read as parquet", "truncated or corrupt")
+
