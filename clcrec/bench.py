@@ -188,7 +188,6 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
             "reference": time_data(track(ref_batches()), bc.steps, bc.warmup)}
     for g in opened:
         g.close()
-    del loader
     ratio = results["streaming"]["samples_per_s"] / results["reference"]["samples_per_s"]
     data_ratio = data["streaming"]["samples_per_s"] / data["reference"]["samples_per_s"]
     table = Table(title="samples/s (a sample = a positive pair with its negatives)")

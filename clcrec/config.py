@@ -7,7 +7,7 @@ Hyperparameter names and defaults follow the reference CLCRec code's MovieLens c
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import UserError

@@ -39,20 +39,12 @@ def ensure_cache(dataset: Path, cache: Path, num_neg: int, seed: int, console: C
     """Reuse `cache` when it was built from this dataset with this num_neg; else build gen 0."""
     from cache.build import build_generation
     from cache.store import CacheStore, NegativeConfig
+    from clcrec.generations import check_cache
     from pipeline.dataset import read_fingerprint
 
     if (cache / "manifest.json").exists():
         store = CacheStore(cache)
-        if store.fingerprint != read_fingerprint(dataset):
-            raise UserError(
-                f"cache {cache} was built from another dataset ({store.dataset_path}); pass another "
-                "--cache, or delete it to rebuild"
-            )
-        if store.config.num_neg != num_neg:
-            raise UserError(
-                f"cache {cache} holds {store.config.num_neg} negatives per pair but --num-neg is {num_neg}; "
-                f"pass --num-neg {store.config.num_neg} or another --cache"
-            )
+        check_cache(store, dataset, read_fingerprint(dataset), num_neg)
         if store.published():
             return cache
     console.print(f"building negative generation 0 in {cache}")

@@ -20,7 +20,22 @@ from rich.console import Console
 from cache.build import build_generation
 from cache.store import CacheStore
 from clcrec import distributed as dist
-from pipeline.errors import CacheError
+from pipeline.errors import CacheError, DatasetChangedError, UserError
+
+
+def check_cache(store: CacheStore, dataset_dir: Path, fingerprint: str, num_neg: int) -> None:
+    """Refuse a cache built from other data or with another num_neg, saying what to do."""
+    if store.fingerprint != fingerprint:
+        raise DatasetChangedError(
+            f"cache {store.cache_dir} was built from another dataset ({store.dataset_path}, fingerprint "
+            f"{store.fingerprint[:12]}; {dataset_dir} has {fingerprint[:12]}); rebuild it with "
+            f"`cli.py build-negatives {dataset_dir} NEW_CACHE`, or pass another --cache"
+        )
+    if store.config.num_neg != num_neg:
+        raise UserError(
+            f"cache {store.cache_dir} holds {store.config.num_neg} negatives per pair but --num-neg is "
+            f"{num_neg}; pass --num-neg {store.config.num_neg} or another --cache"
+        )
 
 
 class GenerationSupply:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, fields
 
 import numba

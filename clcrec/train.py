@@ -23,7 +23,7 @@ from clcrec import distributed as dist
 from clcrec.checkpoint import RunDir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from clcrec.config import TrainConfig
 from clcrec.evaluate import EvalConfig, RankingEvaluator
-from clcrec.generations import GenerationSupply
+from clcrec.generations import GenerationSupply, check_cache
 from clcrec.loader import ChunkStream, DevicePrefetcher
 from clcrec.model import CLCRec, concat_normalised_features
 from pipeline.dataset import load_dataset
@@ -113,17 +113,7 @@ class Trainer:
         # --- data: dataset, cache, and the check that they belong together ---
         self.dataset = load_dataset(cfg.dataset)
         self.store = CacheStore(cfg.cache)
-        if self.store.fingerprint != self.dataset.fingerprint:
-            raise DatasetChangedError(
-                f"cache {cfg.cache} was built from another dataset (fingerprint "
-                f"{self.store.fingerprint[:12]}, dataset {self.dataset.fingerprint[:12]}); rebuild it with "
-                f"`cli.py build-negatives {cfg.dataset} NEW_CACHE`"
-            )
-        if self.store.config.num_neg != cfg.num_neg:
-            raise UserError(
-                f"cache {cfg.cache} holds {self.store.config.num_neg} negatives per pair but --num-neg is "
-                f"{cfg.num_neg}; use the cache's value or build a new cache"
-            )
+        check_cache(self.store, Path(cfg.dataset), self.dataset.fingerprint, cfg.num_neg)
         if cfg.batch_size % self.ctx.world:
             raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {self.ctx.world} ranks")
 
