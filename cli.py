@@ -433,12 +433,14 @@ def bench_train_cmd(
     num_neg: int = typer.Option(128),
     workers: int = typer.Option(1, help="DataLoader workers of the reference loop."),
     device: str = typer.Option("auto"),
+    amp: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16; both loops."),
+    encode: str = typer.Option("auto", help="auto (unique on CPU, slots on CUDA), unique or slots; both loops."),
 ):
     """Samples/s of the streaming trainer vs a reference-style DataLoader loop, side by side."""
     from clcrec.bench import BenchTrainConfig, run_bench_train
 
     run_bench_train(BenchTrainConfig(dataset=str(dataset or ""), scale=scale, steps=steps, batch_size=batch_size,
-                                     num_neg=num_neg, workers=workers, device=device), console)
+                                     num_neg=num_neg, workers=workers, device=device, amp=amp, encode=encode), console)
 
 
 def main() -> None:

@@ -39,6 +39,8 @@ class BenchTrainConfig:
     num_neg: int = 128
     workers: int = 1
     device: str = "auto"
+    amp: str = "auto"  # as TrainConfig.amp: fp32 on CPU, bf16 on CUDA
+    encode: str = "auto"  # as TrainConfig.encode: unique on CPU, slots on CUDA
     seed: int = 0
 
 
@@ -83,6 +85,12 @@ class Collate:
             q = _dedupe(flat, self.slot_of, uniq, inverse)
             b.uniq, b.inverse = torch.from_numpy(uniq[:q].copy()), torch.from_numpy(inverse.reshape(items_np.shape))
         return b
+
+
+def _worker_context() -> str:
+    import multiprocessing
+
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 def time_loop(batches, model, cfg: TrainConfig, device, steps: int, warmup: int) -> dict:
@@ -130,16 +138,17 @@ def time_data(batches, steps: int | None, warmup: int) -> dict:
 def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
     from cache.store import CacheStore
     from clcrec.flow import default_paths, ensure_cache, ensure_synthetic
-    from clcrec.train import resolve_device
+    from clcrec.train import amp_settings, resolve_device
     from pipeline.dataset import load_dataset
 
-    cfg = default_paths(TrainConfig(dataset=bc.dataset, num_neg=bc.num_neg, batch_size=bc.batch_size, device=bc.device, seed=bc.seed), bc.scale)
+    cfg = default_paths(TrainConfig(dataset=bc.dataset, num_neg=bc.num_neg, batch_size=bc.batch_size, device=bc.device,
+                                    amp=bc.amp, encode=bc.encode, seed=bc.seed), bc.scale)
     if not bc.dataset:
         ensure_synthetic(Path(cfg.dataset), bc.scale, bc.seed, console)
     ensure_cache(Path(cfg.dataset), Path(cfg.cache), bc.num_neg, bc.seed, console)
     ds = load_dataset(cfg.dataset)
     device = resolve_device(cfg)
-    dedupe = device.type == "cpu"
+    dedupe = cfg.encode == "unique" or (cfg.encode == "auto" and device.type == "cpu")  # as the Trainer decides
     feats = concat_normalised_features(list(ds.features.values()))
     need = (bc.warmup + bc.steps) * bc.batch_size
 
@@ -151,7 +160,8 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
     if gen.num_rows < need:
         console.print(f"[yellow]note:[/yellow] the generation has {gen.num_rows} rows < {need}; epochs repeat")
     console.print(f"bench train: {cfg.dataset} ({ds.num_users} users, {ds.num_items} items, {len(ds.train)} train pairs), "
-                  f"batch {bc.batch_size}, num_neg {bc.num_neg}, device {device}, torch threads {torch.get_num_threads()}")
+                  f"batch {bc.batch_size}, num_neg {bc.num_neg}, device {device}, amp {amp_settings(cfg, device)[2]}, "
+                  f"encode {'unique' if dedupe else 'slots'}, torch threads {torch.get_num_threads()}")
 
     def streaming_batches():
         epoch = 0
@@ -173,8 +183,10 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
         ref_ds, batch_size=bc.batch_size, shuffle=True, num_workers=bc.workers,
         collate_fn=Collate(ds.num_items, dedupe), pin_memory=device.type == "cuda",
         persistent_workers=bc.workers > 0, prefetch_factor=4 if bc.workers > 0 else None,
-        # numba's OpenMP layer is not fork-safe once a parallel kernel ran in this process
-        multiprocessing_context="spawn" if bc.workers > 0 else None,
+        # numba's OpenMP layer is not fork-safe once a parallel kernel ran in this process, and
+        # spawned workers abort in their own teardown ("terminate called ..."); forkserver's
+        # workers fork from a fresh server process and exit cleanly.
+        multiprocessing_context=_worker_context() if bc.workers > 0 else None,
     )
 
     def ref_batches():
@@ -188,6 +200,8 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
             "reference": time_data(track(ref_batches()), bc.steps, bc.warmup)}
     for g in opened:
         g.close()
+    if loader._iterator is not None:  # persistent workers: stop them now, not in interpreter teardown
+        loader._iterator._shutdown_workers()  # (where they die mid-exit with "terminate called ...")
     ratio = results["streaming"]["samples_per_s"] / results["reference"]["samples_per_s"]
     data_ratio = data["streaming"]["samples_per_s"] / data["reference"]["samples_per_s"]
     table = Table(title="samples/s (a sample = a positive pair with its negatives)")

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clcrec.kernels import gather_dot
+
 
 def concat_normalised_features(features: list[np.ndarray]) -> torch.Tensor:
     """Each modality L2-normalised per row (as the reference does), then concatenated."""
@@ -71,7 +73,7 @@ class CLCRec(nn.Module):
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """Content representation of `items` (any shape) -> (..., D)."""
-        return self.encoder(self.features[items])
+        return self.encoder(F.embedding(items, self.features))  # index_select: faster than [items] on CPU
 
     def forward(
         self,
@@ -84,8 +86,9 @@ class CLCRec(nn.Module):
         """Returns (loss_re, loss_ui, reg) as 0-dim tensors; no host sync.
 
         Per-item work (embedding lookup, encoder, normalisation, norms) runs once per distinct
-        item; slots gather from those rows with F.embedding, whose backward is a fast
-        segment-sum, and the hybrid choice is an index into [ID rows; content rows], not a D-wide `where`.
+        item; each slot's score is `gather_dot` of its row against the row's vector (fused
+        numba kernels on CPU: no (B, 1+K, D) tensor), and the hybrid choice is an index into
+        [ID rows; content rows], not a D-wide `where`.
         In slots mode every slot is its own "distinct" item, so both modes share this code.
         """
         if uniq is None:
@@ -93,25 +96,28 @@ class CLCRec(nn.Module):
             inverse = torch.arange(uniq.numel(), device=items.device).view(items.shape)
         emb = self.item_emb(uniq)  # (Q, D)
         feat = self.encode(uniq)  # (Q, D)
-        user = self.user_emb(users).unsqueeze(-1)  # (B, D, 1)
+        user = self.user_emb(users)  # (B, D)
 
         # R-E: the positive's normalised ID embedding against the normalised content
         # representations of the positive and its negatives.
         anchor = F.normalize(F.embedding(inverse[:, 0], emb), dim=-1)  # (B, D)
-        heads = F.embedding(inverse, F.normalize(feat, dim=-1))  # (B, 1+K, D)
-        s_re = torch.bmm(heads, anchor.unsqueeze(-1)).squeeze(-1)  # (B, 1+K)
+        s_re = gather_dot(F.normalize(feat, dim=-1), inverse, anchor)  # (B, 1+K)
         loss_re = info_nce(s_re / self.temp_value)
 
         # U-I with hybrid contrast: in `hybrid` slots the item is its content representation.
         # One gather from [ID rows; content rows] with the choice folded into the index.
         both = torch.cat([emb, feat.to(emb.dtype)])  # (2Q, D)
         pick = inverse + hybrid.long() * uniq.numel()  # (B, 1+K) row in `both`
-        s_ui = torch.bmm(F.embedding(pick, both), user).squeeze(-1)  # (B, 1+K)
+        s_ui = gather_dot(both, pick, user)  # (B, 1+K)
         loss_ui = info_nce(s_ui / self.temp_value)
 
         # The reference regulariser: mean L2 norm of the user and of every item-slot embedding.
-        item_norm = emb.float().norm(dim=1, keepdim=True)  # (Q, 1)
-        reg = (mean0(user.float().norm(dim=1)) + mean0(F.embedding(inverse, item_norm))) / 2
+        # Slot mean as a count-weighted sum over distinct items: no (B, 1+K) gather to differentiate.
+        # (bincount would size its output from the data: a host sync on CUDA; index_add_ is not)
+        flat = inverse.reshape(-1)
+        slots = emb.new_zeros(uniq.numel(), dtype=torch.float32).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))  # (Q,)
+        item_reg = (slots * emb.float().norm(dim=1)).sum() / max(inverse.numel(), 1)
+        reg = (mean0(user.float().norm(dim=1)) + item_reg) / 2
         return loss_re, loss_ui, reg
 
     def combine(self, loss_re, loss_ui, reg, reg_weight: float) -> torch.Tensor:
