@@ -1,6 +1,7 @@
 """The fused gather-dot kernels against a slow loop and against the torch formulation."""
 
 import numpy as np
+import pytest
 import torch
 
 from clcrec.kernels import gather_dot, torch_gather_dot
@@ -63,3 +64,16 @@ def test_bf16_inputs_get_float32_scores_and_gradients_in_their_dtype():
     assert tb.grad.dtype == vb.grad.dtype == torch.bfloat16
     ref = torch_gather_dot(tb.float(), idx, vb.float())
     torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_torch_path_equals_the_cpu_kernels():
+    table, idx, vec, grad = inputs(3, R=50, B=16, K=65, D=32)
+    out = gather_dot(table, idx, vec)
+    out.backward(grad)
+    tc, vc = table.detach().cuda().requires_grad_(), vec.detach().cuda().requires_grad_()
+    out_c = gather_dot(tc, idx.cuda(), vc)
+    out_c.backward(grad.cuda())
+    torch.testing.assert_close(out_c.cpu(), out, rtol=1e-4, atol=1e-4)  # TF32 may be on for bmm
+    torch.testing.assert_close(tc.grad.cpu(), table.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(vc.grad.cpu(), vec.grad, rtol=1e-4, atol=1e-4)
