@@ -8,7 +8,9 @@ they differ only in where negatives come from:
   (a) streaming: cached generation -> producer thread -> bounded queue -> device prefetch;
   (b) reference: a torch DataLoader whose __getitem__ does what the reference code does per pair,
       `random.sample` over (warm items - the user's items), with `workers` worker processes.
-A sample is one positive pair with its num_neg negatives. Reads the dataset and its cache (built
+A sample is one positive pair with its num_neg negatives. "data wait" is host time spent
+waiting for the next batch; on CUDA the host runs ahead of the GPU (no per-step sync), so it is an
+upper bound on the time the GPU starved for data. Reads the dataset and its cache (built
 if missing); writes nothing else.
 """
 
@@ -107,7 +109,7 @@ def time_loop(batches, model, cfg: TrainConfig, device, steps: int, warmup: int)
         batch = next(it)
         if step == warmup:
             if device.type == "cuda":
-                torch.cuda.synchronize()  # sync point: start the clock on an idle device
+                torch.cuda.synchronize(device)  # sync point: start the clock on an idle device
             t0, wait, samples = time.perf_counter(), 0.0, 0
         elif t0 is not None:
             wait += time.perf_counter() - tw
@@ -115,7 +117,7 @@ def time_loop(batches, model, cfg: TrainConfig, device, steps: int, warmup: int)
         train_step(model, model, opt, scaler, autocast, batch, hybrid, cfg.reg_weight)
         samples += batch.size
     if device.type == "cuda":
-        torch.cuda.synchronize()  # sync point: stop the clock when the device is done
+        torch.cuda.synchronize(device)  # sync point: stop the clock when the device is done
     seconds = time.perf_counter() - t0
     return {"samples_per_s": samples / seconds, "seconds": seconds, "samples": samples, "wait_frac": wait / seconds}
 

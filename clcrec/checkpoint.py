@@ -39,16 +39,14 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    # Only the CPU generator: the one random draw of training (the hybrid mask) comes from a
+    # generator reseeded per epoch, and nothing draws from the default CUDA generators. Saving
+    # those (one per visible GPU) would make a resume on fewer visible GPUs fail for nothing.
+    return {"torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    torch.set_rng_state(state["torch"])  # a "cuda" entry from older checkpoints is ignored
 
 
 class RunDir:

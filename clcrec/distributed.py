@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as tdist
@@ -31,6 +32,9 @@ class DistContext:
         return self.world > 1
 
 
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
+
+
 def init(use_cuda: bool = False) -> DistContext:
     """Join the torchrun job if there is one: NCCL when training on CUDA, gloo otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -39,9 +43,13 @@ def init(use_cuda: bool = False) -> DistContext:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not tdist.is_initialized():
         use_nccl = use_cuda and torch.cuda.is_available() and tdist.is_nccl_available()
+        kw = {}
         if use_nccl:
             torch.cuda.set_device(local_rank)
-        tdist.init_process_group(backend="nccl" if use_nccl else "gloo")
+            kw["device_id"] = torch.device("cuda", local_rank)  # binds barriers to this rank's GPU
+        # Other ranks wait in a collective while rank 0 alone builds data and caches, evaluates
+        # and writes checkpoints; NCCL's 10-minute default would abort them on large data.
+        tdist.init_process_group(backend="nccl" if use_nccl else "gloo", timeout=COLLECTIVE_TIMEOUT, **kw)
     return DistContext(rank=rank, world=world, local_rank=local_rank)
 
 

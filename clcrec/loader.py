@@ -46,6 +46,10 @@ class Batch:
     def apply(self, fn) -> "Batch":
         return Batch(**{f.name: (fn(v) if isinstance(v := getattr(self, f.name), torch.Tensor) else v) for f in fields(self)})
 
+    def pin_memory(self) -> "Batch":
+        """Called by DataLoader(pin_memory=True), which leaves objects without it unpinned."""
+        return self.apply(lambda t: t.pin_memory())
+
     @property
     def size(self) -> int:
         return int(self.users.shape[0])

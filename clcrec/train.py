@@ -36,12 +36,19 @@ def wants_cuda(cfg: TrainConfig) -> bool:
     return cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
 
 
-def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
+def resolve_device(cfg: TrainConfig, local_rank: int = 0, distributed: bool = False) -> torch.device:
     if cfg.device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     dev = torch.device(cfg.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    if dev.type == "cuda" and distributed:
+        # Under torchrun each rank owns GPU LOCAL_RANK (NCCL is bound to it); one index for all
+        # ranks would put them on one GPU.
+        if dev.index is not None and dev.index != local_rank:
+            raise UserError(f"--device {cfg.device} under torchrun: each rank uses cuda:LOCAL_RANK; "
+                            f"pass --device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES")
+        return torch.device(f"cuda:{local_rank}")
     return dev
 
 
@@ -118,7 +125,7 @@ class Trainer:
             raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {self.ctx.world} ranks")
 
         # --- model, optimizer, AMP ---
-        self.device = resolve_device(cfg, self.ctx.local_rank)
+        self.device = resolve_device(cfg, self.ctx.local_rank, self.ctx.enabled)
         self.modalities = cfg.select_modalities([m["name"] for m in self.dataset.meta["modalities"]])
         torch.manual_seed(cfg.seed)
         feats = concat_normalised_features([self.dataset.features[m] for m in self.modalities])
@@ -185,7 +192,8 @@ class Trainer:
                 )
             self.model.load_state_dict(ck["model"])
             self.opt.load_state_dict(ck["optimizer"])
-            self.scaler.load_state_dict(ck["scaler"])
+            if ck["scaler"]:  # a disabled scaler (fp32/bf16) saved {}: resuming with fp16 starts it fresh
+                self.scaler.load_state_dict(ck["scaler"])
             set_rng_state(ck["rng"])
             self.start_epoch = ck["epoch"] + 1
             self.best_score, self.best_epoch, self.bad_epochs = ck["best_score"], ck["best_epoch"], ck["bad_epochs"]

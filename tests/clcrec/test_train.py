@@ -198,6 +198,17 @@ def test_options_given_with_resume_apply_or_are_refused(tiny_dataset, tiny_cache
     assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["patience"] == 7
 
 
+def test_a_fp32_run_resumes_under_fp16_with_a_fresh_grad_scaler(tiny_dataset, tiny_cache, tmp_path):
+    """A disabled scaler saves {}; an enabled one must not try to load it (torch raises)."""
+    run = tmp_path / "run"
+    train(config(tiny_dataset, tiny_cache, run, epochs=1, amp="fp32"), console=quiet())
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ck["scaler"] == {} and set(ck["rng"]) == {"torch"}  # no per-GPU RNG states to mismatch
+    train(config(tiny_dataset, tiny_cache, run, epochs=2, amp="fp16"), resume=True, console=quiet())
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ck["epoch"] == 1 and ck["scaler"]["scale"] > 0  # the second epoch ran under a live scaler
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("log_every", 0, "log_every must be >= 1"),
     ("eval_block", 0, "eval_block must be >= 1"),
