@@ -428,7 +428,8 @@ def export(run_dir: Path = typer.Argument(...), out: Optional[Path] = typer.Opti
 def bench_train_cmd(
     dataset: Optional[Path] = typer.Option(None, help="Dataset dir (default: synthetic paper scale)."),
     scale: str = typer.Option("paper", help="Synthetic scale when no --dataset."),
-    steps: int = typer.Option(60, help="Timed steps per loop (after warm-up)."),
+    steps: int = typer.Option(300, help="Timed steps per loop (after warm-up)."),
+    rounds: int = typer.Option(5, help="The two loops alternate in this many rounds, sharing the machine's noise."),
     batch_size: int = typer.Option(256),
     num_neg: int = typer.Option(128),
     workers: int = typer.Option(1, help="DataLoader workers of the reference loop."),
@@ -439,7 +440,7 @@ def bench_train_cmd(
     """Samples/s of the streaming trainer vs a reference-style DataLoader loop, side by side."""
     from clcrec.bench import BenchTrainConfig, run_bench_train
 
-    run_bench_train(BenchTrainConfig(dataset=str(dataset or ""), scale=scale, steps=steps, batch_size=batch_size,
+    run_bench_train(BenchTrainConfig(dataset=str(dataset or ""), scale=scale, steps=steps, rounds=rounds, batch_size=batch_size,
                                      num_neg=num_neg, workers=workers, device=device, amp=amp, encode=encode), console)
 
 

@@ -8,7 +8,8 @@ they differ only in where negatives come from:
   (a) streaming: cached generation -> producer thread -> bounded queue -> device prefetch;
   (b) reference: a torch DataLoader whose __getitem__ does what the reference code does per pair,
       `random.sample` over (warm items - the user's items), with `workers` worker processes.
-A sample is one positive pair with its num_neg negatives. "data wait" is host time spent
+The two loops alternate in `rounds` rounds of steps, so drifts in the load of a shared machine
+hit both alike. A sample is one positive pair with its num_neg negatives. "data wait" is host time spent
 waiting for the next batch; on CUDA the host runs ahead of the GPU (no per-step sync), so it is an
 upper bound on the time the GPU starved for data. Reads the dataset and its cache (built
 if missing); writes nothing else.
@@ -24,18 +25,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.progress import track as progress_track
 from rich.table import Table
 
 from clcrec.config import TrainConfig
 from clcrec.loader import Batch, ChunkStream, DevicePrefetcher, _dedupe
 from clcrec.model import CLCRec, concat_normalised_features
+from pipeline.errors import UserError
 
 
 @dataclass(frozen=True)
 class BenchTrainConfig:
     dataset: str = ""
     scale: str = "paper"
-    steps: int = 60
+    steps: int = 300  # timed steps per loop, in `rounds` alternating rounds
+    rounds: int = 5
     warmup: int = 5
     batch_size: int = 256
     num_neg: int = 128
@@ -95,31 +99,50 @@ def _worker_context() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def time_loop(batches, model, cfg: TrainConfig, device, steps: int, warmup: int) -> dict:
-    """Run warmup + steps training steps from `batches`; samples/s over the timed steps."""
-    from clcrec.train import amp_settings, make_optimizer, train_step
+class TimedLoop:
+    """One training loop (model, optimizer, batch source) that can be timed in several rounds,
+    so two loops can alternate and share the machine's noise instead of each meeting its own."""
 
-    opt = make_optimizer(model, cfg.l_r)
-    autocast, scaler, _ = amp_settings(cfg, device)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    samples, wait, t0 = 0, 0.0, None
-    it = iter(DevicePrefetcher(batches, device))
-    for step in range(warmup + steps):
-        tw = time.perf_counter()
-        batch = next(it)
-        if step == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)  # sync point: start the clock on an idle device
-            t0, wait, samples = time.perf_counter(), 0.0, 0
-        elif t0 is not None:
+    def __init__(self, batches, model, cfg: TrainConfig, device, warmup: int):
+        from clcrec.train import amp_settings, make_optimizer
+
+        self.model, self.cfg, self.device = model, cfg, device
+        self.opt = make_optimizer(model, cfg.l_r)
+        self.autocast, self.scaler, _ = amp_settings(cfg, device)
+        self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.it = iter(DevicePrefetcher(batches, device))
+        self.samples, self.seconds, self.wait = 0, 0.0, 0.0
+        self._steps(warmup)
+
+    def _steps(self, n: int) -> int:
+        from clcrec.train import train_step
+
+        samples, wait = 0, 0.0
+        for _ in range(n):
+            tw = time.perf_counter()
+            batch = next(self.it)
             wait += time.perf_counter() - tw
-        hybrid = torch.rand(batch.items.shape, generator=gen, device=device) < cfg.num_sample
-        train_step(model, model, opt, scaler, autocast, batch, hybrid, cfg.reg_weight)
-        samples += batch.size
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # sync point: stop the clock when the device is done
-    seconds = time.perf_counter() - t0
-    return {"samples_per_s": samples / seconds, "seconds": seconds, "samples": samples, "wait_frac": wait / seconds}
+            hybrid = torch.rand(batch.items.shape, generator=self.gen, device=self.device) < self.cfg.num_sample
+            train_step(self.model, self.model, self.opt, self.scaler, self.autocast, batch, hybrid, self.cfg.reg_weight)
+            samples += batch.size
+        self._wait_round = wait
+        return samples
+
+    def run(self, steps: int) -> None:
+        """Time `steps` more steps and add them to the totals."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # sync point: start the clock on an idle device
+        t0 = time.perf_counter()
+        samples = self._steps(steps)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # sync point: stop the clock when the device is done
+        self.seconds += time.perf_counter() - t0
+        self.samples += samples
+        self.wait += self._wait_round
+
+    def result(self) -> dict:
+        return {"samples_per_s": self.samples / self.seconds, "seconds": self.seconds, "samples": self.samples,
+                "wait_frac": self.wait / self.seconds}
 
 
 def time_data(batches, steps: int | None, warmup: int) -> dict:
@@ -143,6 +166,8 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
     from clcrec.train import amp_settings, resolve_device
     from pipeline.dataset import load_dataset
 
+    if bc.rounds < 1 or bc.steps < bc.rounds or bc.warmup < 0:
+        raise UserError(f"bench train needs rounds >= 1 and steps >= rounds (got steps {bc.steps}, rounds {bc.rounds})")
     cfg = default_paths(TrainConfig(dataset=bc.dataset, num_neg=bc.num_neg, batch_size=bc.batch_size, device=bc.device,
                                     amp=bc.amp, encode=bc.encode, seed=bc.seed), bc.scale)
     if not bc.dataset:
@@ -152,7 +177,7 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
     device = resolve_device(cfg)
     dedupe = cfg.encode == "unique" or (cfg.encode == "auto" and device.type == "cpu")  # as the Trainer decides
     feats = concat_normalised_features(list(ds.features.values()))
-    need = (bc.warmup + bc.steps) * bc.batch_size
+    need = (bc.warmup + bc.steps + bc.rounds) * bc.batch_size
 
     def fresh_model():
         torch.manual_seed(bc.seed)
@@ -179,7 +204,6 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
         opened.append(g)
         return g
 
-    results = {"streaming": time_loop(track(streaming_batches()), fresh_model(), cfg, device, bc.steps, bc.warmup)}
     ref_ds = ReferenceStyleDataset(ds.train, ds.warm_items, bc.num_neg)
     loader = torch.utils.data.DataLoader(
         ref_ds, batch_size=bc.batch_size, shuffle=True, num_workers=bc.workers,
@@ -195,7 +219,13 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
         while True:
             yield from loader
 
-    results["reference"] = time_loop(track(ref_batches()), fresh_model(), cfg, device, bc.steps, bc.warmup)
+    loops = {"streaming": TimedLoop(track(streaming_batches()), fresh_model(), cfg, device, bc.warmup),
+             "reference": TimedLoop(track(ref_batches()), fresh_model(), cfg, device, bc.warmup)}
+    per_round = -(-bc.steps // bc.rounds)
+    for _ in progress_track(range(bc.rounds), description=f"{bc.rounds} alternating rounds of {per_round} steps", console=console, transient=True):
+        for loop in loops.values():
+            loop.run(per_round)
+    results = {name: loop.result() for name, loop in loops.items()}
     one_epoch = ChunkStream(gen, num_items=ds.num_items, seed=bc.seed, epoch=99, batch_size=bc.batch_size,
                             dedupe=dedupe, pin=device.type == "cuda")
     data = {"streaming": time_data(one_epoch, None, 0),  # a whole epoch: the queue cannot hide the producer

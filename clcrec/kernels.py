@@ -1,76 +1,118 @@
-"""`gather_dot`: scores[b, k] = table[idx[b, k]] . vec[b], with its gradient, without
-materialising the (B, 1+K, D) gathered rows.
+"""Fused CPU kernels for the two contrastive losses.
 
-Both CLCRec losses score each row's 1+K item slots against one vector per row. Written as
-torch ops this is a gather to (B, 1+K, D), a batched matrix-vector product and, in the
-backward pass, a (B, 1+K, D) gradient scattered back into the table: about 8 ms per call at
-batch 256 x 129 slots on 2 CPU cores, most of it memory traffic and the poorly-shaped bmm.
-The fused numba kernels below read each table row in place and take about 1 ms for forward
-and backward together. They run serially on purpose: the result is then the same for any
-thread count, and no numba thread pool competes with torch's (or with a background
-negative-generation build) for the cores. Other devices use the torch ops.
+Both CLCRec losses score each row's 1+K item slots against one vector per row,
+scores[b, k] = table[idx[b, k]] . vec[b], and take a softmax cross-entropy with the positive in
+column 0. Written as torch ops this is a gather to (B, 1+K, D), a batched matrix-vector product,
+a log-sum-exp and, in the backward pass, a (B, 1+K, D) gradient scattered back into the table:
+about 9 ms per loss at batch 256 x 129 slots on 2 CPU cores, most of it memory traffic, the
+poorly-shaped bmm and a dozen small ops. The numba kernels below read each table row in place
+and compute the loss and its gradient in one pass each way (about 1 ms per loss).
+
+They run serially on purpose: the result is then the same for any thread count, and no numba
+thread pool competes with torch's (or with a background negative-generation build) for the
+cores. `reassoc`/`contract` let the D-long dot products vectorise (the order is fixed by the
+compiled code, not by threads); NaN and inf keep their IEEE meaning, so a diverging run still
+shows a non-finite loss. Other devices use the torch ops (`torch_contrastive_loss`).
 """
 
 from __future__ import annotations
+
+import math
 
 import numba
 import numpy as np
 import torch
 
 
-# fastmath lets the D-long dot product be vectorised (reassociated); the order is fixed by
-# the compiled code, not by threads, so results stay reproducible on a given machine.
-@numba.njit(nogil=True, cache=True, fastmath=True)
-def _forward(table, idx, vec, out):  # (R, D) f32, (B, K) i64, (B, D) f32 -> (B, K) f32
+FAST = {"reassoc", "contract"}
+
+
+def torch_gather_dot(table: torch.Tensor, idx: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+    """(B, K) scores[b, k] = table[idx[b, k]] . vec[b] in torch ops: a gather to (B, K, D), then a
+    batched matrix-vector product (on CUDA one fast kernel each way)."""
+    return torch.bmm(torch.nn.functional.embedding(idx, table), vec.unsqueeze(-1)).squeeze(-1)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST)
+def _nce_forward(table, idx, vec, inv_temp, scores, lse):
+    """Fills scores (B, K) = dot / temp and lse (B,); returns sum_b lse[b] - scores[b, 0]."""
+    total = 0.0  # float64: the batch sum
     for b in range(idx.shape[0]):
         for k in range(idx.shape[1]):
             r = idx[b, k]
             acc = np.float32(0.0)
             for d in range(table.shape[1]):
                 acc += table[r, d] * vec[b, d]
-            out[b, k] = acc
+            scores[b, k] = acc * inv_temp
+        m = scores[b, 0]
+        for k in range(1, idx.shape[1]):
+            m = max(m, scores[b, k])
+        z = 0.0
+        for k in range(idx.shape[1]):
+            z += math.exp(scores[b, k] - m)
+        lse[b] = m + math.log(z)
+        total += lse[b] - scores[b, 0]
+    return total
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True)
-def _backward(table, idx, vec, grad, grad_table, grad_vec):
-    """grad_table (R, D) must arrive zeroed; grad_vec (B, D) is overwritten."""
+@numba.njit(nogil=True, cache=True, fastmath=FAST)
+def _nce_backward(table, idx, vec, scores, lse, coef, grad_table, grad_vec):
+    """d(coef * sum_b loss_b): d score[b, k] = coef * (softmax[b, k] - [k == 0]), times temp^-1
+    folded into coef. grad_table (R, D) must arrive zeroed; grad_vec (B, D) is overwritten."""
     for b in range(idx.shape[0]):
         for d in range(table.shape[1]):
             grad_vec[b, d] = 0.0
         for k in range(idx.shape[1]):
-            r, g = idx[b, k], grad[b, k]
+            ds = np.float32(coef * (math.exp(scores[b, k] - lse[b]) - (1.0 if k == 0 else 0.0)))
+            r = idx[b, k]
             for d in range(table.shape[1]):
-                grad_vec[b, d] += g * table[r, d]
-                grad_table[r, d] += g * vec[b, d]
+                grad_vec[b, d] += ds * table[r, d]
+                grad_table[r, d] += ds * vec[b, d]
 
 
-class _GatherDot(torch.autograd.Function):
+class _ContrastiveLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, table, idx, vec):
+    def forward(ctx, table, idx, vec, temp: float):
         table, idx, vec = table.contiguous(), idx.contiguous(), vec.contiguous()
-        out = torch.empty(idx.shape, dtype=torch.float32)
-        _forward(table.detach().numpy(), idx.numpy(), vec.detach().numpy(), out.numpy())
-        ctx.save_for_backward(table, idx, vec)
-        return out
+        scores = torch.empty(idx.shape, dtype=torch.float32)
+        lse = torch.empty(idx.shape[0], dtype=torch.float32)
+        total = _nce_forward(table.detach().numpy(), idx.numpy(), vec.detach().numpy(), 1.0 / temp,
+                             scores.numpy(), lse.numpy())
+        ctx.save_for_backward(table, idx, vec, scores, lse)
+        ctx.temp = temp
+        return torch.tensor(total / max(idx.shape[0], 1), dtype=torch.float32)  # mean; 0 for no rows
 
     @staticmethod
     def backward(ctx, grad):
-        table, idx, vec = ctx.saved_tensors
+        table, idx, vec, scores, lse = ctx.saved_tensors
+        coef = float(grad) / (max(idx.shape[0], 1) * ctx.temp)  # grad is a CPU scalar: no device sync
         grad_table, grad_vec = torch.zeros_like(table), torch.empty_like(vec)
-        _backward(table.detach().numpy(), idx.numpy(), vec.detach().numpy(),
-                  grad.float().contiguous().numpy(), grad_table.numpy(), grad_vec.numpy())
-        return grad_table, None, grad_vec
+        _nce_backward(table.detach().numpy(), idx.numpy(), vec.detach().numpy(), scores.numpy(), lse.numpy(),
+                      coef, grad_table.numpy(), grad_vec.numpy())
+        return grad_table, None, grad_vec, None
 
 
-def gather_dot(table: torch.Tensor, idx: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
-    """(R, D), (B, K) int64, (B, D) -> (B, K): out[b, k] = table[idx[b, k]] . vec[b]."""
+def mean0(x: torch.Tensor) -> torch.Tensor:
+    """Mean that is 0 (not NaN) for an empty tensor: a rank whose slice of the epoch's last,
+    tiny global batch is empty still takes its DDP step, with zero gradients."""
+    return x.sum() / max(x.numel(), 1)
+
+
+def info_nce(scores: torch.Tensor) -> torch.Tensor:
+    """Mean softmax cross-entropy with the positive in column 0. scores: (B, 1+K)."""
+    scores = scores.float()
+    return mean0(torch.logsumexp(scores, dim=1) - scores[:, 0])
+
+
+def torch_contrastive_loss(table, idx, vec, temp: float) -> torch.Tensor:
+    """The loss in torch ops: stable log-sum-exp over gathered scores (used on CUDA, and by the
+    tests as the second implementation)."""
+    return info_nce(torch_gather_dot(table, idx, vec) / temp)
+
+
+def contrastive_loss(table: torch.Tensor, idx: torch.Tensor, vec: torch.Tensor, temp: float) -> torch.Tensor:
+    """mean_b [logsumexp_k(s[b, k]) - s[b, 0]], s[b, k] = table[idx[b, k]] . vec[b] / temp.
+    table (R, D), idx (B, 1+K) int64 with the positive in column 0, vec (B, D) -> 0-dim float32."""
     if table.device.type == "cpu" and idx.dtype == torch.int64 and vec.dim() == 2:
-        # float32 in and out (bf16 autocast on CPU included: the casts carry the gradient back)
-        return _GatherDot.apply(table.float(), idx, vec.float())
-    return torch_gather_dot(table, idx, vec)
-
-
-def torch_gather_dot(table: torch.Tensor, idx: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
-    """The same in torch ops (gather to (B, K, D), then a batched matrix-vector product): used on
-    CUDA, where it is one fast kernel each way, and by the tests as the second implementation."""
-    return torch.bmm(torch.nn.functional.embedding(idx, table), vec.unsqueeze(-1)).squeeze(-1)
+        return _ContrastiveLoss.apply(table.float(), idx, vec.float(), float(temp))
+    return torch_contrastive_loss(table, idx, vec, temp)

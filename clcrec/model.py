@@ -24,25 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clcrec.kernels import gather_dot
+from clcrec.kernels import contrastive_loss, info_nce, mean0  # noqa: F401 (info_nce re-exported)
 
 
 def concat_normalised_features(features: list[np.ndarray]) -> torch.Tensor:
     """Each modality L2-normalised per row (as the reference does), then concatenated."""
     parts = [F.normalize(torch.from_numpy(np.array(f, dtype=np.float32)), dim=1) for f in features]  # copies the mmap
     return torch.cat(parts, dim=1).contiguous()  # (I, F)
-
-
-def mean0(x: torch.Tensor) -> torch.Tensor:
-    """Mean that is 0 (not NaN) for an empty tensor: a rank whose slice of the epoch's last,
-    tiny global batch is empty still takes its DDP step, with zero gradients."""
-    return x.sum() / max(x.numel(), 1)
-
-
-def info_nce(scores: torch.Tensor) -> torch.Tensor:
-    """Mean softmax cross-entropy with the positive in column 0. scores: (B, 1+K)."""
-    scores = scores.float()
-    return mean0(torch.logsumexp(scores, dim=1) - scores[:, 0])
 
 
 class CLCRec(nn.Module):
@@ -86,9 +74,9 @@ class CLCRec(nn.Module):
         """Returns (loss_re, loss_ui, reg) as 0-dim tensors; no host sync.
 
         Per-item work (embedding lookup, encoder, normalisation, norms) runs once per distinct
-        item; each slot's score is `gather_dot` of its row against the row's vector (fused
-        numba kernels on CPU: no (B, 1+K, D) tensor), and the hybrid choice is an index into
-        [ID rows; content rows], not a D-wide `where`.
+        item; each loss scores the slots' rows against one vector per batch row with the fused
+        `contrastive_loss` (numba on CPU: no (B, 1+K, D) tensor, loss and gradient in one pass),
+        and the hybrid choice is an index into [ID rows; content rows], not a D-wide `where`.
         In slots mode every slot is its own "distinct" item, so both modes share this code.
         """
         if uniq is None:
@@ -101,15 +89,13 @@ class CLCRec(nn.Module):
         # R-E: the positive's normalised ID embedding against the normalised content
         # representations of the positive and its negatives.
         anchor = F.normalize(F.embedding(inverse[:, 0], emb), dim=-1)  # (B, D)
-        s_re = gather_dot(F.normalize(feat, dim=-1), inverse, anchor)  # (B, 1+K)
-        loss_re = info_nce(s_re / self.temp_value)
+        loss_re = contrastive_loss(F.normalize(feat, dim=-1), inverse, anchor, self.temp_value)
 
         # U-I with hybrid contrast: in `hybrid` slots the item is its content representation.
         # One gather from [ID rows; content rows] with the choice folded into the index.
         both = torch.cat([emb, feat.to(emb.dtype)])  # (2Q, D)
         pick = inverse + hybrid.long() * uniq.numel()  # (B, 1+K) row in `both`
-        s_ui = gather_dot(both, pick, user)  # (B, 1+K)
-        loss_ui = info_nce(s_ui / self.temp_value)
+        loss_ui = contrastive_loss(both, pick, user, self.temp_value)
 
         # The reference regulariser: mean L2 norm of the user and of every item-slot embedding.
         # Slot mean as a count-weighted sum over distinct items: no (B, 1+K) gather to differentiate.
