@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clcrec.kernels import contrastive_loss, info_nce, mean0  # noqa: F401 (info_nce re-exported)
+from clcrec.kernels import contrastive_loss, mean0
 
 
 def concat_normalised_features(features: list[np.ndarray]) -> torch.Tensor:

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clcrec.model import CLCRec, concat_normalised_features, info_nce
+from clcrec.kernels import info_nce
+from clcrec.model import CLCRec, concat_normalised_features
 
 
 def reference_losses(model: CLCRec, users, items, hybrid):
