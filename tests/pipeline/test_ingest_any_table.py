@@ -25,7 +25,7 @@ def write_inputs(d: Path) -> dict:
     img = np.array([[4, 4], [3, 3], [2, 2], [1, 1]], dtype=np.float64)
     np.save(d / "img.npy", img)
     (d / "img_ids.txt").write_text("\n".join(map(str, ids)) + "\n")
-    pl.DataFrame({"iid": [100, 300, 200], "vec": [[1.0, 0, 0], [3.0, 0, 0], [2.0, 0, 0]]}).write_parquet(d / "txt.parquet")
+    pl.DataFrame({"iid": [100, 300, 200], "vec": [[1.0, 0.0, 0.0], [3.0, 0.0, 0.0], [2.0, 0.0, 0.0]]}).write_parquet(d / "txt.parquet")
     pl.DataFrame({"iid": [200, 100, 300], "a": [2.0, 1.0, 3.0], "b": [20, 10, 30]}).write_parquet(d / "cols.parquet")
     return {"img": f"img={d / 'img.npy'}:{d / 'img_ids.txt'}", "txt": f"txt={d / 'txt.parquet'}", "cols": f"cols={d / 'cols.parquet'}"}
 
