@@ -114,7 +114,8 @@ class TimedLoop:
         self.samples, self.seconds, self.wait = 0, 0.0, 0.0
         self._steps(warmup)
 
-    def _steps(self, n: int) -> int:
+    def _steps(self, n: int) -> tuple[int, float]:
+        """n training steps; (samples, seconds spent waiting for batches)."""
         from clcrec.train import train_step
 
         samples, wait = 0, 0.0
@@ -125,20 +126,19 @@ class TimedLoop:
             hybrid = torch.rand(batch.items.shape, generator=self.gen, device=self.device) < self.cfg.num_sample
             train_step(self.model, self.model, self.opt, self.scaler, self.autocast, batch, hybrid, self.cfg.reg_weight)
             samples += batch.size
-        self._wait_round = wait
-        return samples
+        return samples, wait
 
     def run(self, steps: int) -> None:
         """Time `steps` more steps and add them to the totals."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # sync point: start the clock on an idle device
         t0 = time.perf_counter()
-        samples = self._steps(steps)
+        samples, wait = self._steps(steps)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # sync point: stop the clock when the device is done
         self.seconds += time.perf_counter() - t0
         self.samples += samples
-        self.wait += self._wait_round
+        self.wait += wait
 
     def result(self) -> dict:
         return {"samples_per_s": self.samples / self.seconds, "seconds": self.seconds, "samples": self.samples,
@@ -163,7 +163,7 @@ def time_data(batches, steps: int | None, warmup: int) -> dict:
 def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
     from cache.store import CacheStore
     from clcrec.flow import default_paths, ensure_cache, ensure_synthetic
-    from clcrec.train import amp_settings, resolve_device
+    from clcrec.train import amp_settings, resolve_device, wants_dedupe
     from pipeline.dataset import load_dataset
 
     if bc.rounds < 1 or bc.steps < bc.rounds or bc.warmup < 0:
@@ -175,7 +175,7 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
     ensure_cache(Path(cfg.dataset), Path(cfg.cache), bc.num_neg, bc.seed, console)
     ds = load_dataset(cfg.dataset)
     device = resolve_device(cfg)
-    dedupe = cfg.encode == "unique" or (cfg.encode == "auto" and device.type == "cpu")  # as the Trainer decides
+    dedupe = wants_dedupe(cfg, device)
     feats = concat_normalised_features(list(ds.features.values()))
     need = (bc.warmup + bc.steps + bc.rounds) * bc.batch_size
 

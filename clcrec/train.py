@@ -36,6 +36,12 @@ def wants_cuda(cfg: TrainConfig) -> bool:
     return cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
 
 
+def wants_dedupe(cfg: TrainConfig, device: torch.device) -> bool:
+    """Encode each distinct item of a batch once (the producer dedupes) or every slot: `auto`
+    dedupes on CPU, where encoder FLOPs dominate, and not on CUDA, where they are cheap."""
+    return cfg.encode == "unique" or (cfg.encode == "auto" and device.type == "cpu")
+
+
 def resolve_device(cfg: TrainConfig, local_rank: int = 0, distributed: bool = False) -> torch.device:
     if cfg.device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -136,7 +142,7 @@ class Trainer:
         self.net = dist.wrap(self.model, self.device, self.ctx)  # DDP when world > 1
         self.opt = make_optimizer(self.model, cfg.l_r)
         self.autocast, self.scaler, self.amp_mode = amp_settings(cfg, self.device)
-        self.dedupe = cfg.encode == "unique" or (cfg.encode == "auto" and self.device.type == "cpu")
+        self.dedupe = wants_dedupe(cfg, self.device)
         self.item_status = torch.as_tensor(self.dataset.item_status, device=self.device)
         self.eval_cfg = EvalConfig(ks=tuple(cfg.ks), user_block=cfg.eval_block)
         self._evaluators: dict[str, RankingEvaluator] = {}  # index tensors built once per split
