@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.dataset import check_pairs
 from pipeline.errors import TrainingDivergedError
 
 MODES = ("all", "warm", "cold")
@@ -82,25 +83,6 @@ def _check_status(item_status: np.ndarray) -> np.ndarray:
     if not np.isin(status, (0, 1, 2)).all():
         raise ValueError("item_status values must be 0 (warm), 1 (cold-val) or 2 (cold-test)")
     return status.astype(np.int8, copy=False)
-
-
-def _check_pairs(name: str, pairs: np.ndarray, num_users: int, num_items: int) -> np.ndarray:
-    pairs = np.asarray(pairs)
-    if pairs.ndim != 2 or pairs.shape[1] != 2:
-        raise ValueError(f"{name} must have shape (N, 2) rows of (user, item), got {pairs.shape}")
-    if pairs.size and not np.issubdtype(pairs.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer ids, got dtype {pairs.dtype}")
-    pairs = pairs.astype(np.int64, copy=False)
-    if pairs.size:
-        bad_u = (pairs[:, 0] < 0) | (pairs[:, 0] >= num_users)
-        bad_i = (pairs[:, 1] < 0) | (pairs[:, 1] >= num_items)
-        if bad_u.any() or bad_i.any():
-            row = int(np.flatnonzero(bad_u | bad_i)[0])
-            raise ValueError(
-                f"{name} row {row} = {pairs[row].tolist()} is outside users 0..{num_users - 1} / items "
-                f"0..{num_items - 1}; the vectors and the pairs must come from the same dataset"
-            )
-    return pairs
 
 
 def _csr(users: np.ndarray, items: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,8 +141,8 @@ class RankingEvaluator:
         self.status = _check_status(item_status)
         self.num_users, self.num_items = int(num_users), len(self.status)
         num_items = self.num_items
-        train = _check_pairs("train_pairs", train_pairs, self.num_users, num_items)
-        pos = _check_pairs("eval_pairs", eval_pairs, self.num_users, num_items)
+        train = check_pairs("train_pairs", train_pairs, self.num_users, num_items, ValueError)
+        pos = check_pairs("eval_pairs", eval_pairs, self.num_users, num_items, ValueError)
         keys = np.unique(pos[:, 0] * num_items + pos[:, 1])  # dedup; sorted by user, then item
         pos_users, pos_items = keys // num_items, keys % num_items
         self.eval_users = np.unique(pos_users)  # (E,) the only users that can count
@@ -311,7 +293,7 @@ def topk_items(
         if cols.numel() == 0 or bool((cols < 0).any() | (cols >= num_items).any()):
             raise ValueError(f"candidates must be a non-empty set of item ids in 0..{num_items - 1}")
     if exclude_train:
-        train = _check_pairs("train_pairs", train_pairs, num_users, num_items)
+        train = check_pairs("train_pairs", train_pairs, num_users, num_items, ValueError)
         t_rows, t_cols, t_indptr = _gather_rows(*_csr(train[:, 0], train[:, 1], num_users), users_np)
         t_rows, t_cols = torch.as_tensor(t_rows, device=dev), torch.as_tensor(t_cols, device=dev)
     users_dev = torch.as_tensor(users_np, device=dev)

@@ -130,22 +130,24 @@ def compute_fingerprint(
     return h.hexdigest()
 
 
-def _check_pairs(name: str, pairs: np.ndarray, num_users: int, num_items: int) -> np.ndarray:
+def check_pairs(name: str, pairs, num_users: int, num_items: int, error: type[Exception] = InputError) -> np.ndarray:
+    """(N, 2) integer (user, item) rows inside 0..num_users-1 / 0..num_items-1 -> int64, or
+    `error` naming the first offending row. Used when writing a dataset and by the evaluator."""
     pairs = np.asarray(pairs)
     if pairs.ndim != 2 or pairs.shape[1] != 2:
-        raise InputError(f"{name} interactions must have shape (N, 2), got {pairs.shape}")
+        raise error(f"{name} must have shape (N, 2) rows of (user, item), got {pairs.shape}")
     if pairs.size and not np.issubdtype(pairs.dtype, np.integer):
-        raise InputError(f"{name} interactions must be integer ids, got dtype {pairs.dtype}")
+        raise error(f"{name} must hold integer ids, got dtype {pairs.dtype}")
     pairs = pairs.astype(np.int64, copy=False)
     if pairs.size:
-        if pairs.min() < 0:
-            raise InputError(f"{name} interactions contain negative ids")
-        if pairs[:, 0].max() >= num_users or pairs[:, 1].max() >= num_items:
-            raise InputError(
-                f"{name} interactions reference ids outside 0..num_users-1 / 0..num_items-1 "
-                f"(num_users={num_users}, num_items={num_items})"
+        bad = (pairs[:, 0] < 0) | (pairs[:, 0] >= num_users) | (pairs[:, 1] < 0) | (pairs[:, 1] >= num_items)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise error(
+                f"{name} row {row} = {pairs[row].tolist()} is outside users 0..{num_users - 1} / items "
+                f"0..{num_items - 1}; the ids and the pairs must come from the same dataset"
             )
-    return pairs.astype(np.int32)
+    return pairs
 
 
 def validate_features(features: dict[str, np.ndarray], num_items: int, where: str = "") -> dict:
@@ -205,9 +207,9 @@ def write_dataset(
     if "original_id" not in user_ids.columns or "original_id" not in item_ids.columns:
         raise ValueError("user_ids and item_ids need an 'original_id' column")
     splits = {
-        "train": _check_pairs("train", train, num_users, num_items),
-        "val": _check_pairs("validation", val, num_users, num_items),
-        "test": _check_pairs("test", test, num_users, num_items),
+        "train": check_pairs("train interactions", train, num_users, num_items).astype(np.int32),
+        "val": check_pairs("validation interactions", val, num_users, num_items).astype(np.int32),
+        "test": check_pairs("test interactions", test, num_users, num_items).astype(np.int32),
     }
     if len(splits["train"]) == 0:
         raise InputError(
