@@ -430,18 +430,24 @@ def bench_train_cmd(
     scale: str = typer.Option("paper", help="Synthetic scale when no --dataset."),
     steps: int = typer.Option(300, help="Timed steps per loop (after warm-up)."),
     rounds: int = typer.Option(5, help="The two loops alternate in this many rounds, sharing the machine's noise."),
-    batch_size: int = typer.Option(256),
+    batch_size: list[int] = typer.Option([256], "--batch-size", help="Batch size; repeat for several in one run."),
     num_neg: int = typer.Option(128),
-    workers: int = typer.Option(1, help="DataLoader workers of the reference loop."),
+    workers: int = typer.Option(0, help="DataLoader workers of the reference loop (0: 4 on CUDA, 1 on CPU)."),
     device: str = typer.Option("auto"),
-    amp: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16; both loops."),
-    encode: str = typer.Option("auto", help="auto (unique on CPU, slots on CUDA), unique or slots; both loops."),
+    amp: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16; all loops."),
+    encode: str = typer.Option("auto", help="auto, unique or slots; all loops."),
+    scoring: str = typer.Option("auto", help="auto, gather or dense (whole-table matmuls); all loops."),
+    cuda_graph: str = typer.Option("auto", "--cuda-graph", help="auto, on or off: the step as one CUDA graph."),
+    readers: int = typer.Option(0, help="Chunk-decoding threads of the streaming loop (0: automatic)."),
+    reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time the reference-style loop."),
 ):
-    """Samples/s of the streaming trainer vs a reference-style DataLoader loop, side by side."""
+    """Samples/s: the step alone, the streaming trainer and a reference-style DataLoader loop, side by side."""
     from clcrec.bench import BenchTrainConfig, run_bench_train
 
-    run_bench_train(BenchTrainConfig(dataset=str(dataset or ""), scale=scale, steps=steps, rounds=rounds, batch_size=batch_size,
-                                     num_neg=num_neg, workers=workers, device=device, amp=amp, encode=encode), console)
+    run_bench_train(BenchTrainConfig(dataset=str(dataset or ""), scale=scale, steps=steps, rounds=rounds,
+                                     batch_sizes=tuple(batch_size), num_neg=num_neg, workers=workers, device=device,
+                                     amp=amp, encode=encode, scoring=scoring, cuda_graph=cuda_graph, readers=readers,
+                                     reference=reference), console)
 
 
 def main() -> None:

@@ -1,18 +1,23 @@
-"""`cli.py bench train`: training samples/s of the streaming trainer vs a reference-style loop.
+"""`cli.py bench train`: what limits training speed, measured side by side in one run.
 
-    python cli.py bench train                          # synthetic paper scale
+    python cli.py bench train                               # synthetic paper scale
+    python cli.py bench train --batch-size 256 --batch-size 4096 --batch-size 16384
     python cli.py bench train --dataset data/ml-100k
 
-Both loops run side by side in one process on the same data, model, batch size and step function;
-they differ only in where negatives come from:
-  (a) streaming: cached generation -> producer thread -> bounded queue -> device prefetch;
-  (b) reference: a torch DataLoader whose __getitem__ does what the reference code does per pair,
-      `random.sample` over (warm items - the user's items), with `workers` worker processes.
-The two loops alternate in `rounds` rounds of steps, so drifts in the load of a shared machine
-hit both alike. A sample is one positive pair with its num_neg negatives. "data wait" is host time spent
-waiting for the next batch; on CUDA the host runs ahead of the GPU (no per-step sync), so it is an
-upper bound on the time the GPU starved for data. Reads the dataset and its cache (built
-if missing); writes nothing else.
+For each batch size, in one process, on the same data, model and step (clcrec.step.StepRunner,
+with the execution plan `train` would use: clcrec.execution):
+  step alone: one batch resident on the device, stepped repeatedly (the model's ceiling);
+  streaming:  the trainer's loop: cached generation -> producer thread -> (device) assembly;
+  reference:  a torch DataLoader whose __getitem__ does what the reference code does per pair,
+              `random.sample` over (warm items - the user's items), with `workers` processes
+              (default 4 on CUDA, as the reference's published MovieLens command; 1 on CPU);
+  data path alone: each loop's batches with no model step.
+The streaming and reference loops alternate in `rounds` rounds, so drifts in the load of a shared
+machine hit both alike. A sample is one positive pair with its num_neg negatives. "data wait" is
+host time spent waiting for the next batch; on CUDA the host runs ahead of the GPU, so it bounds
+from above how long the GPU starved for data. "GPU busy" is the GPU time between CUDA events
+recorded around each step, over the wall time (the rest the GPU idled, waiting for the host or
+for data). Reads the dataset and its cache (built if missing); writes nothing else.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from rich.progress import track as progress_track
 from rich.table import Table
 
 from clcrec.config import TrainConfig
-from clcrec.loader import Batch, ChunkStream, DevicePrefetcher, _dedupe
+from clcrec.loader import Batch, ChunkStream, _dedupe, batches_on_device, DevicePrefetcher
 from clcrec.model import CLCRec, concat_normalised_features
 from pipeline.errors import UserError
 
@@ -41,12 +46,16 @@ class BenchTrainConfig:
     steps: int = 300  # timed steps per loop, in `rounds` alternating rounds
     rounds: int = 5
     warmup: int = 5
-    batch_size: int = 256
+    batch_sizes: tuple[int, ...] = (256,)
     num_neg: int = 128
-    workers: int = 1
+    workers: int = 0  # reference DataLoader workers (0: 4 on CUDA, 1 on CPU)
     device: str = "auto"
     amp: str = "auto"  # as TrainConfig.amp: fp32 on CPU, bf16 on CUDA
-    encode: str = "auto"  # as TrainConfig.encode: unique on CPU, slots on CUDA
+    encode: str = "auto"  # as TrainConfig.encode
+    scoring: str = "auto"  # as TrainConfig.scoring
+    cuda_graph: str = "auto"  # as TrainConfig.cuda_graph
+    readers: int = 0  # as TrainConfig.readers
+    reference: bool = True  # also time the reference-style loop
     seed: int = 0
 
 
@@ -100,52 +109,67 @@ def _worker_context() -> str:
 
 
 class TimedLoop:
-    """One training loop (model, optimizer, batch source) that can be timed in several rounds,
-    so two loops can alternate and share the machine's noise instead of each meeting its own."""
+    """One training loop (model, optimizer, step runner, batch source) that can be timed in several
+    rounds, so two loops can alternate and share the machine's noise instead of each meeting its own."""
 
-    def __init__(self, batches, model, cfg: TrainConfig, device, warmup: int):
-        from clcrec.train import amp_settings, make_optimizer
+    def __init__(self, batches, model, cfg: TrainConfig, plan, warmup: int):
+        from clcrec.execution import step_config
+        from clcrec.step import StepRunner, epoch_key, make_optimizer
 
-        self.model, self.cfg, self.device = model, cfg, device
-        self.opt = make_optimizer(model, cfg.l_r)
-        self.autocast, self.scaler, _ = amp_settings(cfg, device)
-        self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
-        self.it = iter(DevicePrefetcher(batches, device))
-        self.samples, self.seconds, self.wait = 0, 0.0, 0.0
+        self.device = plan.device
+        self.opt = make_optimizer(model, cfg.l_r, capturable=plan.graph)
+        self.runner = StepRunner(model, model, self.opt, step_config(cfg, plan.dense), plan.device,
+                                 graph=plan.graph, full_rows=cfg.batch_size)
+        self.runner.start_epoch(epoch_key(cfg.seed, 0))
+        self.it = iter(batches)
+        self.samples, self.seconds, self.wait, self.busy_ms = 0, 0.0, 0.0, 0.0
+        self.cuda = self.device.type == "cuda"
         self._steps(warmup)
 
-    def _steps(self, n: int) -> tuple[int, float]:
+    def _steps(self, n: int, events: list | None = None) -> tuple[int, float]:
         """n training steps; (samples, seconds spent waiting for batches)."""
-        from clcrec.train import train_step
-
         samples, wait = 0, 0.0
         for _ in range(n):
             tw = time.perf_counter()
             batch = next(self.it)
             wait += time.perf_counter() - tw
-            hybrid = torch.rand(batch.items.shape, generator=self.gen, device=self.device) < self.cfg.num_sample
-            train_step(self.model, self.model, self.opt, self.scaler, self.autocast, batch, hybrid, self.cfg.reg_weight)
+            if events is not None:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                self.runner.step(batch)
+                end.record()
+                events.append((start, end))
+            else:
+                self.runner.step(batch)
             samples += batch.size
         return samples, wait
 
     def run(self, steps: int) -> None:
         """Time `steps` more steps and add them to the totals."""
-        if self.device.type == "cuda":
+        if self.cuda:
             torch.cuda.synchronize(self.device)  # sync point: start the clock on an idle device
+        events = [] if self.cuda else None
         t0 = time.perf_counter()
-        samples, wait = self._steps(steps)
-        if self.device.type == "cuda":
+        samples, wait = self._steps(steps, events)
+        if self.cuda:
             torch.cuda.synchronize(self.device)  # sync point: stop the clock when the device is done
+            self.busy_ms += sum(a.elapsed_time(b) for a, b in events)
         self.seconds += time.perf_counter() - t0
         self.samples += samples
         self.wait += wait
 
     def result(self) -> dict:
         return {"samples_per_s": self.samples / self.seconds, "seconds": self.seconds, "samples": self.samples,
-                "wait_frac": self.wait / self.seconds}
+                "wait_frac": self.wait / self.seconds,
+                "gpu_busy": (self.busy_ms / 1e3 / self.seconds) if self.cuda else None}
 
 
-def time_data(batches, steps: int | None, warmup: int) -> dict:
+def repeat(batch):
+    while True:
+        yield batch
+
+
+def time_data(batches, steps: int | None, warmup: int, device: torch.device) -> dict:
     """The data path alone: how fast a loop can be fed when the model step costs nothing.
     steps=None consumes `batches` to the end (one whole epoch, producer start-up included)."""
     it = iter(batches)
@@ -156,92 +180,138 @@ def time_data(batches, steps: int | None, warmup: int) -> dict:
         samples += b.size
         if steps is not None and i + 1 >= steps:
             break
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # sync point: device assembly is asynchronous
     seconds = time.perf_counter() - t0
     return {"samples_per_s": samples / seconds, "samples": samples}
 
 
 def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
     from cache.store import CacheStore
+    from clcrec.execution import plan_execution, resolve_device
     from clcrec.flow import default_paths, ensure_cache, ensure_synthetic
-    from clcrec.train import amp_settings, resolve_device, wants_dedupe
+    from clcrec.step import amp_settings
     from pipeline.dataset import load_dataset
 
     if bc.rounds < 1 or bc.steps < bc.rounds or bc.warmup < 0:
         raise UserError(f"bench train needs rounds >= 1 and steps >= rounds (got steps {bc.steps}, rounds {bc.rounds})")
-    cfg = default_paths(TrainConfig(dataset=bc.dataset, num_neg=bc.num_neg, batch_size=bc.batch_size, device=bc.device,
-                                    amp=bc.amp, encode=bc.encode, seed=bc.seed), bc.scale)
+    if not bc.batch_sizes or min(bc.batch_sizes) < 1:
+        raise UserError(f"--batch-size must be >= 1, got {list(bc.batch_sizes)}")
+    base = default_paths(TrainConfig(dataset=bc.dataset, num_neg=bc.num_neg, device=bc.device, amp=bc.amp,
+                                     encode=bc.encode, scoring=bc.scoring, cuda_graph=bc.cuda_graph,
+                                     readers=bc.readers, seed=bc.seed), bc.scale)
     if not bc.dataset:
-        ensure_synthetic(Path(cfg.dataset), bc.scale, bc.seed, console)
-    ensure_cache(Path(cfg.dataset), Path(cfg.cache), bc.num_neg, bc.seed, console)
-    ds = load_dataset(cfg.dataset)
-    device = resolve_device(cfg)
-    dedupe = wants_dedupe(cfg, device)
+        ensure_synthetic(Path(base.dataset), bc.scale, bc.seed, console)
+    ensure_cache(Path(base.dataset), Path(base.cache), bc.num_neg, bc.seed, console)
+    ds = load_dataset(base.dataset)
+    device = resolve_device(base)
+    plan = plan_execution(base, device, ds.num_items)
+    workers = bc.workers or (4 if device.type == "cuda" else 1)
     feats = concat_normalised_features(list(ds.features.values()))
-    need = (bc.warmup + bc.steps + bc.rounds) * bc.batch_size
+    gen = CacheStore(base.cache).open_generation(0, expect_fingerprint=ds.fingerprint)
+    console.print(f"bench train: {base.dataset} ({ds.num_users} users, {ds.num_items} items, {len(ds.train)} train pairs), "
+                  f"num_neg {bc.num_neg}, amp {amp_settings(base.amp, device)[2]}, {plan.describe()}, "
+                  f"reference workers {workers}, torch threads {torch.get_num_threads()}", highlight=False)
 
     def fresh_model():
         torch.manual_seed(bc.seed)
-        return CLCRec(ds.num_users, ds.num_items, feats, cfg.dim_E).to(device)
+        return CLCRec(ds.num_users, ds.num_items, feats, base.dim_E).to(device)
 
-    gen = CacheStore(cfg.cache).open_generation(0, expect_fingerprint=ds.fingerprint)
-    if gen.num_rows < need:
-        console.print(f"[yellow]note:[/yellow] the generation has {gen.num_rows} rows < {need}; epochs repeat")
-    console.print(f"bench train: {cfg.dataset} ({ds.num_users} users, {ds.num_items} items, {len(ds.train)} train pairs), "
-                  f"batch {bc.batch_size}, num_neg {bc.num_neg}, device {device}, amp {amp_settings(cfg, device)[2]}, "
-                  f"encode {'unique' if dedupe else 'slots'}, torch threads {torch.get_num_threads()}")
+    def stream(batch_size: int, epoch: int) -> ChunkStream:
+        return ChunkStream(gen, num_items=ds.num_items, seed=bc.seed, epoch=epoch, batch_size=batch_size,
+                           dedupe=plan.dedupe, pin=device.type == "cuda", assemble=plan.assemble, device=device,
+                           readers=plan.readers)
 
-    def streaming_batches():
-        epoch = 0
-        while True:
-            with ChunkStream(gen, num_items=ds.num_items, seed=bc.seed, epoch=epoch, batch_size=bc.batch_size,
-                             dedupe=dedupe, pin=device.type == "cuda") as stream:
-                yield from stream
-            epoch += 1
+    out = {}
+    for batch_size in bc.batch_sizes:
+        cfg = base.replace(batch_size=batch_size)
+        need = (bc.warmup + bc.steps + bc.rounds) * batch_size
+        if gen.num_rows < need:
+            console.print(f"[yellow]note:[/yellow] batch {batch_size}: the generation has {gen.num_rows} rows < {need}; epochs repeat")
+        out[batch_size] = _bench_batch_size(bc, cfg, plan, ds, gen, stream, fresh_model, workers, console)
+    _print_table(out, bc.reference)
+    return out
 
+
+def _bench_batch_size(bc, cfg, plan, ds, gen, stream, fresh_model, workers, console) -> dict:
+    device = plan.device
     opened = []  # generators to close, so producer threads and workers end before exit
 
     def track(g):
         opened.append(g)
         return g
 
-    ref_ds = ReferenceStyleDataset(ds.train, ds.warm_items, bc.num_neg)
-    loader = torch.utils.data.DataLoader(
-        ref_ds, batch_size=bc.batch_size, shuffle=True, num_workers=bc.workers,
-        collate_fn=Collate(ds.num_items, dedupe), pin_memory=device.type == "cuda",
-        persistent_workers=bc.workers > 0, prefetch_factor=4 if bc.workers > 0 else None,
-        # numba's OpenMP layer is not fork-safe once a parallel kernel ran in this process, and
-        # spawned workers abort in their own teardown ("terminate called ..."); forkserver's
-        # workers fork from a fresh server process and exit cleanly.
-        multiprocessing_context=_worker_context() if bc.workers > 0 else None,
-    )
-
-    def ref_batches():
+    def streaming_batches():
+        epoch = 0
         while True:
-            yield from loader
+            with stream(cfg.batch_size, epoch) as s:
+                yield from batches_on_device(s, device)
+            epoch += 1
 
-    loops = {"streaming": TimedLoop(track(streaming_batches()), fresh_model(), cfg, device, bc.warmup),
-             "reference": TimedLoop(track(ref_batches()), fresh_model(), cfg, device, bc.warmup)}
+    loops = {"streaming": TimedLoop(track(streaming_batches()), fresh_model(), cfg, plan, bc.warmup)}
+    loader = None
+    if bc.reference:
+        ref_ds = ReferenceStyleDataset(ds.train, ds.warm_items, bc.num_neg)
+        loader = torch.utils.data.DataLoader(
+            ref_ds, batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
+            collate_fn=Collate(ds.num_items, plan.dedupe), pin_memory=device.type == "cuda",
+            persistent_workers=True, prefetch_factor=4,
+            # numba's OpenMP layer is not fork-safe once a parallel kernel ran in this process, and
+            # spawned workers abort in their own teardown ("terminate called ..."); forkserver's
+            # workers fork from a fresh server process and exit cleanly.
+            multiprocessing_context=_worker_context(),
+        )
+
+        def ref_batches():
+            while True:
+                yield from loader
+
+        loops["reference"] = TimedLoop(DevicePrefetcher(track(ref_batches()), device), fresh_model(), cfg,
+                                       plan, bc.warmup)
     per_round = -(-bc.steps // bc.rounds)
-    for _ in progress_track(range(bc.rounds), description=f"{bc.rounds} alternating rounds of {per_round} steps", console=console, transient=True):
+    for _ in progress_track(range(bc.rounds), description=f"batch {cfg.batch_size}: {bc.rounds} alternating rounds of {per_round} steps",
+                            console=console, transient=True):
         for loop in loops.values():
             loop.run(per_round)
-    results = {name: loop.result() for name, loop in loops.items()}
-    one_epoch = ChunkStream(gen, num_items=ds.num_items, seed=bc.seed, epoch=99, batch_size=bc.batch_size,
-                            dedupe=dedupe, pin=device.type == "cuda")
-    data = {"streaming": time_data(one_epoch, None, 0),  # a whole epoch: the queue cannot hide the producer
-            "reference": time_data(track(ref_batches()), bc.steps, bc.warmup)}
+    res = {name: loop.result() for name, loop in loops.items()}
+
+    # The step alone: one batch resident on the device, stepped again and again.
+    with stream(cfg.batch_size, 98) as s:
+        resident = next(iter(batches_on_device(s, device)))
+    alone = TimedLoop(repeat(resident), fresh_model(), cfg, plan, bc.warmup)
+    alone.run(bc.steps)
+    res["step_alone"] = alone.result()
+
+    with stream(cfg.batch_size, 99) as s:  # a whole epoch: the queue cannot hide the producer
+        data = {"streaming": time_data(batches_on_device(s, device), None, 0, device)}
+    if loader is not None:
+        data["reference"] = time_data(track(ref_batches()), bc.steps, bc.warmup, torch.device("cpu"))
     for g in opened:
         g.close()
-    if loader._iterator is not None:  # persistent workers: stop them now, not in interpreter teardown
-        loader._iterator._shutdown_workers()  # (where they die mid-exit with "terminate called ...")
-    ratio = results["streaming"]["samples_per_s"] / results["reference"]["samples_per_s"]
-    data_ratio = data["streaming"]["samples_per_s"] / data["reference"]["samples_per_s"]
+    if loader is not None and loader._iterator is not None:  # persistent workers: stop them now, not in
+        loader._iterator._shutdown_workers()  # interpreter teardown (where they die with "terminate called")
+    res["data"] = data
+    if loader is not None:
+        res["ratio"] = res["streaming"]["samples_per_s"] / res["reference"]["samples_per_s"]
+        res["data_ratio"] = data["streaming"]["samples_per_s"] / data["reference"]["samples_per_s"]
+    return res
+
+
+def _print_table(out: dict, reference: bool) -> None:
     table = Table(title="samples/s (a sample = a positive pair with its negatives)")
-    for col in ("loop", "training samples/s", "data wait", "data path alone, samples/s"):
-        table.add_column(col)
-    for name, r in results.items():
-        table.add_row(name, f"{r['samples_per_s']:,.0f}", f"{r['wait_frac']:.1%}", f"{data[name]['samples_per_s']:,.0f}")
-    Console().print(table)
-    Console().print(f"speed-up streaming / reference: training {ratio:.1f}x, data path alone {data_ratio:.1f}x")
-    results.update(ratio=ratio, data=data, data_ratio=data_ratio)
-    return results
+    cols = ["batch", "step alone", "streaming", "data wait", "GPU busy"]
+    cols += ["reference", "streaming / reference"] if reference else []
+    cols += ["data path alone: streaming"] + (["reference"] if reference else [])
+    for col in cols:
+        table.add_column(col, justify="right")
+    for batch_size, r in out.items():
+        st = r["streaming"]
+        row = [str(batch_size), f"{r['step_alone']['samples_per_s']:,.0f}", f"{st['samples_per_s']:,.0f}",
+               f"{st['wait_frac']:.1%}", "-" if st["gpu_busy"] is None else f"{st['gpu_busy']:.1%}"]
+        if reference:
+            row += [f"{r['reference']['samples_per_s']:,.0f}", f"{r['ratio']:.1f}x"]
+        row += [f"{r['data']['streaming']['samples_per_s']:,.0f}"]
+        if reference:
+            row += [f"{r['data']['reference']['samples_per_s']:,.0f}"]
+        table.add_row(*row)
+    Console(width=max(160, Console().width)).print(table)  # wide: logs are not terminals

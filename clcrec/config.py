@@ -14,9 +14,13 @@ from pipeline.errors import UserError
 
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
 # Fields a resumed run may change: where and how fast it runs, and how long, but not what it learns.
-RESUMABLE_CHANGES = {"run_dir", "epochs", "patience", "device", "amp", "threads", "log_every", "prefetch", "eval_block", "encode"}
+RESUMABLE_CHANGES = {"run_dir", "epochs", "patience", "device", "amp", "threads", "log_every", "prefetch", "eval_block", "encode",
+                     "scoring", "cuda_graph", "assemble", "readers"}
 SELECT_MODES = ("cold", "warm", "all", "mean")
 ENCODE_MODES = ("auto", "unique", "slots")
+SCORING_MODES = ("auto", "gather", "dense")
+GRAPH_MODES = ("auto", "on", "off")
+ASSEMBLE_MODES = ("auto", "host", "device")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,10 @@ class TrainConfig:
     device: str = "auto"  # auto -> cuda if available else cpu
     amp: str = "auto"  # auto -> bf16 on CUDA, fp32 on CPU
     encode: str = "auto"  # unique: encode each distinct item of a batch once; slots: every slot
+    scoring: str = "auto"  # gather | dense (whole-table matmuls); auto: clcrec/execution.py
+    cuda_graph: str = "auto"  # capture the step in one CUDA graph: auto (when possible) | on | off
+    assemble: str = "auto"  # where batches are cut: host | device (auto: device on CUDA)
+    readers: int = 0  # chunk-decoding threads (0: 1 on CPU, up to 4 on CUDA)
     prefetch: int = 4  # chunks buffered ahead by the producer thread
     log_every: int = 50  # steps between host syncs for loss logging / divergence checks
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
@@ -60,6 +68,10 @@ class TrainConfig:
             (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}"),
             (self.select_mode in SELECT_MODES, f"select_mode must be one of {SELECT_MODES}"),
             (self.encode in ENCODE_MODES, f"encode must be one of {ENCODE_MODES}"),
+            (self.scoring in SCORING_MODES, f"scoring must be one of {SCORING_MODES}"),
+            (self.cuda_graph in GRAPH_MODES, f"cuda_graph must be one of {GRAPH_MODES}"),
+            (self.assemble in ASSEMBLE_MODES, f"assemble must be one of {ASSEMBLE_MODES}"),
+            (self.readers >= 0, "readers must be >= 0 (0: automatic)"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.num_neg >= 1, "num_neg must be >= 1"),
             (0.0 <= self.num_sample <= 1.0, "num_sample must be in [0, 1]"),

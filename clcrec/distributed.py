@@ -16,6 +16,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as tdist
 
+from pipeline.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -41,6 +43,13 @@ def init(use_cuda: bool = False) -> DistContext:
     if world <= 1:
         return DistContext()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda and torch.cuda.is_available():
+        local_world, visible = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+        if local_world > visible:  # rank `visible` would ask for a GPU that is not there
+            raise UserError(
+                f"{local_world} processes per node but {visible} visible GPU(s): each rank needs its own "
+                f"GPU; run torchrun --nproc_per_node={visible} (or fewer), or train on CPU with --device cpu"
+            )
     if not tdist.is_initialized():
         use_nccl = use_cuda and torch.cuda.is_available() and tdist.is_nccl_available()
         kw = {}

@@ -69,7 +69,7 @@ def run_training(cfg: TrainConfig, *, scale: str = "default", console: Console |
     console = console or Console(stderr=True)
     synthetic = not cfg.dataset
     cfg = default_paths(cfg, scale)
-    from clcrec.train import wants_cuda
+    from clcrec.execution import wants_cuda
 
     ctx = dist.init(wants_cuda(cfg))  # under torchrun: rank 0 prepares data and cache, the others wait
     if ctx.is_main:

@@ -100,7 +100,8 @@ def mean0(x: torch.Tensor) -> torch.Tensor:
 
 def info_nce(scores: torch.Tensor) -> torch.Tensor:
     """Mean softmax cross-entropy with the positive in column 0. scores: (B, 1+K)."""
-    scores = scores.float()
+    if scores.dtype in (torch.float16, torch.bfloat16):  # AMP scores: the softmax in fp32
+        scores = scores.float()
     return mean0(torch.logsumexp(scores, dim=1) - scores[:, 0])
 
 
@@ -110,9 +111,18 @@ def torch_contrastive_loss(table, idx, vec, temp: float) -> torch.Tensor:
     return info_nce(torch_gather_dot(table, idx, vec) / temp)
 
 
+def dense_contrastive_loss(table: torch.Tensor, idx: torch.Tensor, vec: torch.Tensor, temp: float) -> torch.Tensor:
+    """The same loss as `contrastive_loss`, computed by scoring every row of `table`: (B, R) =
+    vec @ table^T, one matmul, then the (B, 1+K) sampled columns. Its backward is a scatter into
+    (B, R) and two matmuls, with no sort-based embedding backward: the fast form on a GPU when R is
+    small next to the batch's slots. (gather's backward is a scatter-add, so repeated ids, as with
+    `--on-short repeat`, are summed correctly.)"""
+    return info_nce(torch.gather(vec @ table.t(), 1, idx) / temp)
+
+
 def contrastive_loss(table: torch.Tensor, idx: torch.Tensor, vec: torch.Tensor, temp: float) -> torch.Tensor:
     """mean_b [logsumexp_k(s[b, k]) - s[b, 0]], s[b, k] = table[idx[b, k]] . vec[b] / temp.
     table (R, D), idx (B, 1+K) int64 with the positive in column 0, vec (B, D) -> 0-dim float32."""
-    if table.device.type == "cpu" and idx.dtype == torch.int64 and vec.dim() == 2:
+    if table.device.type == "cpu" and table.dtype != torch.float64 and idx.dtype == torch.int64 and vec.dim() == 2:
         return _ContrastiveLoss.apply(table.float(), idx, vec.float(), float(temp))
     return torch_contrastive_loss(table, idx, vec, temp)

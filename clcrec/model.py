@@ -9,10 +9,13 @@ Faithful to the paper and the reference code, with these deliberate differences:
   39% of slots (1 - e^-0.5) are replaced at num_sample=0.5, not 50%; ours replaces num_sample of
   them in expectation, with no host sync.
 - Each softmax is computed as logsumexp(scores) - score_pos (stable), not log(exp/sum(exp)).
-- Only the items present in a batch are encoded (the reference encodes the whole catalogue at
-  every step): `unique` mode encodes each distinct item once (ids deduplicated by the loader's
-  producer thread), `slots` mode encodes every slot (better on GPUs, where the matmul is free
-  and deduplication would need a host sync).
+- Per-item work has three forms, chosen by the trainer (clcrec/train.py, `scoring` and `encode`):
+  `unique` encodes each distinct item of the batch once (ids deduplicated by the loader's producer
+  thread; the CPU default), `slots` encodes every slot (no dedupe, fixed shapes), and `dense`
+  encodes the whole catalogue once per step and scores each batch row against every item with one
+  matmul per loss, then picks the sampled columns (the GPU default for catalogues that are small
+  next to a batch's slots: its backward is matmuls instead of gathers and a sort-based embedding
+  backward). The reference encodes the whole catalogue at every step too, but scores by gathers.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clcrec.kernels import contrastive_loss, mean0
+from clcrec.kernels import contrastive_loss, dense_contrastive_loss, mean0
 
 
 def concat_normalised_features(features: list[np.ndarray]) -> torch.Tensor:
@@ -70,40 +73,50 @@ class CLCRec(nn.Module):
         hybrid: torch.Tensor,  # (B, 1+K) bool: slots whose U-I item uses the encoder output
         uniq: torch.Tensor | None = None,  # (Q,) distinct item ids of the batch (unique mode)
         inverse: torch.Tensor | None = None,  # (B, 1+K) index of each slot into uniq
+        dense: bool = False,  # score against the whole item table (uniq/inverse unused)
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (loss_re, loss_ui, reg) as 0-dim tensors; no host sync.
 
-        Per-item work (embedding lookup, encoder, normalisation, norms) runs once per distinct
-        item; each loss scores the slots' rows against one vector per batch row with the fused
-        `contrastive_loss` (numba on CPU: no (B, 1+K, D) tensor, loss and gradient in one pass),
-        and the hybrid choice is an index into [ID rows; content rows], not a D-wide `where`.
-        In slots mode every slot is its own "distinct" item, so both modes share this code.
+        Per-item work (embedding lookup, encoder, normalisation, norms) runs once per row of a
+        per-step item table: the batch's distinct items (unique), every slot (slots: each slot its
+        own "distinct" item) or the whole catalogue (dense: `inverse` is then the item ids). Each
+        loss scores the slots' rows against one vector per batch row (`contrastive_loss`: fused
+        numba on CPU, no (B, 1+K, D) tensor; dense: one (B, Q) matmul and a column gather), and the
+        hybrid choice is an index into [ID rows; content rows], not a D-wide `where`.
         """
-        if uniq is None:
-            uniq = items.reshape(-1)  # (B*(1+K),)
-            inverse = torch.arange(uniq.numel(), device=items.device).view(items.shape)
-        emb = self.item_emb(uniq)  # (Q, D)
-        feat = self.encode(uniq)  # (Q, D)
+        if dense:
+            emb = self.item_emb.weight  # (I, D): no gather, and a dense gradient from matmuls
+            feat = self.encoder(self.features)  # (I, D): each item once
+            inverse, nce = items, dense_contrastive_loss
+        else:
+            if uniq is None:
+                uniq = items.reshape(-1)  # (B*(1+K),)
+                inverse = torch.arange(uniq.numel(), device=items.device).view(items.shape)
+            emb = self.item_emb(uniq)  # (Q, D)
+            feat = self.encode(uniq)  # (Q, D)
+            nce = contrastive_loss
+        q = emb.shape[0]
         user = self.user_emb(users)  # (B, D)
 
         # R-E: the positive's normalised ID embedding against the normalised content
         # representations of the positive and its negatives.
         anchor = F.normalize(F.embedding(inverse[:, 0], emb), dim=-1)  # (B, D)
-        loss_re = contrastive_loss(F.normalize(feat, dim=-1), inverse, anchor, self.temp_value)
+        loss_re = nce(F.normalize(feat, dim=-1), inverse, anchor, self.temp_value)
 
         # U-I with hybrid contrast: in `hybrid` slots the item is its content representation.
         # One gather from [ID rows; content rows] with the choice folded into the index.
         both = torch.cat([emb, feat.to(emb.dtype)])  # (2Q, D)
-        pick = inverse + hybrid.long() * uniq.numel()  # (B, 1+K) row in `both`
-        loss_ui = contrastive_loss(both, pick, user, self.temp_value)
+        pick = inverse + hybrid.long() * q  # (B, 1+K) row in `both`
+        loss_ui = nce(both, pick, user, self.temp_value)
 
         # The reference regulariser: mean L2 norm of the user and of every item-slot embedding.
-        # Slot mean as a count-weighted sum over distinct items: no (B, 1+K) gather to differentiate.
+        # Slot mean as a count-weighted sum over table rows: no (B, 1+K) gather to differentiate.
         # (bincount would size its output from the data: a host sync on CUDA; index_add_ is not)
         flat = inverse.reshape(-1)
-        slots = emb.new_zeros(uniq.numel(), dtype=torch.float32).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))  # (Q,)
-        item_reg = (slots * emb.float().norm(dim=1)).sum() / max(inverse.numel(), 1)
-        reg = (mean0(user.float().norm(dim=1)) + item_reg) / 2
+        # (embedding rows are parameters' dtype, fp32 under autocast too: no casts needed)
+        slots = emb.new_zeros(q).index_add_(0, flat, torch.ones_like(flat, dtype=emb.dtype))  # (Q,)
+        item_reg = (slots * emb.norm(dim=1)).sum() / max(inverse.numel(), 1)
+        reg = (mean0(user.norm(dim=1)) + item_reg) / 2
         return loss_re, loss_ui, reg
 
     def combine(self, loss_re, loss_ui, reg, reg_weight: float) -> torch.Tensor:

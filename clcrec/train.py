@@ -11,10 +11,8 @@ Distributed runs (torchrun) use DDP; each rank streams a disjoint share of the c
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 
@@ -24,50 +22,13 @@ from clcrec.checkpoint import RunDir, load_checkpoint, rng_state, save_checkpoin
 from clcrec.config import TrainConfig
 from clcrec.evaluate import EvalConfig, RankingEvaluator
 from clcrec.generations import GenerationSupply, check_cache
-from clcrec.loader import ChunkStream, DevicePrefetcher
+from clcrec.execution import plan_execution, resolve_device, step_config, wants_cuda
+from clcrec.loader import ChunkStream, batches_on_device
 from clcrec.model import CLCRec, concat_normalised_features
+from clcrec.step import StepRunner, epoch_key, make_optimizer
 from pipeline.dataset import load_dataset
 from pipeline.errors import DatasetChangedError, TrainingDivergedError, UserError
 from pipeline.fsutil import clean_tmp_leftovers
-
-
-def wants_cuda(cfg: TrainConfig) -> bool:
-    """Whether this run trains on CUDA (decides NCCL vs gloo before the device is set up)."""
-    return cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-
-
-def wants_dedupe(cfg: TrainConfig, device: torch.device) -> bool:
-    """Encode each distinct item of a batch once (the producer dedupes) or every slot: `auto`
-    dedupes on CPU, where encoder FLOPs dominate, and not on CUDA, where they are cheap."""
-    return cfg.encode == "unique" or (cfg.encode == "auto" and device.type == "cpu")
-
-
-def resolve_device(cfg: TrainConfig, local_rank: int = 0, distributed: bool = False) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(cfg.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    if dev.type == "cuda" and distributed:
-        # Under torchrun each rank owns GPU LOCAL_RANK (NCCL is bound to it); one index for all
-        # ranks would put them on one GPU.
-        if dev.index is not None and dev.index != local_rank:
-            raise UserError(f"--device {cfg.device} under torchrun: each rank uses cuda:LOCAL_RANK; "
-                            f"pass --device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES")
-        return torch.device(f"cuda:{local_rank}")
-    return dev
-
-
-def amp_settings(cfg: TrainConfig, device: torch.device):
-    """(autocast context factory, GradScaler): one code path for bf16 / fp16 / fp32."""
-    mode = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    if mode == "fp32":
-        autocast = nullcontext
-    else:
-        dtype = torch.bfloat16 if mode == "bf16" else torch.float16
-        autocast = lambda: torch.autocast(device.type, dtype=dtype)  # noqa: E731
-    scaler = torch.amp.GradScaler(device.type, enabled=(mode == "fp16"))
-    return autocast, scaler, mode
 
 
 def select_score(val: dict, cfg: TrainConfig) -> float:
@@ -75,42 +36,6 @@ def select_score(val: dict, cfg: TrainConfig) -> float:
     if cfg.select_mode == "mean":
         return (val["warm"][key] + val["cold"][key]) / 2
     return val[cfg.select_mode][key]
-
-
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam as in the reference (dense, no weight decay); the fused kernel where torch has one
-    (3x faster on CPU for the 4M-parameter embedding tables of the paper-scale data)."""
-    try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
-    except (RuntimeError, TypeError):  # older torch or an unsupported device
-        return torch.optim.Adam(model.parameters(), lr=lr)
-
-
-def train_step(net, model, opt, scaler, autocast, batch, hybrid, reg_weight: float) -> torch.Tensor:
-    """One optimisation step; returns (loss, loss_re, loss_ui, reg) detached, on the device."""
-    with autocast():
-        loss_re, loss_ui, reg = net(batch.users, batch.items, hybrid, batch.uniq, batch.inverse)
-        loss = model.combine(loss_re, loss_ui, reg, reg_weight)
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()
-    return torch.stack([loss, loss_re, loss_ui, reg]).detach().float()  # (4,)
-
-
-def epoch_generator(cfg: TrainConfig, epoch: int, device: torch.device) -> torch.Generator:
-    """RNG for the hybrid-contrast mask, seeded per (seed, epoch) so resume replays it. Every rank
-    draws the mask of the whole global batch and keeps its slice, as a 1-process run would."""
-    g = torch.Generator(device=device)
-    g.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, 0x4D]).generate_state(1)[0]))
-    return g
-
-
-def hybrid_mask(batch, num_sample: float, rng: torch.Generator, device: torch.device) -> torch.Tensor:
-    """(B, 1+K) bool: which U-I slots use the content representation (Bernoulli(num_sample))."""
-    rows = batch.global_size if batch.global_size >= 0 else batch.size
-    draw = torch.rand((rows, batch.items.shape[1]), generator=rng, device=device)  # (B_global, 1+K)
-    return draw[batch.offset : batch.offset + batch.size] < num_sample
 
 
 class Trainer:
@@ -140,9 +65,11 @@ class Trainer:
             cfg.temp_value, cfg.lr_lambda, cfg.num_sample,
         ).to(self.device)
         self.net = dist.wrap(self.model, self.device, self.ctx)  # DDP when world > 1
-        self.opt = make_optimizer(self.model, cfg.l_r)
-        self.autocast, self.scaler, self.amp_mode = amp_settings(cfg, self.device)
-        self.dedupe = wants_dedupe(cfg, self.device)
+        self.plan = plan_execution(cfg, self.device, self.dataset.num_items, self.ctx.world)
+        self.opt = make_optimizer(self.model, cfg.l_r, capturable=self.plan.graph)
+        self.steps = StepRunner(self.net, self.model, self.opt, step_config(cfg, self.plan.dense), self.device,
+                                graph=self.plan.graph, full_rows=cfg.batch_size // self.ctx.world)
+        self.scaler, self.amp_mode = self.steps.scaler, self.steps.amp_mode
         self.item_status = torch.as_tensor(self.dataset.item_status, device=self.device)
         self.eval_cfg = EvalConfig(ks=tuple(cfg.ks), user_block=cfg.eval_block)
         self._evaluators: dict[str, RankingEvaluator] = {}  # index tensors built once per split
@@ -160,6 +87,7 @@ class Trainer:
             "cache_config": self.store.manifest.get("config"),
             "modalities": self.modalities,
             "amp": self.amp_mode,
+            "execution": self.plan.describe(),
             "world_size": self.ctx.world,
         }
 
@@ -218,38 +146,33 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int, generation: int, progress) -> dict:
         """One pass over a leased generation; returns the epoch's record (all ranks agree)."""
-        cfg, model, net, device = self.cfg, self.model, self.net, self.device
+        cfg, device, plan = self.cfg, self.device, self.plan
         gen = self.store.open_generation(generation, expect_fingerprint=self.dataset.fingerprint)
-        rng = epoch_generator(cfg, epoch, device)
-        sums = torch.zeros(4, device=device)  # loss, loss_re, loss_ui, reg: summed on device
-        bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.steps.start_epoch(epoch_key(cfg.seed, epoch))  # loss sums and divergence flag on the device
         steps = samples = 0
         t0 = time.perf_counter()
-        net.train()
+        self.net.train()
         task = progress.add_task(f"epoch {epoch} (gen {generation})", total=gen.num_rows // self.ctx.world)
         with ChunkStream(
             gen, num_items=self.dataset.num_items, seed=cfg.seed, epoch=epoch,
             batch_size=cfg.batch_size, rank=self.ctx.rank, world=self.ctx.world,
-            dedupe=self.dedupe, pin=device.type == "cuda", prefetch=cfg.prefetch,
+            dedupe=plan.dedupe, pin=device.type == "cuda", prefetch=cfg.prefetch,
+            assemble=plan.assemble, device=device, readers=plan.readers,
         ) as stream:
-            for batch in DevicePrefetcher(stream, device):
-                hybrid = hybrid_mask(batch, cfg.num_sample, rng, device)
-                parts = train_step(net, model, self.opt, self.scaler, self.autocast, batch, hybrid, cfg.reg_weight)
-                loss = parts[0]
-                sums += parts
-                # Remember the first non-finite step on the device: no sync here.
-                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), steps, bad_step)
+            for batch in batches_on_device(stream, device):
+                self.steps.step(batch)
                 steps += 1
                 samples += batch.size
-                progress.update(task, advance=batch.size)
+                if steps % 32 == 0:  # the bar is host work too: update it now and then
+                    progress.update(task, completed=samples)
                 # A rank-local check would hang the other ranks in their next all-reduce, so
                 # distributed runs decide at the epoch end, together (check_finite below).
                 if steps % cfg.log_every == 0 and not self.ctx.enabled:
-                    self.check_finite(bad_step, epoch)  # host sync point (every log_every steps)
-        self.check_finite(bad_step, epoch)  # host sync point (end of epoch, all ranks)
+                    self.check_finite(self.steps.bad_step, epoch)  # host sync point (every log_every steps)
+        self.check_finite(self.steps.bad_step, epoch)  # host sync point (end of epoch, all ranks)
         progress.remove_task(task)
         seconds = time.perf_counter() - t0
-        sums = dist.all_reduce_sum(sums, self.ctx)
+        sums = dist.all_reduce_sum(self.steps.sums, self.ctx)
         counts = dist.all_reduce_sum(torch.tensor([steps, samples], device=device, dtype=torch.long), self.ctx)
         steps_all, samples_all = counts.tolist()  # host sync point (epoch end); exact int64 counts
         mean = (sums / max(steps_all, 1)).tolist()
@@ -295,6 +218,8 @@ class Trainer:
             console=self.console, transient=True, disable=not self.ctx.is_main,
         )
         stop = self.bad_epochs >= cfg.patience
+        if self.ctx.is_main:
+            self.console.print(f"training: {self.plan.describe()}, amp {self.amp_mode}", highlight=False)
         with progress:
             for epoch in range(self.start_epoch, cfg.epochs):
                 if stop:

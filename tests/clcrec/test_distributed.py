@@ -39,7 +39,7 @@ def metrics(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_two_ranks_agree_with_one_rank_and_serve_every_pair_once(tiny_dataset, tiny_cache, tmp_path):
     common = ["train", "--dataset", tiny_dataset, "--cache", tiny_cache, "--num-neg", NUM_NEG,
-              "--batch-size", 64, "--epochs", 4, "--patience", 10, "--l-r", 0.01, "--threads", 1]
+              "--batch-size", 64, "--epochs", 4, "--patience", 10, "--l-r", 0.01, "--threads", 1, "--device", "cpu"]
     run([sys.executable, "cli.py", *map(str, common), "--run-dir", tmp_path / "one"])
     torchrun(2, *common, "--run-dir", tmp_path / "two")
 
@@ -62,7 +62,7 @@ def test_two_ranks_agree_with_one_rank_and_serve_every_pair_once(tiny_dataset, t
 def test_a_two_rank_checkpoint_resumes_on_one_rank(tiny_dataset, tiny_cache, tmp_path):
     run_dir = tmp_path / "run"
     torchrun(2, "train", "--dataset", tiny_dataset, "--cache", tiny_cache, "--num-neg", NUM_NEG,
-             "--batch-size", 64, "--epochs", 2, "--l-r", 0.01, "--threads", 1, "--run-dir", run_dir)
+             "--batch-size", 64, "--epochs", 2, "--l-r", 0.01, "--threads", 1, "--device", "cpu", "--run-dir", run_dir)
     assert [m["epoch"] for m in metrics(run_dir)] == [0, 1]
     proc = run([sys.executable, "cli.py", "train", "--resume", str(run_dir), "--epochs", "4"])
     assert "resuming" in proc.stderr
@@ -76,10 +76,27 @@ def test_divergence_stops_every_rank_instead_of_hanging(tiny_dataset, tiny_cache
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "cli.py", "train",
          "--dataset", str(tiny_dataset), "--cache", str(tiny_cache), "--num-neg", str(NUM_NEG), "--batch-size", "64",
-         "--epochs", "2", "--temp-value", "1e-45", "--threads", "1", "--run-dir", str(tmp_path / "run")],
+         "--epochs", "2", "--temp-value", "1e-45", "--threads", "1", "--device", "cpu", "--run-dir", str(tmp_path / "run")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=180,  # a hang fails here
     )
     assert proc.returncode != 0
     assert proc.stderr.count("non-finite loss at epoch 0, step 0") == 2  # both ranks, same answer
     # torchrun prints its own report of failed children; no traceback comes from our code
     assert "clcrec/train.py\", line" not in proc.stderr and "cli.py\", line" not in proc.stderr
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_more_ranks_per_node_than_gpus_is_refused_with_what_to_do(tiny_dataset, tiny_cache, tmp_path):
+    import torch
+
+    n = torch.cuda.device_count() + 1
+    env = dict(os.environ, COLUMNS="200", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "cli.py", "train",
+         "--dataset", str(tiny_dataset), "--cache", str(tiny_cache), "--num-neg", str(NUM_NEG), "--batch-size", "64",
+         "--epochs", "1", "--run-dir", str(tmp_path / "run")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode != 0
+    assert f"{n} processes per node but {n - 1} visible GPU(s)" in proc.stderr
+    assert "invalid device ordinal" not in proc.stderr and "cli.py\", line" not in proc.stderr

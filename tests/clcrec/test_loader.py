@@ -133,3 +133,36 @@ def test_device_prefetcher_passes_batches_through_in_order(gen, tiny_dataset):
     direct = served_rows(stream(gen, n))
     via = served_rows(DevicePrefetcher(stream(gen, n), torch.device("cpu")))
     np.testing.assert_array_equal(direct, via)
+
+
+def batch_record(b):
+    return (b.users.tolist(), b.items.tolist(), b.offset, b.global_size, b.row0)
+
+
+@pytest.mark.parametrize("world,batch_size", [(1, 64), (1, 7), (3, 99), (4, 4)])
+def test_device_assembly_serves_the_same_batches_as_host_assembly(gen, tiny_dataset, world, batch_size):
+    """The GPU path (chunks shipped as stored, permuted and cut on the device) runs here on CPU
+    tensors: batch for batch, rank for rank, identical to the host path, with several readers."""
+    n = int(np.load(tiny_dataset / "item_status.npy").shape[0])
+    assert gen.item_dtype == np.uint16  # the compact id path (int16 bits widened on the device)
+    for rank in range(world):
+        host = [batch_record(b) for b in stream(gen, n, batch_size=batch_size, rank=rank, world=world, epoch=2, dedupe=False)]
+        dev = [batch_record(b) for b in stream(gen, n, batch_size=batch_size, rank=rank, world=world, epoch=2,
+                                               dedupe=False, assemble="device", readers=3)]
+        assert dev == host
+
+
+def test_row0_is_each_slice_position_in_the_epoch(gen, tiny_dataset):
+    n = int(np.load(tiny_dataset / "item_status.npy").shape[0])
+    starts = [b.row0 for r in range(3) for b in stream(gen, n, batch_size=30, rank=r, world=3, dedupe=False)]
+    sizes = [b.size for r in range(3) for b in stream(gen, n, batch_size=30, rank=r, world=3, dedupe=False)]
+    pairs = sorted(zip(starts, sizes))
+    assert [s for s, _ in pairs] == list(np.cumsum([0] + [z for _, z in pairs[:-1]]))  # a partition of 0..N-1
+    assert sum(sizes) == gen.num_rows
+
+
+def test_device_assembly_refuses_dedupe(gen, tiny_dataset):
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="does not deduplicate"):
+        stream(gen, 10, assemble="device", dedupe=True)

@@ -1,0 +1,115 @@
+"""The training step and its execution plans: counter-based hybrid draws, device assembly and
+dense scoring training the same model as the CPU defaults, the plan chosen from sizes, and (on a
+CUDA device) the whole step as one CUDA graph."""
+
+import json
+
+import pytest
+import torch
+
+from clcrec.config import TrainConfig
+from clcrec.execution import DENSE_ITEMS_PER_SLOT, plan_execution
+from clcrec.step import epoch_key, hybrid_hash, hybrid_mask, mix32
+from clcrec.train import train
+from pipeline.errors import UserError
+from tests.clcrec.test_train import config, quiet
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_mix32_matches_plain_integer_arithmetic():
+    """The int64-tensor form of the 32-bit hash equals the same hash in Python's exact integers."""
+    def ref(x):
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    xs = [0, 1, 2, 12345, 0x7FFFFFFF, 0x80000000, 0xDEADBEEF, 0xFFFFFFFF]
+    assert mix32(torch.tensor(xs, dtype=torch.int64)).tolist() == [ref(x) for x in xs]
+
+
+def test_hybrid_draws_depend_only_on_key_row_and_slot():
+    key = torch.tensor(epoch_key(0, 3))
+    whole = hybrid_mask(key, torch.arange(100, 164), 17, 0.5)  # (64, 17): one batch
+    halves = torch.cat([hybrid_mask(key, torch.arange(100, 132), 17, 0.5),  # two ranks' slices
+                        hybrid_mask(key, torch.arange(132, 164), 17, 0.5)])
+    assert torch.equal(whole, halves)
+    assert not torch.equal(whole, hybrid_mask(torch.tensor(epoch_key(0, 4)), torch.arange(100, 164), 17, 0.5))
+    assert hybrid_mask(key, torch.arange(5), 9, 0.0).sum() == 0 and hybrid_mask(key, torch.arange(5), 9, 1.0).all()
+    # rows past 2^32 positions stay distinct from their low bits
+    assert not torch.equal(hybrid_hash(key, torch.tensor([7]), 9), hybrid_hash(key, torch.tensor([7 + 2**32]), 9))
+
+
+def test_hybrid_draws_are_bernoulli_with_the_asked_rate():
+    m = hybrid_mask(torch.tensor(epoch_key(1, 0)), torch.arange(20000), 129, 0.3).double()
+    assert abs(m.mean().item() - 0.3) < 0.002  # 2.6M draws: sd 0.0003
+    assert m.mean(0).std().item() < 0.0035 * 1.2  # per slot: sd sqrt(0.21/20000) = 0.0032
+    assert abs(torch.corrcoef(torch.stack([m[:, 0], m[:, 1]]))[0, 1].item()) < 0.03  # neighbouring slots
+
+
+def losses(run_dir):
+    return [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_device_assembly_trains_exactly_like_host_assembly(tiny_dataset, tiny_cache, tmp_path):
+    """The GPU's batch path (chunks shipped as stored, permuted and cut on the device), run on
+    CPU tensors, serves the same batches in the same order: the same model, bit for bit."""
+    out = {}
+    for assemble in ("host", "device"):
+        cfg = config(tiny_dataset, tiny_cache, tmp_path / assemble, epochs=2, encode="slots", assemble=assemble)
+        out[assemble] = (train(cfg, console=quiet())["test"], losses(tmp_path / assemble))
+    assert out["host"] == out["device"]
+
+
+def test_dense_scoring_trains_like_gather_scoring(tiny_dataset, tiny_cache, tmp_path):
+    """Whole-table scoring is the same loss and gradient (float64 equality: test_model.py); in
+    float32 training the two differ by rounding only."""
+    a = config(tiny_dataset, tiny_cache, tmp_path / "gather", epochs=2, scoring="gather")
+    b = config(tiny_dataset, tiny_cache, tmp_path / "dense", epochs=2, scoring="dense")
+    train(a, console=quiet())
+    train(b, console=quiet())
+    assert losses(tmp_path / "dense") == pytest.approx(losses(tmp_path / "gather"), rel=1e-4)
+
+
+def test_the_plan_follows_the_device_and_the_catalogue_size():
+    cfg = TrainConfig(num_neg=128)
+    cpu = plan_execution(cfg, torch.device("cpu"), 5986)
+    assert (cpu.dense, cpu.dedupe, cpu.assemble, cpu.graph) == (False, True, "host", False)
+    gpu_small = plan_execution(cfg, torch.device("cuda"), DENSE_ITEMS_PER_SLOT * 129)
+    assert (gpu_small.dense, gpu_small.dedupe, gpu_small.assemble, gpu_small.graph) == (True, False, "device", True)
+    gpu_large = plan_execution(cfg, torch.device("cuda"), DENSE_ITEMS_PER_SLOT * 129 + 1)
+    assert (gpu_large.dense, gpu_large.dedupe, gpu_large.assemble) == (False, False, "device")
+    assert not plan_execution(cfg.replace(amp="fp16"), torch.device("cuda"), 100).graph  # GradScaler syncs
+    assert not plan_execution(cfg, torch.device("cuda"), 100, world=2).graph  # DDP
+    with pytest.raises(UserError, match="--cuda-graph on cannot be used: it needs a CUDA device"):
+        plan_execution(cfg.replace(cuda_graph="on"), torch.device("cpu"), 100)
+    with pytest.raises(UserError, match="--scoring dense .* no --encode unique"):
+        plan_execution(cfg.replace(scoring="dense", encode="unique"), torch.device("cpu"), 100)
+    with pytest.raises(UserError, match="--assemble device cannot deduplicate"):
+        plan_execution(cfg.replace(assemble="device"), torch.device("cpu"), 100)
+
+
+@CUDA
+def test_hybrid_draws_are_the_same_bits_on_cuda():
+    key, rows = torch.tensor(epoch_key(5, 2)), torch.arange(3000, 3256)
+    assert torch.equal(hybrid_hash(key, rows, 129), hybrid_hash(key.cuda(), rows.cuda(), 129).cpu())
+
+
+@CUDA
+@pytest.mark.parametrize("scoring", ["dense", "gather"])
+def test_cuda_graph_trains_like_eager_steps(tiny_dataset, tiny_cache, tmp_path, scoring):
+    """Replaying one captured step (static inputs, capturable Adam, device-side sums) trains the
+    model eager steps train, the epoch's short last batch included (run eagerly)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    out = {}
+    for graph in ("off", "on"):
+        cfg = config(tiny_dataset, tiny_cache, tmp_path / graph, epochs=2, device="cuda", amp="fp32",
+                     scoring=scoring, cuda_graph=graph)
+        out[graph] = train(cfg, console=quiet())
+        rec = json.loads((tmp_path / graph / "config.json").read_text())
+        assert ("CUDA graph" in rec["execution"]) == (graph == "on")
+    m = {g: [json.loads(x) for x in (tmp_path / g / "metrics.jsonl").read_text().splitlines()] for g in out}
+    assert [r["samples"] for r in m["on"]] == [r["samples"] for r in m["off"]] == [3701, 3701]
+    assert [r["loss"] for r in m["on"]] == pytest.approx([r["loss"] for r in m["off"]], rel=1e-4)
