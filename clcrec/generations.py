@@ -3,15 +3,18 @@
 Reads and writes the negative cache (through cache.build / cache.store), nothing else.
 
 Epoch e reads generation `config.generation_for_epoch(e)`. If a refresh job has published it, it
-is used; otherwise rank 0 builds it, in a background thread during the previous epoch when
-possible. A generation is held under a reader lease from the moment it is known to be published
-until its epoch ends, so a concurrent `refresh --keep K` can never prune it in between; the
-generation built ahead in the background is leased by that thread as soon as it is published.
+is used; otherwise rank 0 builds it in the background, ahead of need: while epoch e trains, the
+next `AHEAD` generations the run will read are built one after another (a GPU epoch can be shorter
+than a build, so one generation of lead is not always enough). A generation is held under a reader
+lease from the moment it is known to be published until its epoch ends, so a concurrent `refresh
+--keep K` can never prune it in between; a generation built ahead is leased by its builder as soon
+as it is published. The time an epoch waited for its generation is logged (`generation_wait_s`).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -38,10 +41,14 @@ def check_cache(store: CacheStore, dataset_dir: Path, fingerprint: str, num_neg:
         )
 
 
+AHEAD = 2  # generations built ahead of the one in training (each costs one generation of disk)
+
+
 class GenerationSupply:
     def __init__(self, dataset_dir: Path, store: CacheStore, ctx: dist.DistContext, console: Console):
         self.dataset_dir, self.store, self.ctx, self.console = Path(dataset_dir), store, ctx, console
-        self._ahead: dict | None = None  # {"g", "thread", "error": [], "lease": ExitStack}
+        self._ahead: dict[int, dict] = {}  # g -> {"thread", "error": [], "lease": ExitStack | None}
+        self.wait_s = 0.0  # time the last lease() waited for its generation
 
     def _build_and_lease(self, store: CacheStore, g: int, progress: bool) -> ExitStack:
         """Build g if unpublished and return a held lease on it (rank 0 only)."""
@@ -60,6 +67,7 @@ class GenerationSupply:
 
     def lease(self, g: int) -> ExitStack:
         """Generation g, published and leased on every rank until the returned stack closes."""
+        t0 = time.perf_counter()
         lease = ExitStack()
         if self.ctx.is_main:
             ahead = self._take_ahead(g)
@@ -70,28 +78,36 @@ class GenerationSupply:
         dist.barrier(self.ctx)  # rank 0 holds its lease: the others' cannot find g pruned
         if not self.ctx.is_main:
             lease.enter_context(self.store.reader_lease(g))
+        self.wait_s = time.perf_counter() - t0
         return lease
 
-    def prefetch(self, g: int) -> None:
-        """Start building (and leasing) generation g in the background on rank 0."""
-        if not self.ctx.is_main or self._ahead is not None:
+    def prefetch(self, gens: list[int]) -> None:
+        """Build (and lease) generations `gens`, in order, in the background on rank 0. Builds run
+        one at a time (each chains on the previous one): the cache has one writer."""
+        if not self.ctx.is_main:
             return
-        ahead = {"g": g, "error": [], "lease": None}
+        for g in gens:
+            if g in self._ahead:
+                continue
+            before = self._ahead[max(self._ahead)]["thread"] if self._ahead else None
+            ahead = {"error": [], "lease": None}
 
-        def work():
-            try:  # its own store object: CacheStore re-reads and caches the manifest
-                ahead["lease"] = self._build_and_lease(CacheStore(self.store.cache_dir), g, progress=False)
-            except BaseException as e:  # re-raised when the epoch that needs g starts
-                ahead["error"].append(e)
+            def work(ahead=ahead, g=g, before=before):
+                if before is not None:
+                    before.join()
+                try:  # its own store object: CacheStore re-reads and caches the manifest
+                    ahead["lease"] = self._build_and_lease(CacheStore(self.store.cache_dir), g, progress=False)
+                except BaseException as e:  # re-raised when the epoch that needs g starts
+                    ahead["error"].append(e)
 
-        ahead["thread"] = threading.Thread(target=work, name=f"build-gen-{g}", daemon=True)
-        ahead["thread"].start()
-        self._ahead = ahead
+            ahead["thread"] = threading.Thread(target=work, name=f"build-gen-{g}", daemon=True)
+            ahead["thread"].start()
+            self._ahead[g] = ahead
 
     def _take_ahead(self, g: int) -> ExitStack | None:
-        if self._ahead is None or self._ahead["g"] != g:
+        ahead = self._ahead.pop(g, None)
+        if ahead is None:
             return None
-        ahead, self._ahead = self._ahead, None
         if ahead["thread"].is_alive():
             self.console.print(f"waiting for the background build of generation {g}")
         ahead["thread"].join()
@@ -100,9 +116,9 @@ class GenerationSupply:
         return ahead["lease"]
 
     def close(self) -> None:
-        """Let a background build finish (it publishes a valid generation) and release its lease."""
-        if self._ahead is not None:
-            ahead, self._ahead = self._ahead, None
+        """Let background builds finish (each publishes a valid generation) and release their leases."""
+        for ahead in self._ahead.values():
             ahead["thread"].join()
             if ahead["lease"] is not None:
                 ahead["lease"].close()
+        self._ahead = {}

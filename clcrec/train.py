@@ -21,7 +21,7 @@ from clcrec import distributed as dist
 from clcrec.checkpoint import RunDir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from clcrec.config import TrainConfig
 from clcrec.evaluate import EvalConfig, RankingEvaluator
-from clcrec.generations import GenerationSupply, check_cache
+from clcrec.generations import AHEAD, GenerationSupply, check_cache
 from clcrec.execution import plan_execution, resolve_device, step_config, wants_cuda
 from clcrec.loader import ChunkStream, batches_on_device
 from clcrec.model import CLCRec, concat_normalised_features
@@ -29,6 +29,18 @@ from clcrec.step import StepRunner, epoch_key, make_optimizer
 from pipeline.dataset import load_dataset
 from pipeline.errors import DatasetChangedError, TrainingDivergedError, UserError
 from pipeline.fsutil import clean_tmp_leftovers
+
+
+def upcoming_generations(cfg: TrainConfig, epoch: int, ahead: int) -> list[int]:
+    """The next `ahead` distinct generations the run will read after epoch `epoch`'s."""
+    now, out = cfg.generation_for_epoch(epoch), []
+    for e in range(epoch + 1, cfg.epochs):
+        g = cfg.generation_for_epoch(e)
+        if g != now and g not in out:
+            out.append(g)
+            if len(out) == ahead:
+                break
+    return out
 
 
 def select_score(val: dict, cfg: TrainConfig) -> float:
@@ -226,10 +238,9 @@ class Trainer:
                     break
                 generation = cfg.generation_for_epoch(epoch)
                 with self.supply.lease(generation):
-                    next_gen = cfg.generation_for_epoch(epoch + 1)
-                    if epoch + 1 < cfg.epochs and next_gen != generation:
-                        self.supply.prefetch(next_gen)  # built while this epoch trains
+                    self.supply.prefetch(upcoming_generations(cfg, epoch, AHEAD))  # built while this epoch trains
                     record = self.train_epoch(epoch, generation, progress)
+                record["generation_wait_s"] = round(self.supply.wait_s, 3)
                 stop = self.end_epoch(epoch, generation, record)
         self.supply.close()
         dist.barrier(self.ctx)

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# The CUDA checks, in one command, for a machine with an NVIDIA GPU:
-#   1. the CUDA-only tests (CPU vs CUDA evaluation, loss kernels, training, bf16 resume);
-#   2. `cli.py bench train` at paper scale and, if the dataset is there, on ml-100k
-#      (the issue's goal: 1M samples/s at num_neg 128, data wait under 5%);
-#   3. one short end-to-end CUDA training run on the synthetic default.
-# Results go to ${OUT:-out}/gpu_check.log.
+# The GPU checks, in one command of under 5 minutes on one H100/H200:
+#   1. every CUDA-only test (CPU vs CUDA training in each execution plan, CUDA graph vs eager
+#      steps, the hybrid hash's bits, loss kernels, evaluation, bf16 resume, ranks vs GPUs);
+#   2. `cli.py bench train` at paper scale, batch 256, 4096 and 16384: the step alone, the
+#      streaming loop, the reference-style loop (4 DataLoader workers), data wait, GPU busy;
+#   3. paper-scale training with --refresh-every 1 and 10 (per-epoch data wait and the time spent
+#      waiting for the next negative generation);
+#   4. ml-100k, when ${ML100K:-../shared/datasets/ml-100k} is there (copy it into an ignored folder
+#      to carry it to a GPU machine, then pass ML100K=that/folder): bench and a training run;
+#   5. one end-to-end CUDA training run on the synthetic default.
+# Everything it prints goes to ${OUT:-out}/gpu_check.log (and run records under ${OUT:-out}/).
 #
 # Offline GPU machines whose image lacks polars/zarr: on a networked machine run
 #   bash scripts/gpu_check.sh --download-wheels      # fills .wheels/ (git-ignored, ~46 MB)
-# and carry .wheels/ along; this script installs them (--no-deps) before anything else. The
-# versions are the ones the test suite passed with here (polars 1.30 checked separately).
+# and carry .wheels/ along; this script installs them (--no-deps) before anything else.
 # polars 1.30 is used there because its single wheel is 36 MB (2.x needs 54 MB more).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,25 +30,46 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
+export PYTHONUNBUFFERED=1 COLUMNS=200
+summary() {  # per-epoch speed, data wait and generation wait of a run directory
+    "$PY" - "$1" <<'PYEOF'
+import json, sys
+for line in open(f"{sys.argv[1]}/metrics.jsonl"):
+    m = json.loads(line)
+    print(f"  epoch {m['epoch']} gen {m['generation']}: {m['samples_per_s']:,.0f} samples/s, "
+          f"data wait {m['data_wait_frac']:.1%}, waited {m.get('generation_wait_s', 0):.2f} s for its generation, "
+          f"epoch {m['seconds']:.2f} s")
+PYEOF
+}
 {
+    t0=$(date +%s)
     if ls .wheels/*.whl >/dev/null 2>&1; then
-        "$PY" -m pip install --quiet --no-deps .wheels/*.whl
+        "$PY" -m pip install --quiet --no-deps --target /tmp/clcrec-site .wheels/*.whl && export PYTHONPATH=/tmp/clcrec-site
     fi
     "$PY" -c "import torch, zarr, polars, numba, typer; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-')"
     nvidia-smi -L
     echo "== CUDA tests"
-    "$PY" -m pytest -q -p no:cacheprovider -rs \
-        tests/clcrec/test_kernels.py tests/clcrec/test_evaluate.py tests/clcrec/test_model.py \
-        tests/clcrec/test_train.py -k "cuda or kernels or model"
-    echo "== bench train, paper scale"
-    "$PY" cli.py bench train
-    echo "== bench train, paper scale, batch 4096"
-    "$PY" cli.py bench train --batch-size 4096 --steps 100
-    if [ -d "${ML100K:-../shared/datasets/ml-100k}" ]; then
-        echo "== bench train, ml-100k"
-        "$PY" cli.py ingest movielens "${ML100K:-../shared/datasets/ml-100k}" data/ml-100k --force
-        "$PY" cli.py bench train --dataset data/ml-100k
+    "$PY" -m pytest -q -p no:cacheprovider -rs tests/clcrec/test_kernels.py tests/clcrec/test_evaluate.py \
+        tests/clcrec/test_step.py tests/clcrec/test_train.py tests/clcrec/test_distributed.py -k cuda
+    echo "== [$(( $(date +%s) - t0 )) s] bench train, paper scale, batch 256"
+    "$PY" cli.py bench train --batch-size 256 --steps 300
+    echo "== [$(( $(date +%s) - t0 )) s] bench train, paper scale, batch 4096 and 16384"
+    "$PY" cli.py bench train --batch-size 4096 --batch-size 16384 --steps 60 --rounds 3
+    for every in 1 10; do
+        echo "== [$(( $(date +%s) - t0 )) s] paper-scale training, --refresh-every $every, batch 4096"
+        rm -rf "$OUT/refresh-$every" caches/refresh-$every
+        "$PY" cli.py train --dataset data/synthetic-paper --cache caches/refresh-$every --run-dir "$OUT/refresh-$every" \
+            --batch-size 4096 --epochs 4 --patience 10 --refresh-every $every && summary "$OUT/refresh-$every"
+    done
+    ML=${ML100K:-../shared/datasets/ml-100k}
+    if [ -d "$ML" ]; then
+        echo "== [$(( $(date +%s) - t0 )) s] ml-100k: bench train and a training run"
+        "$PY" cli.py ingest movielens "$ML" data/ml-100k --force
+        "$PY" cli.py bench train --dataset data/ml-100k --steps 300
+        "$PY" cli.py train --dataset data/ml-100k --run-dir "$OUT/ml-100k" --epochs 40 --patience 10 && summary "$OUT/ml-100k"
     fi
-    echo "== end-to-end CUDA training on the synthetic default"
+    echo "== [$(( $(date +%s) - t0 )) s] end-to-end CUDA training on the synthetic default"
+    rm -rf "$OUT/gpu-demo"
     "$PY" cli.py train --run-dir "$OUT/gpu-demo"
+    echo "== done in $(( $(date +%s) - t0 )) s"
 } 2>&1 | tee "$LOG"

@@ -128,9 +128,22 @@ def test_refresh_every_moves_to_new_generations_built_in_the_background(tiny_dat
     train(cfg, console=quiet())
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["generation"] for m in metrics] == [0, 0, 1, 1, 2]
+    assert all(m["generation_wait_s"] >= 0 for m in metrics)
     from cache.store import CacheStore
 
-    assert CacheStore(cache).published() == [0, 1, 2]
+    assert CacheStore(cache).published() == [0, 1, 2]  # built ahead, but never past the last epoch
+
+
+def test_generations_are_built_up_to_two_ahead_within_the_run():
+    from clcrec.train import upcoming_generations
+
+    every1 = TrainConfig(epochs=6, refresh_every=1)
+    assert upcoming_generations(every1, 0, 2) == [1, 2]
+    assert upcoming_generations(every1, 4, 2) == [5]
+    assert upcoming_generations(every1, 5, 2) == []
+    every3 = TrainConfig(epochs=10, refresh_every=3)
+    assert upcoming_generations(every3, 0, 2) == [1, 2] and upcoming_generations(every3, 7, 2) == [3]
+    assert upcoming_generations(TrainConfig(epochs=10), 0, 2) == []  # refresh off: generation 0 only
 
 
 def test_cache_of_another_dataset_is_refused(tiny_dataset, tmp_path):
