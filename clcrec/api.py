@@ -123,10 +123,11 @@ class Run:
             items, all_feats, notes = movie_rows_features(Path(movielens), self.dataset)
             wrong = {m: d for m, d in self.modalities.items() if m not in all_feats or all_feats[m].shape[1] != d}
             if wrong:
-                raise InputError(f"run modalities {wrong} are not built from MovieLens rows; give feature files instead")
+                raise InputError(f"run modalities {wrong} are not built from MovieLens rows; give feature files")
             ids, titles, meta["notes"] = items["original_id"], items["title"].to_list(), notes
             if ids.is_duplicated().any():
-                raise InputError(f"movies file {movielens}: movie id {ids.filter(ids.is_duplicated())[0]} has more than one row")
+                dup = ids.filter(ids.is_duplicated())[0]
+                raise InputError(f"movies file {movielens}: movie id {dup} has more than one row")
             feats = {m: all_feats[m] for m in self.modalities}
         else:
             ids, feats = read_feature_files([files] if isinstance(files, (str, Path)) else list(files), self.modalities)

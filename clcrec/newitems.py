@@ -94,7 +94,8 @@ def load_new_items(path: Path) -> NewItems:
     items = pl.read_parquet(path / "items.parquet")
     if vectors.shape != (meta["count"], meta["dim"]) or items.height != meta["count"]:
         raise UserError(f"{path} is inconsistent (vectors {vectors.shape}, {items.height} ids); make it again")
-    rest = {k: v for k, v in meta.items() if k not in ("format", "format_version", "count", "dim", "encoder_sha256", "replaced")}
+    own = ("format", "format_version", "count", "dim", "encoder_sha256", "replaced")
+    rest = {k: v for k, v in meta.items() if k not in own}
     titles = items["title"].to_list() if "title" in items.columns else None
     return NewItems(items["original_id"].to_numpy().astype(np.int64), vectors, meta["encoder_sha256"], titles,
                     list(meta.get("replaced", [])), rest)
@@ -160,7 +161,8 @@ def read_feature_files(files: list[str | Path], modalities: dict[str, int], item
             raise InputError(f"feature file {spec.path} is for modality {name!r}, which the run does not use; "
                              f"the run's modalities are {_describe(modalities)}")
         if name in loaded:
-            raise InputError(f"two feature files for modality {name!r} ({loaded[name][0].path} and {spec.path}); give one")
+            raise InputError(f"two feature files for modality {name!r} ({loaded[name][0].path} and "
+                             f"{spec.path}); give one")
         if mat.shape[1] != modalities[name]:
             raise InputError(f"feature file {spec.path} has {mat.shape[1]} columns but the run's modality "
                              f"{name!r} has {modalities[name]}; use features built like the training ones")
@@ -204,7 +206,8 @@ def check_feature_arrays(features: dict[str, np.ndarray], ids, modalities: dict[
     feats = validate_features({m: features[m] for m in modalities}, len(ids), where=" (new items)")
     for m, arr in feats.items():
         if arr.shape[1] != modalities[m]:
-            raise InputError(f"features[{m!r}] has {arr.shape[1]} columns but the run's modality {m!r} has {modalities[m]}")
+            raise InputError(f"features[{m!r}] has {arr.shape[1]} columns but the run's modality {m!r} "
+                             f"has {modalities[m]}")
     return ids, feats
 
 
