@@ -229,6 +229,7 @@ def test_bad_input_is_one_clear_message_exit_1_and_nothing_written(env, served, 
     new.save(foreign)
     meta = json.loads((foreign / "meta.json").read_text())
     (foreign / "meta.json").write_text(json.dumps({**meta, "encoder_sha256": "0" * 64}))
+    (tmp_path / "u.item").write_text("1|A (1990)|01-Jan-1990||x" + "|0" * 19 + "\n")
     existing = tmp_path / "exists.parquet"
     existing.write_bytes(b"keep")
     out = tmp_path / "out"  # no case may create it
@@ -244,6 +245,7 @@ def test_bad_input_is_one_clear_message_exit_1_and_nothing_written(env, served, 
          "already in run"),
         (["embed-items", run_dir, *files, "--out", tmp_path / "newdir"], "already exists; pass --force"),
         (["recommend", run_dir, "--user", "3"], "user '3' is not in dataset"),
+        (["embed-items", run_dir, "--movielens", tmp_path / "u.item", "--out", out], "was not ingested from MovieLens"),
         (["recommend-all", run_dir, "--k", 0, "--out", out], "--k must be an integer >= 1"),
         (["recommend-all", run_dir, "--k", ds.num_items + 1, "--out", out], f"larger than the {ds.num_items} candidate"),
         (["recommend-all", run_dir, "--k", 5, "--out", out, "--candidates", "new"], "--candidates new needs new items"),
@@ -259,3 +261,44 @@ def test_bad_input_is_one_clear_message_exit_1_and_nothing_written(env, served, 
         assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not out.exists() and existing.read_bytes() == b"keep"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def write_small_movielens(d: Path) -> None:
+    """An ml-100k-layout directory: 40 users rate 20 of movies 1..60; movies 61..63 are unrated."""
+    rng = np.random.default_rng(0)
+    d.mkdir()
+    rows = [f"{u}\t{m}\t4\t881250{u:02d}" for u in range(1, 41) for m in rng.choice(np.arange(1, 61), 20, replace=False)]
+    (d / "u.data").write_text("\n".join(rows) + "\n")
+    words = ["star", "night", "river", "love", "war", "city", "ghost", "king"]
+    lines = []
+    for m in range(1, 64):
+        flags = ["0"] * 19
+        for g in rng.choice(19, 2, replace=False):
+            flags[g] = "1"
+        year = 1960 + (m * 7) % 40
+        title = f"{words[m % 8].title()} {words[(m * 3) % 8]} {m} ({year})"
+        lines.append("|".join([str(m), title, f"01-Jan-{year}", "", "http://x", *flags]))
+    (d / "u.item").write_text("\n".join(lines) + "\n")
+    (d / "u.genre").write_text("".join(f"g{k}|{k}\n" for k in range(19)))
+
+
+def test_movielens_rows_become_vectors_the_way_training_movies_did(tmp_path):
+    from clcrec import load_run
+    from pipeline.ingest_movielens import ingest_movielens
+
+    write_small_movielens(tmp_path / "ml")
+    data = ingest_movielens(tmp_path / "ml", tmp_path / "data", IngestConfig(title_dim=16))
+    build_generation(data, tmp_path / "cache", 0, NegativeConfig(num_neg=8, seed=0, on_short="repeat"), progress=False)
+    quiet_train(TrainConfig(dataset=str(data), cache=str(tmp_path / "cache"), run_dir=str(tmp_path / "run"),
+                            num_neg=8, batch_size=64, epochs=1, l_r=0.01))
+    run = load_run(tmp_path / "run", device="cpu")
+    with pytest.raises(UserError, match="60 new item id.*already in run.*--replace"):
+        run.embed_items(movielens=tmp_path / "ml" / "u.item")
+    new = run.embed_items(movielens=tmp_path / "ml" / "u.item", replace=True)
+    assert new.ids.tolist() == list(range(1, 64)) and sorted(new.replaced) == list(range(1, 61))
+    assert new.titles[62] == "King city 63 (1961)"
+    _, table = run.tables()
+    cold = np.flatnonzero(run.dataset.item_status != 0)  # item index i is movie i + 1
+    np.testing.assert_allclose(new.vectors[cold], table[cold].numpy(), rtol=0, atol=1e-5)
+    recs = run.recommend([1], k=3, candidates="new", new_items=new)
+    assert recs.columns == ["user", "rank", "item", "score", "status", "title"] and set(recs["status"]) == {"new"}
