@@ -298,14 +298,19 @@ def iter_topk(
         cols = torch.as_tensor(candidates, device=dev).reshape(-1).long()  # (C,)
         if cols.numel() == 0 or bool((cols < 0).any() | (cols >= num_items).any()):
             raise ValueError(f"candidates must be a non-empty set of item ids in 0..{num_items - 1}")
+    mask = None
     if exclude_train:
         # Host CSR of the requested users; each block copies only its slice to the device.
         train = check_pairs("train_pairs", train_pairs, num_users, num_items, ValueError)
-        t_rows, t_cols, t_indptr = _gather_rows(*_csr(train[:, 0], train[:, 1], num_users), users_np)
+        indptr, indices = _csr(train[:, 0], train[:, 1], num_users)
+        if np.array_equal(users_np, np.arange(num_users)):  # every user in order: the CSR itself
+            mask = (indptr, indices)
+        else:
+            _, t_cols, t_indptr = _gather_rows(indptr, indices, users_np)
+            mask = (t_indptr, t_cols)
     users_dev = torch.as_tensor(users_np, device=dev)
     kk = min(int(k), num_items if cols is None else len(cols))
-    return _topk_blocks(user_vecs, item_vecs, users_dev, cols, kk, user_block,
-                        (t_rows, t_cols, t_indptr) if exclude_train else None)
+    return _topk_blocks(user_vecs, item_vecs, users_dev, cols, kk, user_block, mask)
 
 
 def _topk_blocks(user_vecs, item_vecs, users_dev, cols, kk, user_block, mask):
@@ -316,10 +321,10 @@ def _topk_blocks(user_vecs, item_vecs, users_dev, cols, kk, user_block, mask):
             e = min(s + user_block, len(users_dev))
             scores = user_vecs.index_select(0, users_dev[s:e]).float() @ items_f.T  # (B, I)
             if mask is not None:
-                t_rows, t_cols, t_indptr = mask
-                a, b = int(t_indptr[s]), int(t_indptr[e])
-                rows = torch.as_tensor(t_rows[a:b], device=dev) - s
-                scores[rows, torch.as_tensor(t_cols[a:b], device=dev)] = float("-inf")
+                indptr, t_cols = mask
+                a, b = int(indptr[s]), int(indptr[e])
+                rows = np.repeat(np.arange(e - s), np.diff(indptr[s : e + 1]))  # (T,) row in the block
+                scores[torch.as_tensor(rows, device=dev), torch.as_tensor(t_cols[a:b], device=dev)] = float("-inf")
             sub = scores if cols is None else scores.index_select(1, cols)  # (B, C)
             vals, idx = torch.topk(sub, kk, dim=1)  # (B, k')
             if cols is not None:
