@@ -2,8 +2,8 @@
 
 Reads and writes no files: the caller passes vectors (already on the target device), a dataset's
 train and eval pairs and its item status, and gets plain Python floats back. Used by the trainer
-at each validation, by `cli.py evaluate`, by `cli.py recommend` (`topk_items`) and by the
-baselines (clcrec/baselines.py).
+at each validation, by `cli.py evaluate`, by `cli.py recommend` / `recommend-all` (`topk_items`,
+`iter_topk`) and by the baselines (clcrec/baselines.py).
 
     results = evaluate_ranking(user_vecs, item_vecs, ds.train, ds.val, ds.item_status)
     results["cold"]["recall@20"], results["cold"]["users"]
@@ -87,7 +87,12 @@ def _check_status(item_status: np.ndarray) -> np.ndarray:
 
 def _csr(users: np.ndarray, items: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """(indptr int64 (num_rows+1,), items int64) grouped by row, items ascending."""
-    order = np.lexsort((items, users))
+    # A dataset's train pairs are stored sorted (user, item): skip the O(N log N) sort then.
+    du = np.diff(users)
+    if (du >= 0).all() and ((du > 0) | (np.diff(items) >= 0)).all():
+        order = slice(None)
+    else:
+        order = np.lexsort((items, users))
     indptr = np.zeros(num_rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(users, minlength=num_rows), out=indptr[1:])
     return indptr, np.ascontiguousarray(items[order], dtype=np.int64)
@@ -263,8 +268,7 @@ def evaluate_ranking(
     return evaluator(user_vecs, item_vecs)
 
 
-@torch.no_grad()
-def topk_items(
+def iter_topk(
     user_vecs: torch.Tensor,  # (U, D)
     item_vecs: torch.Tensor,  # (I, D)
     users: torch.Tensor,  # (R,) user ids
@@ -273,11 +277,13 @@ def topk_items(
     exclude_train: bool = True,
     candidates: torch.Tensor | None = None,  # (C,) item ids to rank among; None = all items
     user_block: int = 1024,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k best items per user: (scores (R, k') float32, items (R, k') int64), best first.
+):
+    """The k best items per user, one user block at a time: yields (start, scores (B, k') float32,
+    items (B, k') int64) on the device, rows `users[start:start+B]`, best first.
 
     k' = min(k, number of candidates). Where a user has fewer than k' unmasked candidates the
-    tail is padded with score -inf and item -1. Ties are ordered by torch.topk.
+    tail is padded with score -inf and item -1. Ties are ordered by torch.topk. Inputs are checked
+    before the first block is computed.
     """
     _check_vectors(user_vecs, item_vecs)
     num_users, num_items = user_vecs.shape[0], item_vecs.shape[0]
@@ -292,30 +298,59 @@ def topk_items(
         cols = torch.as_tensor(candidates, device=dev).reshape(-1).long()  # (C,)
         if cols.numel() == 0 or bool((cols < 0).any() | (cols >= num_items).any()):
             raise ValueError(f"candidates must be a non-empty set of item ids in 0..{num_items - 1}")
+    mask = None
     if exclude_train:
+        # Host CSR of the requested users; each block copies only its slice to the device.
         train = check_pairs("train_pairs", train_pairs, num_users, num_items, ValueError)
-        t_rows, t_cols, t_indptr = _gather_rows(*_csr(train[:, 0], train[:, 1], num_users), users_np)
-        t_rows, t_cols = torch.as_tensor(t_rows, device=dev), torch.as_tensor(t_cols, device=dev)
+        indptr, indices = _csr(train[:, 0], train[:, 1], num_users)
+        if np.array_equal(users_np, np.arange(num_users)):  # every user in order: the CSR itself
+            mask = (indptr, indices)
+        else:
+            _, t_cols, t_indptr = _gather_rows(indptr, indices, users_np)
+            mask = (t_indptr, t_cols)
     users_dev = torch.as_tensor(users_np, device=dev)
     kk = min(int(k), num_items if cols is None else len(cols))
-    out_s, out_i = [], []
-    with torch.autocast(device_type=dev.type, enabled=False):
+    return _topk_blocks(user_vecs, item_vecs, users_dev, cols, kk, user_block, mask)
+
+
+def _topk_blocks(user_vecs, item_vecs, users_dev, cols, kk, user_block, mask):
+    dev = user_vecs.device
+    with torch.no_grad(), torch.autocast(device_type=dev.type, enabled=False):
         items_f = item_vecs.float()  # (I, D)
-        for s in range(0, len(users_np), user_block):
-            e = min(s + user_block, len(users_np))
+        for s in range(0, len(users_dev), user_block):
+            e = min(s + user_block, len(users_dev))
             scores = user_vecs.index_select(0, users_dev[s:e]).float() @ items_f.T  # (B, I)
-            if exclude_train:
-                a, b = int(t_indptr[s]), int(t_indptr[e])
-                scores[t_rows[a:b] - s, t_cols[a:b]] = float("-inf")
+            if mask is not None:
+                indptr, t_cols = mask
+                a, b = int(indptr[s]), int(indptr[e])
+                rows = np.repeat(np.arange(e - s), np.diff(indptr[s : e + 1]))  # (T,) row in the block
+                scores[torch.as_tensor(rows, device=dev), torch.as_tensor(t_cols[a:b], device=dev)] = float("-inf")
             sub = scores if cols is None else scores.index_select(1, cols)  # (B, C)
             vals, idx = torch.topk(sub, kk, dim=1)  # (B, k')
             if cols is not None:
                 idx = cols[idx]
-            out_s.append(vals)
-            out_i.append(idx.masked_fill(vals == float("-inf"), -1))
-    if not out_s:
+            yield s, vals, idx.masked_fill(vals == float("-inf"), -1)
+
+
+@torch.no_grad()
+def topk_items(
+    user_vecs: torch.Tensor,  # (U, D)
+    item_vecs: torch.Tensor,  # (I, D)
+    users: torch.Tensor,  # (R,) user ids
+    train_pairs: np.ndarray,  # (N, 2)
+    k: int,
+    exclude_train: bool = True,
+    candidates: torch.Tensor | None = None,  # (C,) item ids to rank among; None = all items
+    user_block: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best items per user: (scores (R, k') float32, items (R, k') int64), best first;
+    `iter_topk`'s blocks concatenated (see there)."""
+    blocks = list(iter_topk(user_vecs, item_vecs, users, train_pairs, k, exclude_train, candidates, user_block))
+    if not blocks:
+        dev = user_vecs.device
+        kk = min(int(k), item_vecs.shape[0] if candidates is None else len(candidates))
         return torch.empty(0, kk, device=dev), torch.empty(0, kk, dtype=torch.int64, device=dev)
-    return torch.cat(out_s), torch.cat(out_i)
+    return torch.cat([b[1] for b in blocks]), torch.cat([b[2] for b in blocks])
 
 
 def format_table(results_by_split: dict[str, dict], ks: tuple[int, ...] = (20,), title: str | None = None):

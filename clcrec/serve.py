@@ -1,12 +1,13 @@
 """Use a finished run: evaluate it, recommend for a user, export embeddings.
 
     python cli.py evaluate runs/RUN
-    python cli.py recommend runs/RUN --user 196 --k 10
+    python cli.py recommend runs/RUN --user 196 --k 10 [--new-items DIR]
     python cli.py export runs/RUN
 
 Reads RUN/config.json, RUN/checkpoints/best.pt and the run's dataset directory (whose fingerprint
 must match the checkpoint's). Original ids go in and come out; cold items are ranked by their
-content representation, so brand-new items appear in recommendations.
+content representation, so brand-new items appear in recommendations. Items that arrive after
+training, recommendations for every user and the Python API live in clcrec/api.py.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from clcrec.checkpoint import RunDir, load_checkpoint
 from clcrec.config import TrainConfig
 from clcrec.model import CLCRec, concat_normalised_features
 from pipeline.dataset import STATUS_NAMES, Dataset, load_dataset
-from pipeline.errors import DatasetChangedError, UserError
+from pipeline.errors import DatasetChangedError
 
 
 @dataclass
@@ -70,52 +71,17 @@ def evaluate_run(run_dir: Path, splits=("val", "test")) -> dict:
     }
 
 
-def _lookup_user(dataset: Dataset, user: str) -> int:
-    ids = dataset.user_ids()
-    col = ids["original_id"]
-    try:
-        value = pl.Series([user]).cast(col.dtype)[0]  # "196" -> 196 when ids are integers
-    except Exception:
-        value = None
-    hit = ids.filter(pl.col("original_id") == value) if value is not None else ids.clear()
-    if hit.height == 0:
-        raise UserError(f"user {user!r} is not in dataset {dataset.root} (original ids, e.g. {col[0]!r})")
-    return int(hit["user"][0])
+def recommend(run_dir: Path, user: str, k: int = 10, include_seen: bool = False, candidates: str = "all",
+              new_items: Path | None = None) -> pl.DataFrame:
+    """Top-k items for one user (original id) as `cli.py recommend` shows them: rank, original_id
+    [, title], score (rounded), status. A wrapper over clcrec.api.Run.recommend (see there)."""
+    from clcrec.api import load_run as load_api_run
 
-
-CANDIDATE_POOLS = ("all", "warm", "cold")
-
-
-def recommend(run_dir: Path, user: str, k: int = 10, include_seen: bool = False, candidates: str = "all") -> pl.DataFrame:
-    """Top-k items for one user (original id), training items excluded unless include_seen.
-
-    candidates: all items, only warm items (ID embeddings) or only cold items (content encoder).
-    """
-    from clcrec.evaluate import topk_items
-
-    if k < 1:
-        raise UserError("--k must be >= 1")
-    if candidates not in CANDIDATE_POOLS:
-        raise UserError(f"--candidates must be one of {CANDIDATE_POOLS}, got {candidates!r}")
-    lr = load_run(run_dir)
-    uid = _lookup_user(lr.dataset, user)
-    users, items = lr.tables()
-    status = lr.dataset.item_status
-    pool = None
-    if candidates != "all":
-        pool = torch.from_numpy(np.flatnonzero((status == 0) if candidates == "warm" else (status != 0)))
-    scores, idx = topk_items(users, items, torch.tensor([uid]), lr.dataset.train, k, exclude_train=not include_seen, candidates=pool)
-    idx, scores = idx[0].numpy(), scores[0].numpy()
-    keep = np.isfinite(scores)
-    idx, scores = idx[keep], scores[keep]
-    table = lr.dataset.item_ids()
-    rows = table[idx.tolist()]
-    status = lr.dataset.item_status[idx]
-    out = rows.select([c for c in ("original_id", "title") if c in rows.columns]).with_columns(
-        pl.Series("score", scores.astype(np.float64)).round(4),
-        pl.Series("status", [STATUS_NAMES[int(s)] for s in status]),
+    df = load_api_run(run_dir, device="cpu").recommend([user], k, candidates, new_items, include_seen)
+    return df.select(
+        "rank", pl.col("item").alias("original_id"), *(["title"] if "title" in df.columns else []),
+        pl.col("score").cast(pl.Float64).round(4), "status",
     )
-    return out.with_row_index("rank", offset=1)
 
 
 def export_embeddings(run_dir: Path, out_dir: Path | None = None) -> Path:

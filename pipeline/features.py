@@ -19,26 +19,43 @@ YEAR_SUFFIX = r"\s*\((\d{4})(?:[-\u2013]\d{0,4})?\)\s*$"
 TOKEN = r"\w+"
 
 
-def genre_multi_hot(genres: pl.Series) -> tuple[np.ndarray, list[str]]:
-    """(num_items, num_genres) 0/1 matrix from a list[str] column, and the sorted genre names."""
-    names = sorted(set(genres.explode().drop_nulls().to_list()) - {""})
+def genre_multi_hot(genres: pl.Series, names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """(num_items, num_genres) 0/1 matrix from a list[str] column, and the genre names of its columns.
+
+    Without `names` the columns are the sorted genres found. With `names` (the genres a trained
+    catalogue was built with) the columns follow `names` and other genres are ignored: a new
+    item's genre that no training item had has no column the encoder was trained on.
+    """
+    if names is None:
+        names = sorted(set(genres.explode().drop_nulls().to_list()) - {""})
     col = {g: i for i, g in enumerate(names)}
     out = np.zeros((len(genres), max(len(names), 1)), dtype=np.float32)
     for row, gs in enumerate(genres.to_list()):
         for g in gs or ():
             if g in col:
                 out[row, col[g]] = 1.0
-    return out, names
+    return out, list(names)
 
 
-def scaled_year(years: pl.Series) -> tuple[np.ndarray, dict]:
+def scaled_year(years: pl.Series, fit: dict | None = None) -> tuple[np.ndarray, dict]:
     """(num_items, 1) release year scaled to [0, 1] by the min and max known year.
 
     Missing years are filled with the median known year (before scaling); with no known year at
     all every item gets 0.5. Returns the matrix and the fill statistics for meta.
+    With `fit` (the statistics an ingest recorded) new items are scaled exactly as the training
+    items were: the recorded fill, min and max, and a year outside the training range is clamped
+    to [0, 1], the only values the encoder saw.
     """
     y = years.cast(pl.Float64).to_numpy()
     known = np.isfinite(y)
+    if fit is not None:
+        if fit.get("fill") is None:  # the training catalogue had no known year: all were 0.5
+            return np.full((len(y), 1), 0.5, dtype=np.float32), {"missing": int((~known).sum())}
+        lo, hi = float(fit["min_year"]), float(fit["max_year"])
+        y = np.where(known, y, float(fit["fill_year"]))
+        scaled = (y - lo) / (hi - lo) if hi > lo else np.full_like(y, 0.5)
+        stats = {"missing": int((~known).sum()), "clamped": int(((scaled < 0) | (scaled > 1)).sum())}
+        return np.clip(scaled, 0.0, 1.0)[:, None].astype(np.float32), stats
     if not known.any():
         return np.full((len(y), 1), 0.5, dtype=np.float32), {"missing": int(len(y)), "fill": None}
     fill = float(np.median(y[known]))

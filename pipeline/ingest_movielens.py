@@ -11,6 +11,9 @@ Every rating is one implicit interaction. Writes DATASET/ (see pipeline/dataset.
 modalities `genre` (multi-hot), `year` (release year scaled to [0,1], missing -> median) and
 `title` (hashed bag of title words, `title_dim` dims), and the titles in items.parquet.
 Text files are decoded as UTF-8, falling back to latin-1 (the older releases' encoding).
+`movie_rows_features` builds the same features for movies that arrive after training
+(`cli.py embed-items RUN --movielens movies.csv`), with the dataset's recorded genre columns and
+year scaling.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import polars as pl
 from rich.console import Console
 
+from pipeline.dataset import Dataset
 from pipeline.errors import InputError
 from pipeline.features import genre_multi_hot, hashed_title_words, scaled_year, title_year
 from pipeline.ingest_common import IngestConfig, assemble, integer_ids, require_file
@@ -110,7 +114,8 @@ def _movies_100k(path: Path) -> tuple[pl.DataFrame, np.ndarray, list[str], pl.Se
     return items, flags.to_numpy().astype(np.float32), names, years
 
 
-def _movies_generic(path: Path, release: str) -> tuple[pl.DataFrame, np.ndarray, list[str], pl.Series]:
+def _movies_generic(path: Path, release: str) -> tuple[pl.DataFrame, pl.Series, pl.Series]:
+    """(items [original_id, title], genre lists, years) of a movies.dat / movies.csv file."""
     if release == "ml-1m/ml-10m":
         parts = _read_lines(path).str.extract_groups(r"^(\d+)::(.*)::(.*)$").struct.unnest()
         if parts["1"].null_count():
@@ -123,9 +128,8 @@ def _movies_generic(path: Path, release: str) -> tuple[pl.DataFrame, np.ndarray,
         except pl.exceptions.ColumnNotFoundError as e:
             raise InputError(f"movies file {path} lacks the columns movieId, title, genres ({e})") from None
         ids, titles, genres = df["movieId"], df["title"], df["genres"]
-    multi_hot, names = genre_multi_hot(genres.fill_null("").str.split("|"))
     items = pl.DataFrame({"original_id": integer_ids(ids, f"{path} movie ids"), "title": titles})
-    return items, multi_hot, names, title_year(titles)
+    return items, genres.fill_null("").str.split("|"), title_year(titles)
 
 
 def ingest_movielens(source: Path, target: Path, config: IngestConfig = IngestConfig(), force: bool = False) -> Path:
@@ -136,7 +140,8 @@ def ingest_movielens(source: Path, target: Path, config: IngestConfig = IngestCo
     if release == "ml-100k":
         items, genre, genre_names, years = _movies_100k(movies_path)
     else:
-        items, genre, genre_names, years = _movies_generic(movies_path, release)
+        items, genre_lists, years = _movies_generic(movies_path, release)
+        genre, genre_names = genre_multi_hot(genre_lists)
     year, year_stats = scaled_year(years)
     features = {"genre": genre, "year": year, "title": hashed_title_words(items["title"], config.title_dim)}
     return assemble(
@@ -150,3 +155,97 @@ def ingest_movielens(source: Path, target: Path, config: IngestConfig = IngestCo
         extra={"features": {"genres": genre_names, "year": year_stats, "title_dim": config.title_dim}},
         force=force,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# New items after training: MovieLens-style rows -> the same features the ingest built
+# ---------------------------------------------------------------------------------------------
+
+
+def movielens_feature_params(dataset: Dataset) -> dict:
+    """{"genres": [...], "year": fit, "title_dim": n}: how `dataset`'s features were built.
+
+    Read from what the ingest recorded in meta.json. A dataset without the year statistics (an
+    older ingest) gets them recovered from its own titles and stored year feature
+    (`fit_year_scaling`), marked `"year_source": "fitted"`.
+    """
+    if dataset.meta.get("source", {}).get("kind") != "movielens":
+        raise InputError(
+            f"dataset {dataset.root} was not ingested from MovieLens (source: "
+            f"{dataset.meta.get('source', {}).get('kind')!r}); give the new items' features as files instead"
+        )
+    rec = dataset.meta.get("ingest", {}).get("features", {})
+    dims = {m["name"]: m["dim"] for m in dataset.meta["modalities"]}
+    if "genres" not in rec:
+        raise InputError(f"dataset {dataset.root} records no genre names; re-ingest it with `cli.py ingest movielens`")
+    params = {"genres": list(rec["genres"]), "title_dim": int(rec.get("title_dim", dims.get("title", 64)))}
+    year = rec.get("year")
+    if year is not None and (year.get("fill") is None or "min_year" in year):
+        params["year"], params["year_source"] = year, "recorded"
+    else:
+        params["year"], params["year_source"] = fit_year_scaling(dataset), "fitted"
+    return params
+
+
+def fit_year_scaling(dataset: Dataset) -> dict:
+    """The year scaling of an older dataset, recovered from its titles and its year feature.
+
+    feature = (year - min) / (max - min) holds for every item whose year is the one in its title
+    (ml-100k takes most years from release dates, which can differ): a robust line fit (median of
+    slopes between items far apart in year, then median intercept) ignores the few that differ.
+    The fill year of items without a year is approximated by the median stored feature.
+    """
+    items = dataset.item_ids()
+    year = dataset.features.get("year")
+    if year is None:
+        year = np.load(dataset.root / "features" / "year.npy")
+    f = np.asarray(year, dtype=np.float64)[:, 0]
+    y = np.full(len(f), np.nan)
+    if "title" in items.columns:
+        y = title_year(items["title"]).cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    ok = np.isfinite(y)
+    order = np.flatnonzero(ok)[np.argsort(y[ok], kind="stable")]
+    half = len(order) // 2
+    lo_i, hi_i = order[:half], order[len(order) - half :]
+    spread = y[hi_i] - y[lo_i]
+    if half == 0 or not (spread > 0).any():
+        raise InputError(
+            f"dataset {dataset.root} records no year scaling and its titles hold too few distinct years "
+            "to recover it; re-ingest it with `cli.py ingest movielens`"
+        )
+    slope = float(np.median((f[hi_i] - f[lo_i])[spread > 0] / spread[spread > 0]))
+    intercept = float(np.median(f[ok] - slope * y[ok]))
+    if slope <= 0:
+        raise InputError(
+            f"dataset {dataset.root}: its year feature does not increase with the title year; re-ingest it"
+        )
+    lo, hi = -intercept / slope, (1.0 - intercept) / slope
+    lo, hi = float(np.round(lo)), float(np.round(hi))  # the min and max of integer years
+    return {"fill": "median", "fill_year": lo + float(np.median(f)) * (hi - lo), "min_year": lo, "max_year": hi}
+
+
+def movie_rows_features(path: Path, dataset: Dataset) -> tuple[pl.DataFrame, dict[str, np.ndarray], dict]:
+    """(items [original_id, title], {"genre", "year", "title"} float32 matrices, notes) of a
+    MovieLens-style movies file (u.item, movies.dat or movies.csv, by its name), built exactly as
+    `ingest_movielens` built `dataset`'s features: its genre columns, its year scaling, its title
+    hash width. Genres the dataset never had are ignored and listed in notes["unknown_genres"]."""
+    params = movielens_feature_params(dataset)
+    path = require_file(path, "movies file")
+    name = path.name.lower()
+    if name.endswith(".item"):
+        items, flags, names, years = _movies_100k(path)
+        if not path.with_name("u.genre").exists() and len(params["genres"]) == flags.shape[1]:
+            names = params["genres"]  # u.item flags are positional: the training release's order
+        lists = pl.Series([[names[j] for j in np.flatnonzero(row)] for row in flags], dtype=pl.List(pl.String))
+    elif name.endswith((".dat", ".csv")):
+        items, lists, years = _movies_generic(path, "ml-1m/ml-10m" if name.endswith(".dat") else "csv")
+    else:
+        raise InputError(f"movies file {path}: name it like a MovieLens movies file (u.item, movies.dat or movies.csv)")
+    if items.height == 0:
+        raise InputError(f"movies file {path} has no movies")
+    genre, _ = genre_multi_hot(lists, params["genres"])
+    year, year_notes = scaled_year(years, params["year"])
+    title = hashed_title_words(items["title"], params["title_dim"])
+    unknown = sorted(set(lists.explode().drop_nulls().to_list()) - set(params["genres"]) - {""})
+    notes = {"unknown_genres": unknown, "year_source": params["year_source"], **year_notes}
+    return items, {"genre": genre, "year": year, "title": title}, notes
