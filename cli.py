@@ -338,6 +338,10 @@ def train(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
     amp: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32."),
     encode: str = typer.Option("auto", help="auto, unique (encode distinct batch items once), slots."),
+    scoring: str = typer.Option("auto", help="auto, gather (score sampled slots), dense (score the whole item table; GPU default for small catalogues)."),
+    cuda_graph: str = typer.Option("auto", "--cuda-graph", help="Replay the training step as one CUDA graph: auto, on, off."),
+    assemble: str = typer.Option("auto", help="Where batches are cut: auto (device on CUDA), host, device."),
+    readers: int = typer.Option(0, help="Threads decoding cache chunks (0: 1 on CPU, up to 4 on CUDA)."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch default)."),
     log_every: int = typer.Option(50, help="Steps between host syncs for loss checks."),
 ):
@@ -375,7 +379,8 @@ def train(
         num_sample=num_sample, batch_size=batch_size, dim_E=dim_e, has_v=has_v, has_a=has_a, has_t=has_t,
         modalities=tuple(modality), epochs=epochs or preset.get("epochs", 30), patience=patience, select_mode=select_mode,
         select_k=select_k, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
-        encode=encode, threads=threads, log_every=log_every,
+        encode=encode, scoring=scoring, cuda_graph=cuda_graph, assemble=assemble, readers=readers,
+        threads=threads, log_every=log_every,
     )
     run_training(cfg, scale=scale, console=console)
 

@@ -82,7 +82,9 @@ def amp_settings(amp: str, device: torch.device):
         autocast = nullcontext
     else:
         dtype = torch.bfloat16 if mode == "bf16" else torch.float16
-        autocast = lambda: torch.autocast(device.type, dtype=dtype)  # noqa: E731
+        # No weight-cast cache: a CUDA graph must not capture casts cached outside it (torch's
+        # CUDA-graph notes), and each weight is cast once per step here anyway.
+        autocast = lambda: torch.autocast(device.type, dtype=dtype, cache_enabled=False)  # noqa: E731
     scaler = torch.amp.GradScaler(device.type, enabled=(mode == "fp16"))
     return autocast, scaler, mode
 
@@ -202,6 +204,7 @@ class StepRunner:
         torch.cuda.synchronize(self.device)  # sync point: once per run, before capture
         self.opt.zero_grad(set_to_none=True)  # backward inside the graph allocates static grads
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: the producer thread keeps pinning host memory while this thread captures.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self._compute(s["users"], s["items"], s["row0"])
         self.graph.replay()  # capture records without running: this batch still has to train
