@@ -190,7 +190,7 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
     from cache.store import CacheStore
     from clcrec.execution import plan_execution, resolve_device
     from clcrec.flow import default_paths, ensure_cache, ensure_synthetic
-    from clcrec.step import amp_settings
+    from clcrec.step import amp_settings, epoch_key
     from pipeline.dataset import load_dataset
 
     if bc.rounds < 1 or bc.steps < bc.rounds or bc.warmup < 0:
@@ -217,10 +217,12 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
         torch.manual_seed(bc.seed)
         return CLCRec(ds.num_users, ds.num_items, feats, base.dim_E).to(device)
 
+    bc_num_sample = base.num_sample
+
     def stream(batch_size: int, epoch: int) -> ChunkStream:
         return ChunkStream(gen, num_items=ds.num_items, seed=bc.seed, epoch=epoch, batch_size=batch_size,
                            dedupe=plan.dedupe, pin=device.type == "cuda", assemble=plan.assemble, device=device,
-                           readers=plan.readers)
+                           readers=plan.readers, hybrid=(epoch_key(bc.seed, epoch), bc_num_sample))
 
     out = {}
     for batch_size in bc.batch_sizes:

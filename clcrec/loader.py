@@ -37,6 +37,7 @@ import numba
 import numpy as np
 import torch
 
+from clcrec.step import hybrid_mask, hybrid_mask_np
 from pipeline.errors import UserError
 
 ASSEMBLE_MODES = ("host", "device")
@@ -51,6 +52,7 @@ class Batch:
     offset: int = 0  # where this slice starts in its global batch (distributed runs)
     global_size: int = -1  # rows of the global batch this slice belongs to (-1: the slice itself)
     row0: int = 0  # position of this slice's first row in the epoch (seeds the hybrid draws)
+    hybrid: torch.Tensor | None = None  # (B, 1+K) bool hybrid draws, when the stream makes them
 
     def tensors(self):
         return [t for f in fields(self) if isinstance(t := getattr(self, f.name), torch.Tensor)]
@@ -125,9 +127,9 @@ class EpochPlan:
         bounds, gsize = (self.last_bounds, self.last_rows) if bi == self.n_batches - 1 else (self.full_bounds, self.B)
         return int(bounds[self.rank]), int(bounds[self.rank + 1] - bounds[self.rank]), gsize
 
-    def chunk_rows(self, chunk: int, n: int, g0: int) -> tuple[np.ndarray, np.ndarray]:
-        """(perm, bi): the chunk's rows this rank keeps, in epoch order, and each one's global batch.
-        g0 is the epoch position of the chunk's first (permuted) row."""
+    def chunk_rows(self, chunk: int, n: int, g0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(perm, bi, where): the chunk's rows this rank keeps, in epoch order, each one's global
+        batch and its position in the epoch. g0 is the epoch position of the chunk's first row."""
         perm = chunk_permutation(n, self.seed, self.epoch, chunk)
         g = np.arange(g0, g0 + n, dtype=np.int64)  # global epoch positions of the permuted rows
         bi = g // self.B
@@ -137,8 +139,8 @@ class EpochPlan:
             owner = np.where(is_last, np.searchsorted(self.last_bounds, p, side="right"),
                              np.searchsorted(self.full_bounds, p, side="right")) - 1
             keep = np.flatnonzero(owner == self.rank)
-            perm, bi = perm[keep], bi[keep]
-        return perm, bi
+            perm, bi, g = perm[keep], bi[keep], g[keep]
+        return perm, bi, g
 
 
 class BatchCutter:
@@ -148,25 +150,25 @@ class BatchCutter:
 
     def __init__(self, plan: EpochPlan):
         self.plan = plan
-        self.carry_u: list[torch.Tensor] = []
-        self.carry_i: list[torch.Tensor] = []
+        self.carry: list[tuple] = []  # pieces (users, items, hybrid) of the batch being stitched
         self.carry_bi = -1
+        self.with_hybrid = False  # set when the stream draws hybrid masks (tail batches carry one too)
 
-    def feed(self, users: torch.Tensor, items: torch.Tensor, bi: np.ndarray) -> list[Batch]:
+    def feed(self, users: torch.Tensor, items: torch.Tensor, bi: np.ndarray, hybrid: torch.Tensor | None = None) -> list[Batch]:
         out, start = [], 0
         while start < len(bi):
             cur = int(bi[start])
             end = int(np.searchsorted(bi, cur, side="right"))
             if cur != self.carry_bi:
-                self.carry_u, self.carry_i, self.carry_bi = [], [], cur
-            self.carry_u.append(users[start:end])
-            self.carry_i.append(items[start:end])
+                self.carry, self.carry_bi = [], cur
+            self.carry.append((users[start:end], items[start:end], None if hybrid is None else hybrid[start:end]))
             offset, size, gsize = self.plan.slice_of(cur)
-            if sum(len(u) for u in self.carry_u) == size:
-                u = self.carry_u[0] if len(self.carry_u) == 1 else torch.cat(self.carry_u)
-                i = self.carry_i[0] if len(self.carry_i) == 1 else torch.cat(self.carry_i)
-                out.append(Batch(users=u, items=i, offset=offset, global_size=gsize, row0=cur * self.plan.B + offset))
-                self.carry_u, self.carry_i = [], []
+            if sum(len(p[0]) for p in self.carry) == size:
+                u, i, h = (self.carry[0][k] if len(self.carry) == 1 or self.carry[0][k] is None
+                           else torch.cat([p[k] for p in self.carry]) for k in range(3))
+                out.append(Batch(users=u, items=i, hybrid=h, offset=offset, global_size=gsize,
+                                 row0=cur * self.plan.B + offset))
+                self.carry = []
             start = end
         return out
 
@@ -175,8 +177,9 @@ class BatchCutter:
         offset, size, gsize = self.plan.slice_of(self.plan.n_batches - 1)
         if size == 0 and self.plan.n_batches > 0:
             dev = like_items.device
+            hybrid = torch.empty((0, like_items.shape[1]), dtype=torch.bool, device=dev) if self.with_hybrid else None
             return [Batch(users=torch.empty(0, dtype=torch.int64, device=dev),
-                          items=torch.empty((0, like_items.shape[1]), dtype=torch.int64, device=dev),
+                          items=torch.empty((0, like_items.shape[1]), dtype=torch.int64, device=dev), hybrid=hybrid,
                           offset=offset, global_size=gsize, row0=(self.plan.n_batches - 1) * self.plan.B + offset)]
         return []
 
@@ -190,6 +193,7 @@ class HostChunk:
     neg: torch.Tensor  # (n, K) like pos
     perm: torch.Tensor  # (m,) int64 rows this rank keeps, in epoch order
     bi: np.ndarray  # (m,) global batch of each kept row
+    where: torch.Tensor  # (m,) int64 epoch position of each kept row (seeds the hybrid draws)
     unsigned16: bool  # pos/neg hold uint16 bits in int16
 
 
@@ -234,6 +238,7 @@ class ChunkStream:
         assemble: str = "host",
         device: torch.device | str = "cpu",
         readers: int = 1,
+        hybrid: tuple[int, float] | None = None,
     ):
         self.gen = generation
         self.num_items = num_items
@@ -248,6 +253,7 @@ class ChunkStream:
         self.chunks = epoch_chunk_order(generation.num_chunks, seed, epoch)
         self.dedupe, self.pin, self.verify = dedupe, pin, verify
         self.assemble, self.device, self.readers = assemble, torch.device(device), max(1, int(readers))
+        self.hybrid = hybrid  # (epoch key, num_sample): draw each row's hybrid slots per chunk
         self.plan = EpochPlan(generation.num_rows, batch_size, rank, world, seed, epoch)
         self.wait_s = 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
@@ -294,16 +300,20 @@ class ChunkStream:
             g0 = 0
             for c, users, pos, neg in self._read_chunks():
                 n = len(users)
-                perm, bi = self.plan.chunk_rows(c, n, g0)
+                perm, bi, where = self.plan.chunk_rows(c, n, g0)
                 g0 += n
                 if cutter is None:  # device assembly: ship the chunk as stored
-                    item = self._host_chunk(users, pos, neg, perm, bi)
+                    item = self._host_chunk(users, pos, neg, perm, bi, where)
                 else:
                     items = np.empty((len(perm), 1 + neg.shape[1]), dtype=np.int64)  # (n_rank, 1+K)
                     items[:, 0] = pos[perm]
                     items[:, 1:] = neg[perm]
                     u = torch.from_numpy(users[perm].astype(np.int64))
-                    item = cutter.feed(u, torch.from_numpy(items), bi)
+                    hyb = None
+                    if self.hybrid is not None:
+                        cutter.with_hybrid = True
+                        hyb = torch.from_numpy(hybrid_mask_np(self.hybrid[0], where, items.shape[1], self.hybrid[1]))
+                    item = cutter.feed(u, torch.from_numpy(items), bi, hyb)
                     item = [self._finish(b, slot_of) for b in item]
                 if (cutter is None or item) and not self._put(item):
                     return
@@ -322,13 +332,14 @@ class ChunkStream:
             b = b.apply(lambda t: t.pin_memory())
         return b
 
-    def _host_chunk(self, users, pos, neg, perm, bi) -> HostChunk:
+    def _host_chunk(self, users, pos, neg, perm, bi, where) -> HostChunk:
         p, unsigned = _as_torch_ids(pos)
         q, _ = _as_torch_ids(neg)
         hc = HostChunk(users=torch.from_numpy(np.ascontiguousarray(users, dtype=np.int32)), pos=p, neg=q,
-                       perm=torch.from_numpy(perm.astype(np.int64, copy=False)), bi=bi, unsigned16=unsigned)
+                       perm=torch.from_numpy(perm.astype(np.int64, copy=False)), bi=bi,
+                       where=torch.from_numpy(where), unsigned16=unsigned)
         if self.pin:  # pinned, so the copy to the GPU is a true async DMA
-            for f in ("users", "pos", "neg", "perm"):
+            for f in ("users", "pos", "neg", "perm", "where"):
                 setattr(hc, f, getattr(hc, f).pin_memory())
         return hc
 
@@ -356,7 +367,7 @@ class ChunkStream:
                 return
             # Device assembly, one chunk ahead: chunk c+1 is copied and permuted on the side stream
             # while the batches of chunk c compute.
-            assembler, pending = _DeviceAssembler(self.plan, self.device), None
+            assembler, pending = _DeviceAssembler(self.plan, self.device, self.hybrid), None
             while (item := self._get()) is not None:
                 launched = assembler.feed(item)
                 if pending is not None:
@@ -392,12 +403,13 @@ class _DeviceAssembler:
     stream waits on the chunk's event (a GPU-side wait, no host sync). On CPU the same code runs
     synchronously, which is what the tests compare against host assembly."""
 
-    def __init__(self, plan: EpochPlan, device: torch.device):
-        self.cutter, self.device = BatchCutter(plan), device
+    def __init__(self, plan: EpochPlan, device: torch.device, hybrid: tuple[int, float] | None):
+        self.cutter, self.device, self.hybrid = BatchCutter(plan), device, hybrid
+        self.cutter.with_hybrid = hybrid is not None
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._width = None
 
-    def _assemble(self, hc: HostChunk) -> tuple[torch.Tensor, torch.Tensor]:
+    def _assemble(self, hc: HostChunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         dev = self.device
         users = hc.users.to(dev, non_blocking=True)
         pos = hc.pos.to(dev, non_blocking=True)
@@ -408,17 +420,21 @@ class _DeviceAssembler:
         items[:, 1:] = neg.index_select(0, perm)
         if hc.unsigned16:  # int16 bits of uint16 ids: undo the sign extension
             items &= 0xFFFF
-        return users.index_select(0, perm).long(), items
+        hybrid = None
+        if self.hybrid is not None:  # one launch sequence per chunk, not per step
+            key = torch.full((), self.hybrid[0], dtype=torch.int64, device=dev)
+            hybrid = hybrid_mask(key, hc.where.to(dev, non_blocking=True), items.shape[1], self.hybrid[1])
+        return users.index_select(0, perm).long(), items, hybrid
 
     def feed(self, hc: HostChunk) -> tuple[list[Batch], object]:
         """Launch the chunk's copy and assembly; returns (its batches, the event that ends them)."""
         self._width = 1 + hc.neg.shape[1]
         if self.stream is None:
-            users, items = self._assemble(hc)
-            return self.cutter.feed(users, items, hc.bi), None
+            users, items, hybrid = self._assemble(hc)
+            return self.cutter.feed(users, items, hc.bi, hybrid), None
         with torch.cuda.stream(self.stream):  # batches spanning two chunks are cat here too
-            users, items = self._assemble(hc)
-            batches = self.cutter.feed(users, items, hc.bi)
+            users, items, hybrid = self._assemble(hc)
+            batches = self.cutter.feed(users, items, hc.bi, hybrid)
             done = torch.cuda.Event()
             done.record(self.stream)
         # Pinned sources may be freed now: torch's host allocator keeps them until the copy ends.

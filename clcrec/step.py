@@ -12,11 +12,15 @@ Hybrid draws are counter-based: slot k of the row at epoch position p uses a 32-
 mask needs no generator state (a CUDA graph can replay it), CPU and CUDA runs draw the same masks,
 a resumed epoch replays them, and a rank computes exactly its rows of the global batch.
 
+The loader draws the masks per chunk (clcrec.loader: in the producer thread on CPU, one launch
+sequence per chunk on the GPU) so the step itself carries no hashing; without a loader's masks
+(bench's reference loop) the step draws them from the batch's position.
+
 CUDA graph: with a fixed batch shape, no GradScaler (bf16/fp32) and one process, the first
 `WARMUP` steps run eagerly on a side stream (real steps on real batches: they allocate the Adam
 state and the autograd workspaces), then one step is captured: forward, backward, the fused Adam
-update (capturable), the loss sums and the divergence check. Each later step is two device copies
-into the static inputs, one scalar fill and one replay, so the host no longer limits small batches.
+update (capturable), the loss sums and the divergence check. Each later step is three device copies
+into the static inputs and one replay, so the host no longer limits small batches.
 A batch of another shape (the epoch's short last batch) runs eagerly: it trains exactly its rows.
 """
 
@@ -65,10 +69,33 @@ def hybrid_hash(key: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tens
     return mix32(r.unsqueeze(1) ^ slots)  # (B, width)
 
 
+def hybrid_threshold(num_sample: float) -> int:
+    return int(round(num_sample * 2**32))  # h < 2^32 always: num_sample 1 takes every slot
+
+
 def hybrid_mask(key: torch.Tensor, rows: torch.Tensor, width: int, num_sample: float) -> torch.Tensor:
     """(B, width) bool: Bernoulli(num_sample) per slot, from the counter hash (no generator state)."""
-    threshold = int(round(num_sample * 2**32))  # h < 2^32 always: num_sample 1 takes every slot
-    return hybrid_hash(key, rows, width) < threshold
+    return hybrid_hash(key, rows, width) < hybrid_threshold(num_sample)
+
+
+# The same hash in numpy uint64 (products of two values < 2^32 fit), for the CPU producer thread:
+# single-threaded, so it never competes with torch's thread pool for the cores.
+def _mix32_np(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(0x7FEB352D)) & np.uint64(M32)
+    x = x ^ (x >> np.uint64(15))
+    x = (x * np.uint64(0x846CA68B)) & np.uint64(M32)
+    return x ^ (x >> np.uint64(16))
+
+
+def hybrid_mask_np(key: int, rows: np.ndarray, width: int, num_sample: float) -> np.ndarray:
+    """`hybrid_mask` computed in numpy: the same bits (tested)."""
+    rows = rows.astype(np.uint64)
+    m = np.uint64(M32)
+    r = _mix32_np((rows & m) ^ np.uint64(key))
+    r = _mix32_np(r ^ ((rows >> np.uint64(32)) & m))
+    slots = (np.arange(width, dtype=np.uint64) * np.uint64(0x9E3779B9)) & m
+    return _mix32_np(r[:, None] ^ slots[None, :]) < np.uint64(hybrid_threshold(num_sample))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,10 +181,12 @@ class StepRunner:
         self.bad_step.fill_(-1)
         self.step_no.zero_()
 
-    def _compute(self, users, items, row0, uniq=None, inverse=None) -> None:
-        """Forward, backward, update and bookkeeping, all on the device."""
-        rows = row0 + torch.arange(users.shape[0], dtype=torch.int64, device=users.device)  # (B,)
-        hybrid = hybrid_mask(self.key, rows, items.shape[1], self.cfg.num_sample)  # (B, 1+K)
+    def _compute(self, users, items, row0, hybrid=None, uniq=None, inverse=None) -> None:
+        """Forward, backward, update and bookkeeping, all on the device. `hybrid` comes drawn per
+        chunk by the loader; without it (bench's reference loop) it is drawn here from row0."""
+        if hybrid is None:
+            rows = row0 + torch.arange(users.shape[0], dtype=torch.int64, device=users.device)  # (B,)
+            hybrid = hybrid_mask(self.key, rows, items.shape[1], self.cfg.num_sample)  # (B, 1+K)
         with self.autocast():
             loss_re, loss_ui, reg = self.net(users, items, hybrid, uniq, inverse, dense=self.cfg.dense)
             loss = self.model.combine(loss_re, loss_ui, reg, self.cfg.reg_weight)
@@ -172,8 +201,8 @@ class StepRunner:
 
     def _eager(self, batch) -> None:
         self.opt.zero_grad(set_to_none=True)
-        row0 = torch.full((), batch.row0, dtype=torch.int64, device=self.device)
-        self._compute(batch.users, batch.items, row0, batch.uniq, batch.inverse)
+        row0 = None if batch.hybrid is not None else torch.full((), batch.row0, dtype=torch.int64, device=self.device)
+        self._compute(batch.users, batch.items, row0, batch.hybrid, batch.uniq, batch.inverse)
 
     def step(self, batch) -> None:
         if not self.use_graph:
@@ -192,19 +221,27 @@ class StepRunner:
             return self._capture(batch)
         if shape != tuple(self._static["items"].shape):
             return self._eager(batch)  # the short last batch: exactly its rows, eagerly
+        if (batch.hybrid is None) != ("row0" in self._static):
+            return self._eager(batch)  # a batch unlike the captured one: never replay on it
         self._static["users"].copy_(batch.users, non_blocking=True)
         self._static["items"].copy_(batch.items, non_blocking=True)
-        self._static["row0"].fill_(batch.row0)
+        if batch.hybrid is None:
+            self._static["row0"].fill_(batch.row0)
+        else:
+            self._static["hybrid"].copy_(batch.hybrid, non_blocking=True)
         self.graph.replay()
 
     def _capture(self, batch) -> None:
         s = self._static
         s["users"], s["items"] = batch.users.clone(), batch.items.clone()
-        s["row0"] = torch.full((), batch.row0, dtype=torch.int64, device=self.device)
+        if batch.hybrid is None:
+            s["row0"] = torch.full((), batch.row0, dtype=torch.int64, device=self.device)
+        else:
+            s["hybrid"] = batch.hybrid.clone()
         torch.cuda.synchronize(self.device)  # sync point: once per run, before capture
         self.opt.zero_grad(set_to_none=True)  # backward inside the graph allocates static grads
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: the producer thread keeps pinning host memory while this thread captures.
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self._compute(s["users"], s["items"], s["row0"])
+            self._compute(s["users"], s["items"], s.get("row0"), s.get("hybrid"))
         self.graph.replay()  # capture records without running: this batch still has to train

@@ -170,6 +170,7 @@ class Trainer:
             batch_size=cfg.batch_size, rank=self.ctx.rank, world=self.ctx.world,
             dedupe=plan.dedupe, pin=device.type == "cuda", prefetch=cfg.prefetch,
             assemble=plan.assemble, device=device, readers=plan.readers,
+            hybrid=(epoch_key(cfg.seed, epoch), cfg.num_sample),  # masks drawn per chunk, not per step
         ) as stream:
             for batch in batches_on_device(stream, device):
                 self.steps.step(batch)

@@ -113,3 +113,32 @@ def test_cuda_graph_trains_like_eager_steps(tiny_dataset, tiny_cache, tmp_path, 
     m = {g: [json.loads(x) for x in (tmp_path / g / "metrics.jsonl").read_text().splitlines()] for g in out}
     assert [r["samples"] for r in m["on"]] == [r["samples"] for r in m["off"]] == [3701, 3701]
     assert [r["loss"] for r in m["on"]] == pytest.approx([r["loss"] for r in m["off"]], rel=1e-4)
+
+
+def test_the_numpy_hybrid_hash_has_the_torch_bits():
+    import numpy as np
+
+    from clcrec.step import hybrid_mask_np
+
+    rows = np.array([0, 1, 5, 2**31, 2**32 + 3, 10**12], dtype=np.int64)
+    for key, p in [(epoch_key(0, 0), 0.5), (epoch_key(3, 7), 0.3935), (0xFFFFFFFF, 0.9)]:
+        np.testing.assert_array_equal(hybrid_mask_np(key, rows, 33, p),
+                                      hybrid_mask(torch.tensor(key), torch.from_numpy(rows), 33, p).numpy())
+
+
+def test_masks_drawn_per_chunk_equal_masks_drawn_per_step(tiny_cache, tiny_dataset):
+    """The loader's per-chunk masks (host: numpy in the producer; device: torch on the device)
+    are the step's own draw from each batch's epoch position."""
+    import numpy as np
+
+    from cache.store import CacheStore
+    from clcrec.loader import ChunkStream
+
+    gen = CacheStore(tiny_cache).open_generation(0)
+    n = int(np.load(tiny_dataset / "item_status.npy").shape[0])
+    key = epoch_key(0, 5)
+    for assemble, rank in [("host", 0), ("device", 1)]:
+        for b in ChunkStream(gen, num_items=n, seed=0, epoch=5, batch_size=60, rank=rank, world=2, dedupe=False,
+                             assemble=assemble, hybrid=(key, 0.5)):
+            rows = torch.arange(b.row0, b.row0 + b.size)
+            assert torch.equal(b.hybrid, hybrid_mask(torch.tensor(key), rows, b.items.shape[1], 0.5))
