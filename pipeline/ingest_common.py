@@ -20,6 +20,7 @@ import polars as pl
 from rich.console import Console
 
 from pipeline.dataset import write_dataset
+from pipeline.fsutil import check_new_target
 from pipeline.errors import InputError
 from pipeline.split import SplitConfig, map_cold_items, split_cold_items
 
@@ -97,8 +98,7 @@ def assemble(
     """
     t0 = time.perf_counter()
     target = Path(target)
-    if target.exists() and not force:
-        raise InputError(f"{target} already exists; pass --force to replace it")
+    check_new_target(target, force)
     if interactions.height == 0:
         raise InputError(f"{label} has no interactions")
     n_raw = interactions.height

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.dataset import validate_features
+from pipeline.fsutil import check_new_target
 from pipeline.errors import InputError
 from pipeline.ingest_common import FeatureSpec, IngestConfig, assemble, console, integer_ids, require_file
 
@@ -127,8 +128,7 @@ def ingest_table(
 ) -> Path:
     """Read an interactions table and its feature files; write the dataset directory `target`."""
     path, target = Path(interactions_path), Path(target)
-    if target.exists() and not force:
-        raise InputError(f"{target} already exists; pass --force to replace it")
+    check_new_target(target, force)
     if not config.features:
         raise InputError("no --feature given; CLCRec needs at least one item content modality (NAME=PATH)")
     names = [s.name for s in config.features]

@@ -46,6 +46,7 @@ import polars as pl
 from numba import njit, prange
 
 from pipeline.dataset import write_dataset
+from pipeline.fsutil import check_new_target
 from pipeline.errors import InputError
 from pipeline.split import SplitConfig, split_cold_items
 
@@ -296,8 +297,7 @@ def write_synthetic(
 ) -> Path:
     """Generate the dataset described by `config` and write it to `target`; returns the path."""
     target = Path(target)
-    if target.exists() and not force:
-        raise InputError(f"{target} already exists; pass --force to replace it")
+    check_new_target(target, force)
     t0 = time.perf_counter()
     cfg = config.resolved()
     planted = plant_factors(cfg)
