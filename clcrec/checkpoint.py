@@ -97,6 +97,18 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return ck
 
 
+def check_model_state(ck: dict, model: torch.nn.Module, path: Path) -> None:
+    """Refuse a checkpoint whose weights do not fit `model` (names and shapes), naming the first."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in ck["model"].items()}
+    for k in sorted(set(want) | set(have)):
+        if want.get(k) != have.get(k):
+            raise UserError(
+                f"checkpoint {path} does not fit the run's model: {k} is {have.get(k)} in the file, "
+                f"{want.get(k)} in the model of its config.json and dataset; the run directory is inconsistent"
+            )
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__

@@ -154,6 +154,19 @@ def check_pairs(name: str, pairs, num_users: int, num_items: int, error: type[Ex
     return pairs
 
 
+def check_float32_range(arr: np.ndarray, label: str) -> None:
+    """Refuse finite values that would become inf as float32 (named as overflow, not as NaN/inf)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and arr.size:
+        big = np.isfinite(arr) & (np.abs(arr) > np.finfo(np.float32).max)
+        if big.any():
+            row = int(np.argwhere(big)[0, 0]) if arr.ndim else 0
+            raise InputError(
+                f"{label} has {int(big.sum())} value(s) beyond float32's range (|x| > 3.4e38, first at "
+                f"row {row}): stored as float32 they would overflow to inf; rescale them"
+            )
+
+
 def validate_features(features: dict[str, np.ndarray], num_items: int, where: str = "") -> dict:
     """Return features as C-contiguous float32, refusing NaN/inf and misaligned rows."""
     if not features:
@@ -170,6 +183,7 @@ def validate_features(features: dict[str, np.ndarray], num_items: int, where: st
                 f"feature {name!r}{where} has {arr.shape[0]} rows but the dataset has {num_items} items; "
                 "rows must be aligned to the item index"
             )
+        check_float32_range(arr, f"feature {name!r}{where}")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         bad = ~np.isfinite(arr)
         if bad.any():

@@ -46,6 +46,10 @@ class IngestConfig:
     features: tuple[FeatureSpec, ...] = ()  # table: one per modality
     allow_pickle: bool = False  # reference .npy layout: those files are pickles (they run code)
 
+    def __post_init__(self):
+        if isinstance(self.title_dim, bool) or not isinstance(self.title_dim, int) or self.title_dim < 1:
+            raise InputError(f"--title-dim must be an integer >= 1, got {self.title_dim!r}")
+
 
 def require_file(path: Path, what: str) -> Path:
     path = Path(path)

@@ -84,7 +84,12 @@ def read_feature(spec: FeatureSpec, item_col: str) -> tuple[pl.Series, np.ndarra
         except ValueError as e:
             raise InputError(f"feature file {path} is not a plain numeric .npy array ({e})") from None
         ids = integer_ids(_read_ids(spec.ids), f"item-id order file {spec.ids}")
-        if mat.ndim != 2 or mat.shape[0] != len(ids):
+        if mat.ndim != 2:
+            raise InputError(
+                f"feature file {path} is a {mat.ndim}-D array of shape {mat.shape}; it must be 2-D "
+                "(one row of features per id in the order file): reshape it, e.g. to (n, 1)"
+            )
+        if mat.shape[0] != len(ids):
             raise InputError(
                 f"feature file {path} has shape {mat.shape} but {spec.ids} lists {len(ids)} ids; "
                 "they must have one row per id"

@@ -83,6 +83,8 @@ class SynthConfig:
 
     def resolved(self) -> "SynthConfig":
         """A copy with every size filled from the scale (unknown scale -> InputError)."""
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise InputError(f"--seed must be an integer in 0..2^63-1, got {self.seed!r}")
         if self.scale not in SCALES:
             raise InputError(f"unknown synthetic scale {self.scale!r}; use one of {sorted(SCALES)}")
         sizes = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in SCALES[self.scale].items()}
