@@ -110,8 +110,8 @@ def check_model_state(ck: dict, model: torch.nn.Module, path: Path) -> None:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    text = str(e).strip()  # torch's messages run to several lines of advice: keep the first sentence
+    return text.splitlines()[0].split(". ")[0][:200] if text else type(e).__name__
 
 
 def rng_state() -> dict:

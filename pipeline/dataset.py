@@ -281,6 +281,7 @@ def write_dataset(
         user_ids.with_row_index("user").write_parquet(tmp / "users.parquet")
         item_ids.with_row_index("item").write_parquet(tmp / "items.parquet")
         meta["files"] = integrity.record_files(tmp)  # checked on every open (pipeline/integrity.py)
+        meta["digest"] = integrity.json_digest(meta)  # meta.json's own content, checked on open
         atomic_write_json(tmp / "meta.json", meta)  # last: its presence marks completeness
         fsync_tree(tmp)  # on disk before the rename, so a power loss cannot publish empty files
         publish_dir(tmp, target, force=force)

@@ -54,6 +54,15 @@ def record_files(root: Path) -> dict:
     return out
 
 
+def json_digest(obj: dict) -> str:
+    """SHA-256 of a JSON object's canonical form without its own "digest" key: recorded in
+    meta.json (and the cache manifest) so an edited value is caught while whitespace is not."""
+    import json
+
+    body = {k: v for k, v in obj.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _signature(root: Path, rels) -> tuple:
     sig = []
     for rel in sorted(rels):
@@ -171,6 +180,8 @@ def read_meta(root: Path) -> dict:
         raise InputError(f"{path} is unreadable or truncated ({e}); re-run the ingest") from None
     if not isinstance(meta, dict):
         raise InputError(f"{path} is not a JSON object; re-run the ingest")
+    if "digest" in meta and meta["digest"] != json_digest(meta):  # absent: written before digests
+        raise InputError(f"{path} changed since ingest (its content does not match its digest); re-run the ingest")
     for key, kind in (("format", str), ("format_version", int), ("num_users", int), ("num_items", int),
                       ("modalities", list), ("fingerprint", str)):
         if key not in meta:

@@ -125,13 +125,11 @@ def split_cold_items(
     del perm, warm
     # Held-out data that was asked for but rounds away on small data is refused here, not later
     # as a puzzling training error; all fractions 0 writes a dataset without held-out data on purpose.
-    some_cold = config.cold_fraction > 0 or cold_items is not None
-    for code, name, frac, share in ((COLD_VAL, "validation", config.val_fraction, config.cold_val_share),
-                                    (COLD_TEST, "test", config.test_fraction, 1 - config.cold_val_share)):
-        if (frac > 0 or (some_cold and share > 0)) and not (label == code).any():
+    for code, name, frac in ((COLD_VAL, "validation", config.val_fraction), (COLD_TEST, "test", config.test_fraction)):
+        if frac > 0 and not (label == code).any():
             raise InputError(
                 f"the split leaves no {name} interactions ({len(pairs)} interaction(s), {len(active)} item(s) "
-                "are too few for the fractions asked); provide more data, or pass --cold-fraction 0 "
+                "are too few for the fractions asked); provide more data, or pass "
                 "--val-fraction 0 --test-fraction 0 to write a dataset without held-out data on purpose"
             )
     return SplitResult(  # boolean selection keeps the (user, item) order
