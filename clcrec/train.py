@@ -318,7 +318,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> dict:
-        """Train with early stopping; returns the final results of the best checkpoint."""
+        """Train with early stopping; returns the final results of the best checkpoint. The run
+        directory's lock is released however this ends (the kernel drops it if we die)."""
+        try:
+            return self._fit()
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()
+                self.run_lock = None
+
+    def _fit(self) -> dict:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         cfg = self.cfg
@@ -409,6 +418,4 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = N
     try:
         return trainer.fit()
     finally:
-        if trainer.run_lock is not None:
-            trainer.run_lock.release()
         dist.shutdown(trainer.ctx)

@@ -210,9 +210,9 @@ def test_a_fp32_run_resumes_under_fp16_with_a_fresh_grad_scaler(tiny_dataset, ti
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("log_every", 0, "log_every must be >= 1"),
-    ("eval_block", 0, "eval_block must be >= 1"),
-    ("select_k", 5, "select_k=5 must be one of ks"),
+    ("log_every", 0, "--log-every must be an integer >= 1, got 0"),
+    ("eval_block", 0, "--eval-block must be an integer >= 1"),
+    ("select_k", 5, "--select-k 5 must be one of ks"),
     ("amp", "fp8", "amp must be one of"),
 ])
 def test_bad_config_values_are_refused_with_a_message(tiny_dataset, tiny_cache, tmp_path, field, value, message):
