@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_batch(cases: list[dict], tmp: Path) -> list[dict]:
     spec, out = tmp / "cases.json", tmp / "results.json"
-    spec.write_text(json.dumps([{**c, "argv": [str(a) for a in c["argv"]], "watch": [str(w) for w in c.get("watch", [])]}
-                                for c in cases]))
+    spec.write_text(json.dumps([{"argv": [str(a) for a in c["argv"]], "env": c.get("env", {}),
+                                 "watch": [str(w) for w in c.get("watch", [])]} for c in cases]))
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("cli_batch.py")), str(spec), str(out)],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -71,7 +71,7 @@ def world(tiny_dataset, tiny_cache, tmp_path_factory) -> dict:
     for name, bad in (("ml-bad-ratings", "ratings.csv"), ("ml-bad-movies", "movies.csv")):
         shutil.copytree(ml, root / name)
         text = (root / name / bad).read_text().split("\n", 1)
-        (root / name / bad).write_text(text[0].replace("movieId", "item").replace("title", "name") + "\n" + text[1])
+        (root / name / bad).write_text((text[0].replace("movieId", "item") if bad == "ratings.csv" else text[0].replace("title", "name")) + "\n" + text[1])
 
     (root / "one.csv").write_text("user,item\n1,10\n")  # a 1-row table
     np.save(root / "one.npy", np.ones((1, 2)))
@@ -106,7 +106,7 @@ def world(tiny_dataset, tiny_cache, tmp_path_factory) -> dict:
     (root / "trunc_meta" / "meta.json").write_text(meta_text[:40])
     copy(w["ds"], "nokey_meta")
     meta = json.loads(meta_text)
-    del meta["num_items"]
+    del meta["num_items"], meta["digest"]  # without the digest, which would refuse it first
     (root / "nokey_meta" / "meta.json").write_text(json.dumps(meta))
     train_arr = np.load(w["ds"] / "train.npy")
     copy(w["ds"], "float_train")
@@ -125,8 +125,10 @@ def world(tiny_dataset, tiny_cache, tmp_path_factory) -> dict:
     meta = json.loads(meta_text)
     del meta["files"], meta["digest"]
     (legacy / "meta.json").write_text(json.dumps(meta))
-    copy(legacy, "legacy_flipped")
-    flip_byte(root / "legacy_flipped" / "train.npy", random.Random(1))
+    copy(legacy, "legacy_flipped")  # an edit the structural checks cannot see: another warm item
+    edited = train_arr.copy()
+    edited[0, 1] = next(i for i in train_arr[:, 1] if i != train_arr[0, 1])
+    np.save(root / "legacy_flipped" / "train.npy", edited)
     copy(w["run"], "exported")
     return w
 
