@@ -178,7 +178,9 @@ def test_training_does_not_depend_on_the_thread_count(tiny_dataset, tiny_cache, 
 
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_scratch(tiny_dataset, tiny_cache, tmp_path):
     cfg = config(tiny_dataset, tiny_cache, tmp_path / "run", epochs=2)
-    Trainer(cfg, console=quiet()).setup_run_dir()  # config.json written, no checkpoint: a kill here
+    killed = Trainer(cfg, console=quiet())
+    killed.setup_run_dir()  # config.json written, no checkpoint: a kill here
+    killed.run_lock.release()  # as the kernel does for a killed trainer
     assert (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
     results = train(cfg, resume=True, console=quiet())
     assert [m["epoch"] for m in (json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())] == [0, 1]
