@@ -30,6 +30,21 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
 
+
+@app.callback()
+def _global_options(
+    skip_hash: bool = typer.Option(
+        False, "--skip-hash", help="Do not hash dataset files on open (huge data); the shape, dtype, "
+        "id-range and finiteness checks still run. Same as CLCREC_SKIP_HASH=1."),
+) -> None:
+    """CLCRec: contrastive cold-start recommendation with a data pipeline and cached negatives."""
+    if skip_hash:
+        import os
+
+        from pipeline.integrity import SKIP_HASH_ENV
+
+        os.environ[SKIP_HASH_ENV] = "1"
+
 # ---------------------------------------------------------------------------------------------
 # Data pipeline commands (ingest, synth)
 # ---------------------------------------------------------------------------------------------
@@ -350,6 +365,9 @@ def train(
     from clcrec.flow import run_training
 
     if resume is not None:
+        if run_dir is not None and run_dir.resolve() != resume.resolve():
+            raise UserError(f"--resume {resume} continues that run in place; --run-dir {run_dir} cannot move it. "
+                            "Drop --run-dir (or copy the run directory first)")
         from clcrec.checkpoint import RunDir
         from clcrec.train import train as train_run
 
@@ -377,7 +395,7 @@ def train(
         dataset=str(dataset or ""), cache=str(cache or ""), run_dir=str(run_dir or ""),
         l_r=l_r if l_r is not None else preset.get("l_r", 0.001), reg_weight=reg_weight, num_neg=num_neg, lr_lambda=lr_lambda, temp_value=temp_value,
         num_sample=num_sample, batch_size=batch_size, dim_E=dim_e, has_v=has_v, has_a=has_a, has_t=has_t,
-        modalities=tuple(modality), epochs=epochs or preset.get("epochs", 30), patience=patience, select_mode=select_mode,
+        modalities=tuple(modality), epochs=epochs if epochs is not None else preset.get("epochs", 30), patience=patience, select_mode=select_mode,
         select_k=select_k, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
         encode=encode, scoring=scoring, cuda_graph=cuda_graph, assemble=assemble, readers=readers,
         threads=threads, log_every=log_every,
@@ -394,7 +412,7 @@ def evaluate(
     from clcrec.evaluate import format_table
     from clcrec.serve import evaluate_run
 
-    results = evaluate_run(run_dir)
+    results = evaluate_run(run_dir, ks=tuple(k))
     for kk in k:
         Console().print(format_table(results, ks=(kk,), title=f"{run_dir} @{kk}"))
 
@@ -423,11 +441,15 @@ def recommend(
 
 
 @app.command()
-def export(run_dir: Path = typer.Argument(...), out: Optional[Path] = typer.Option(None)):
+def export(
+    run_dir: Path = typer.Argument(...),
+    out: Optional[Path] = typer.Option(None, help="Output directory [RUN_DIR/embeddings]."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing export."),
+):
     """Export user and item embeddings (ranking tables) with their original ids."""
     from clcrec.serve import export_embeddings
 
-    console.print(f"wrote {export_embeddings(run_dir, out)}")
+    console.print(f"wrote {export_embeddings(run_dir, out, force)}")
 
 
 # [serve-commands]

@@ -2,7 +2,8 @@
 
     python cli.py refresh caches/ml --wait     # waits for the writer lock instead of failing
 
-Both are `fcntl.flock` locks, so the kernel releases them when their process dies (no stale
+`OwnedLock` (the writer lock's kind, recording its holder) also locks a training run directory
+(clcrec/checkpoint.py). All are `fcntl.flock` locks, so the kernel releases them when their process dies (no stale
 lock ever blocks a later writer or pruner) and they work across processes and threads (each
 holder opens its own file description). Files: CACHE/writer.lock, CACHE/leases/gen-NNNNNN.lock.
 On NFS, Linux maps flock onto POSIX byte-range locks, which NFSv4 supports.
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 from cache.manifest import LEASES, WRITER_LOCK, gen_name
-from pipeline.errors import CacheError
+from pipeline.errors import CacheError, UserError
 
 
 class FileLock:
@@ -60,21 +61,19 @@ class FileLock:
         self.release()
 
 
-class WriterLock(FileLock):
-    """The one-writer-at-a-time lock of a cache. Records who holds it for the error message."""
+class OwnedLock(FileLock):
+    """An exclusive, non-shared lock that records its holder (pid, host, what, since) in the lock
+    file, so the process refused can say who has it. `busy` is the refusal, with {path} and
+    {holder}. Used for a cache's writer lock and a run directory's trainer lock."""
 
-    def __init__(self, cache_dir: Path, what: str = "build"):
-        super().__init__(Path(cache_dir) / WRITER_LOCK)
-        self.cache_dir = Path(cache_dir)
-        self.what = what
+    def __init__(self, path: Path, what: str, busy: str, error: type[Exception] = UserError):
+        super().__init__(path)
+        self.what, self.busy, self.error = what, busy, error
 
     def acquire(self, *, wait: bool) -> bool:
         if not super().acquire(wait=wait):
             holder = self.holder() or "another process"
-            raise CacheError(
-                f"another writer is running on {self.cache_dir} ({holder}); only one build, refresh "
-                "or publish runs at a time. Wait for it, or pass --wait to queue behind it"
-            )
+            raise self.error(self.busy.format(path=self.path.parent, holder=holder))
         info = f"pid {os.getpid()} on {socket.gethostname()}, {self.what}, since {time.strftime('%H:%M:%S')}"
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, info.encode(), 0)
@@ -85,6 +84,16 @@ class WriterLock(FileLock):
             return self.path.read_text().strip()
         except OSError:
             return ""
+
+
+class WriterLock(OwnedLock):
+    """The one-writer-at-a-time lock of a cache."""
+
+    def __init__(self, cache_dir: Path, what: str = "build"):
+        super().__init__(Path(cache_dir) / WRITER_LOCK, what, error=CacheError, busy=(
+            "another writer is running on {path} ({holder}); only one build, refresh or publish runs "
+            "at a time. Wait for it, or pass --wait to queue behind it"))
+        self.cache_dir = Path(cache_dir)
 
 
 def lease_path(cache_dir: Path, generation: int) -> Path:

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import CacheError
+from pipeline.integrity import json_digest
 from pipeline.fsutil import atomic_write_json
 
 FORMAT = "clcrec-negative-cache"
@@ -133,14 +134,19 @@ def read_manifest(cache_dir: Path) -> dict:
         m = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise CacheError(f"{path} is unreadable ({e}); rebuild the cache into a new directory") from e
-    if m.get("format") != FORMAT or m.get("format_version") != FORMAT_VERSION:
+    if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("format_version") != FORMAT_VERSION:
         raise CacheError(f"{path} is not a {FORMAT} v{FORMAT_VERSION} manifest; rebuild the cache")
+    if "digest" in m and m["digest"] != json_digest(m):  # absent: written before digests existed
+        raise CacheError(f"{path} was changed or corrupted (its content does not match its digest); "
+                         "rebuild the cache into a new directory")
+    m.pop("digest", None)
     return m
 
 
 def write_manifest(cache_dir: Path, manifest: dict) -> None:
     manifest["updated"] = now_iso()
-    atomic_write_json(Path(cache_dir) / MANIFEST, manifest)
+    manifest.pop("digest", None)
+    atomic_write_json(Path(cache_dir) / MANIFEST, {**manifest, "digest": json_digest(manifest)})
 
 
 def published_ids(manifest: dict) -> list[int]:

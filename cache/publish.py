@@ -36,11 +36,34 @@ def check_generation(g: int) -> int:
 def check_existing(cache_dir: Path, dataset_dir: Path, config: NegativeConfig) -> dict | None:
     """The manifest if the cache exists (after checking data and config match), else None."""
     if not (cache_dir / MANIFEST).exists():
+        check_new_cache_dir(cache_dir)
         return None
     manifest = read_manifest(cache_dir)
     check_fingerprint(manifest, read_fingerprint(dataset_dir), cache_dir, f"dataset {dataset_dir}")
     check_config(manifest, config, cache_dir)
     return manifest
+
+
+# What a cache directory may hold before its first manifest: leftovers of a killed first build.
+_CACHE_NAMES = {"writer.lock", "leases", STAGING}
+
+
+def check_new_cache_dir(cache_dir: Path) -> None:
+    """Refuse to create a cache in a path that cannot hold one, or in a non-empty directory that
+    is not a cache (e.g. a dataset directory: its files would be mixed with generations)."""
+    from pipeline.fsutil import check_output_dir
+
+    check_output_dir(cache_dir, "cache directory")
+    if not cache_dir.is_dir():
+        return
+    foreign = sorted(p.name for p in cache_dir.iterdir()
+                     if p.name not in _CACHE_NAMES and not p.name.startswith((TMP_PREFIX, "gen-")))
+    if foreign:
+        what = "a dataset directory" if "meta.json" in foreign else "a non-empty directory that is not a negative cache"
+        raise CacheError(
+            f"cache directory {cache_dir} is {what} (it holds {', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); pass a new or empty directory for the cache"
+        )
 
 
 @contextmanager

@@ -7,6 +7,7 @@ Hyperparameter names and defaults follow the reference CLCRec code's MovieLens c
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,22 @@ ENCODE_MODES = ("auto", "unique", "slots")
 SCORING_MODES = ("auto", "gather", "dense")
 GRAPH_MODES = ("auto", "on", "off")
 ASSEMBLE_MODES = ("auto", "host", "device")
+# (field, lower bound, upper bound or None, lower bound excluded): checked on every TrainConfig
+NUMERIC_RANGES = [
+    ("l_r", 0, None, True), ("reg_weight", 0, None, False), ("num_neg", 1, None, False),
+    ("lr_lambda", 0, 1, False), ("temp_value", 0, None, True), ("num_sample", 0, 1, False),
+    ("batch_size", 1, None, False), ("dim_E", 1, None, False), ("hidden", 1, None, False),
+    ("epochs", 1, None, False), ("patience", 1, None, False), ("select_k", 1, None, False),
+    ("eval_block", 1, None, False), ("refresh_every", 0, None, False), ("seed", 0, 2**63 - 1, False),
+    ("prefetch", 1, None, False), ("log_every", 1, None, False), ("threads", 0, None, False),
+    ("readers", 0, 64, False),
+]
+_OPTION_NAMES = {"dim_E": "--dim-e"}
+
+
+def option_name(field: str) -> str:
+    """The command-line option of a TrainConfig field (l_r -> --l-r)."""
+    return _OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
 @dataclass(frozen=True)
@@ -64,29 +81,25 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
 
     def __post_init__(self):
+        # Messages name the command-line option (--l-r ...), since that is where a value comes from.
         checks = [
-            (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}"),
-            (self.select_mode in SELECT_MODES, f"select_mode must be one of {SELECT_MODES}"),
-            (self.encode in ENCODE_MODES, f"encode must be one of {ENCODE_MODES}"),
-            (self.scoring in SCORING_MODES, f"scoring must be one of {SCORING_MODES}"),
-            (self.cuda_graph in GRAPH_MODES, f"cuda_graph must be one of {GRAPH_MODES}"),
-            (self.assemble in ASSEMBLE_MODES, f"assemble must be one of {ASSEMBLE_MODES}"),
-            (self.readers >= 0, "readers must be >= 0 (0: automatic)"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.num_neg >= 1, "num_neg must be >= 1"),
-            (0.0 <= self.num_sample <= 1.0, "num_sample must be in [0, 1]"),
-            (0.0 <= self.lr_lambda <= 1.0, "lr_lambda must be in [0, 1]"),
-            (self.temp_value > 0, "temp_value must be > 0"),
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.select_k in self.ks, f"select_k={self.select_k} must be one of ks={self.ks}"),
-            (self.refresh_every >= 0, "refresh_every must be >= 0"),
-            (self.patience >= 1, "patience must be >= 1"),
-            (self.log_every >= 1, "log_every must be >= 1"),
-            (self.eval_block >= 1, "eval_block must be >= 1"),
-            (self.prefetch >= 1, "prefetch must be >= 1"),
-            (self.dim_E >= 1 and self.hidden >= 1, "dim_E and hidden must be >= 1"),
-            (self.threads >= 0, "threads must be >= 0 (0: torch's default)"),
+            (self.amp in AMP_MODES, f"--amp must be one of {AMP_MODES}, got {self.amp!r}"),
+            (self.select_mode in SELECT_MODES, f"--select-mode must be one of {SELECT_MODES}, got {self.select_mode!r}"),
+            (self.encode in ENCODE_MODES, f"--encode must be one of {ENCODE_MODES}, got {self.encode!r}"),
+            (self.scoring in SCORING_MODES, f"--scoring must be one of {SCORING_MODES}, got {self.scoring!r}"),
+            (self.cuda_graph in GRAPH_MODES, f"--cuda-graph must be one of {GRAPH_MODES}, got {self.cuda_graph!r}"),
+            (self.assemble in ASSEMBLE_MODES, f"--assemble must be one of {ASSEMBLE_MODES}, got {self.assemble!r}"),
         ]
+        for name, lo, hi, lo_open in NUMERIC_RANGES:
+            v = getattr(self, name)
+            kind = int if isinstance(dataclasses.fields(self)[_FIELD_INDEX[name]].default, int) else float
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (kind is float or float(v).is_integer())
+            ok = ok and (v > lo if lo_open else v >= lo) and (hi is None or v <= hi)
+            rng = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
+            checks.append((ok, f"{option_name(name)} must be {'an integer' if kind is int else 'a finite number'} "
+                               f"{rng}, got {v!r}"))
+        checks.append((self.select_k in self.ks, f"--select-k {self.select_k} must be one of ks={self.ks}"))
         for ok, msg in checks:
             if not ok:
                 raise UserError(msg)
@@ -135,6 +148,9 @@ class TrainConfig:
     @property
     def run_path(self) -> Path:
         return Path(self.run_dir)
+
+
+_FIELD_INDEX = {f.name: i for i, f in enumerate(dataclasses.fields(TrainConfig))}
 
 
 def _norm(v):

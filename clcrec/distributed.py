@@ -72,6 +72,26 @@ def wrap(model: torch.nn.Module, device: torch.device, ctx: DistContext) -> torc
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
 
 
+def main_first(ctx: DistContext, fn) -> None:
+    """Run `fn` on rank 0 while the other ranks wait; a UserError there is re-raised on every rank
+    with the same message, so they exit with that one line instead of a collective's traceback."""
+    from pipeline.errors import UserError
+
+    error = None
+    if ctx.is_main:
+        try:
+            fn()
+        except UserError as e:
+            error = e
+    if ctx.enabled:
+        box = [None if error is None else str(error)]
+        tdist.broadcast_object_list(box, src=0)  # also the barrier the old code had here
+        if box[0] is not None and error is None:
+            raise UserError(box[0])
+    if error is not None:
+        raise error
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         tdist.barrier()

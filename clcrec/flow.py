@@ -72,13 +72,22 @@ def run_training(cfg: TrainConfig, *, scale: str = "default", console: Console |
     from clcrec.execution import wants_cuda
 
     ctx = dist.init(wants_cuda(cfg))  # under torchrun: rank 0 prepares data and cache, the others wait
-    if ctx.is_main:
+
+    def prepare() -> None:
+        from pipeline.fsutil import check_output_dir
+
+        check_output_dir(Path(cfg.run_dir), "--run-dir")  # before any data or cache is made
         if synthetic:
             ensure_synthetic(Path(cfg.dataset), scale, cfg.seed, console)
         elif not (Path(cfg.dataset) / "meta.json").exists():
             raise UserError(f"{cfg.dataset} is not a dataset directory; create it with `cli.py ingest ...`")
+        from clcrec.train import check_selectable
+        from pipeline.dataset import load_dataset
+
+        check_selectable(load_dataset(cfg.dataset), cfg)  # verified once here, before a cache is built
         ensure_cache(Path(cfg.dataset), Path(cfg.cache), cfg.num_neg, cfg.seed, console)
-    dist.barrier(ctx)
+
+    dist.main_first(ctx, prepare)  # a refusal on rank 0 reaches every rank as the same one line
     results = train(cfg, console=console)
     if results:
         report(cfg.run_dir, results, console)

@@ -12,7 +12,6 @@ training, recommendations for every user and the Python API live in clcrec/api.p
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from clcrec.checkpoint import RunDir, load_checkpoint
+from clcrec.checkpoint import RunDir, check_model_state, load_checkpoint
 from clcrec.config import TrainConfig
 from clcrec.model import CLCRec, concat_normalised_features
 from pipeline.dataset import STATUS_NAMES, Dataset, load_dataset
@@ -44,7 +43,10 @@ class LoadedRun:
 def load_run(run_dir: Path, which: str = "best") -> LoadedRun:
     run = RunDir(run_dir)
     record = run.read_config()
-    cfg = TrainConfig.from_dict(record["config"])
+    try:
+        cfg = TrainConfig.from_dict(record["config"])
+    except TypeError as e:  # an unknown-typed or mangled field in a hand-edited config.json
+        raise UserError(f"{run.config_path} holds an invalid config ({e}); start a new run") from None
     ck = load_checkpoint(run.best if which == "best" else run.last)
     dataset = load_dataset(cfg.dataset)
     if ck["dataset_fingerprint"] != dataset.fingerprint:
@@ -54,14 +56,21 @@ def load_run(run_dir: Path, which: str = "best") -> LoadedRun:
         )
     feats = concat_normalised_features([dataset.features[m] for m in ck["modalities"]])
     model = CLCRec(dataset.num_users, dataset.num_items, feats, cfg.dim_E, cfg.hidden, cfg.temp_value, cfg.lr_lambda, cfg.num_sample)
+    check_model_state(ck, model, run.best if which == "best" else run.last)
     model.load_state_dict(ck["model"])
     model.eval()
     return LoadedRun(cfg, dataset, model, ck)
 
 
-def evaluate_run(run_dir: Path, splits=("val", "test")) -> dict:
+def evaluate_run(run_dir: Path, splits=("val", "test"), ks: tuple[int, ...] = ()) -> dict:
+    """Metrics of the best checkpoint; `ks` (cut-offs to show) must be among the run's."""
     from clcrec.evaluate import EvalConfig, evaluate_ranking
 
+    run_ks = RunDir(run_dir).read_config()["config"].get("ks", [10, 20, 50])
+    unknown = [k for k in ks if k not in run_ks]
+    if unknown:
+        raise UserError(f"--k {unknown[0]} is not among the cut-offs run {run_dir} evaluates ({run_ks}); "
+                        f"pass --k with one of them")
     lr = load_run(run_dir)
     users, items = lr.tables()
     ecfg = EvalConfig(ks=tuple(lr.cfg.ks), user_block=lr.cfg.eval_block)
@@ -84,20 +93,30 @@ def recommend(run_dir: Path, user: str, k: int = 10, include_seen: bool = False,
     )
 
 
-def export_embeddings(run_dir: Path, out_dir: Path | None = None) -> Path:
-    """Write users.npy / items.npy (the ranking tables) and their id tables under out_dir."""
-    from pipeline.fsutil import atomic_write_bytes
+def export_embeddings(run_dir: Path, out_dir: Path | None = None, force: bool = False) -> Path:
+    """Write users.npy / items.npy (the ranking tables) and their id tables under out_dir, built
+    beside it and renamed into place; an existing out_dir is replaced only with `force`."""
+    import shutil
 
-    lr = load_run(run_dir)
+    from pipeline.fsutil import check_output_dir, fsync_tree, make_tmp_dir, publish_dir
+
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "embeddings"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out_dir, "--out")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise UserError(f"--out {out_dir} already holds files (an earlier export?); pass --force to replace it")
+    lr = load_run(run_dir)
     users, items = lr.tables()
-    for name, arr in (("users.npy", users.numpy()), ("items.npy", items.numpy())):
-        buf = io.BytesIO()
-        np.save(buf, arr.astype(np.float32))
-        atomic_write_bytes(out_dir / name, buf.getvalue())
-    lr.dataset.user_ids().write_parquet(out_dir / "user_ids.parquet")
-    lr.dataset.item_ids().with_columns(
-        pl.Series("status", [STATUS_NAMES[int(s)] for s in lr.dataset.item_status])
-    ).write_parquet(out_dir / "item_ids.parquet")
+    tmp = make_tmp_dir(out_dir)
+    try:
+        np.save(tmp / "users.npy", users.numpy().astype(np.float32))
+        np.save(tmp / "items.npy", items.numpy().astype(np.float32))
+        lr.dataset.user_ids().write_parquet(tmp / "user_ids.parquet")
+        lr.dataset.item_ids().with_columns(
+            pl.Series("status", [STATUS_NAMES[int(s)] for s in lr.dataset.item_status])
+        ).write_parquet(tmp / "item_ids.parquet")
+        fsync_tree(tmp)
+        publish_dir(tmp, out_dir, force=out_dir.exists())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out_dir

@@ -18,7 +18,9 @@ from rich.console import Console
 
 from cache.store import CacheStore
 from clcrec import distributed as dist
-from clcrec.checkpoint import RunDir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from clcrec.checkpoint import (
+    RunDir, check_model_state, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+)
 from clcrec.config import TrainConfig
 from clcrec.evaluate import EvalConfig, RankingEvaluator
 from clcrec.generations import AHEAD, GenerationSupply, check_cache
@@ -43,6 +45,24 @@ def upcoming_generations(cfg: TrainConfig, epoch: int, ahead: int) -> list[int]:
     return out
 
 
+def check_selectable(ds, cfg: TrainConfig) -> None:
+    """Refuse a run whose model selection would read an empty metric: no validation data, or
+    --select-mode cold (or warm) on a split without validation interactions of that kind."""
+    val = np.asarray(ds.val)
+    cold = bool(val.size) and bool((ds.item_status[val[:, 1]] != 0).any())
+    warm = bool(val.size) and bool((ds.item_status[val[:, 1]] == 0).any())
+    need = {"cold": cold, "warm": warm, "all": cold or warm, "mean": cold and warm}[cfg.select_mode]
+    if not need:
+        what = {"cold": "cold items", "warm": "warm items", "all": "interactions",
+                "mean": "warm and cold items"}[cfg.select_mode]
+        alt = [m for m, ok in (("warm", warm), ("all", cold or warm)) if ok and m != cfg.select_mode]
+        raise UserError(
+            f"dataset {ds.root} has no validation {what}, so --select-mode {cfg.select_mode} would select "
+            f"epochs on a recall that is always 0; "
+            + (f"pass --select-mode {alt[0]}" if alt else "ingest it with validation data (--val-fraction, --cold-fraction)")
+        )
+
+
 def select_score(val: dict, cfg: TrainConfig) -> float:
     key = f"recall@{cfg.select_k}"
     if cfg.select_mode == "mean":
@@ -57,11 +77,13 @@ class Trainer:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.run = RunDir(cfg.run_dir)
+        self.run_lock = None  # rank 0's lock on the run directory, taken in claim_run_dir
         self.resume = resume
         self.cfg = cfg
 
         # --- data: dataset, cache, and the check that they belong together ---
         self.dataset = load_dataset(cfg.dataset)
+        check_selectable(self.dataset, cfg)
         self.store = CacheStore(cfg.cache)
         check_cache(self.store, Path(cfg.dataset), self.dataset.fingerprint, cfg.num_neg)
         if cfg.batch_size % self.ctx.world:
@@ -119,7 +141,25 @@ class Trainer:
             "modalities": self.modalities,
         }
 
+    def claim_run_dir(self) -> None:
+        """Rank 0, before anything is written: lock the run directory (a second trainer exits
+        naming the holder) and, on resume, verify both checkpoints, not only the one read first."""
+        self.run_lock = self.run.lock()
+        if self.resume and self.run.last.exists():
+            for path in (self.run.last, self.run.best):
+                ck = load_checkpoint(path, map_location="cpu")
+                self.cfg.check_resumable(ck["config"])
+                if ck["dataset_fingerprint"] != self.dataset.fingerprint:
+                    raise DatasetChangedError(
+                        f"run {self.run.root} was trained on another dataset (fingerprint "
+                        f"{ck['dataset_fingerprint'][:12]}); it cannot be resumed on {self.cfg.dataset}"
+                    )
+                check_model_state(ck, self.model, path)
+        elif not self.resume:
+            self.run.create(self.run_record())
+
     def setup_run_dir(self) -> None:
+        dist.main_first(self.ctx, self.claim_run_dir)  # a refusal on rank 0 reaches every rank
         if self.resume and not self.run.last.exists():
             # Killed during its first epoch: nothing to resume, so start it again in place.
             self.run.read_config()  # still refuse a directory that is not a run
@@ -129,13 +169,8 @@ class Trainer:
                 self.run.create(self.run_record(), exist_ok=True)
         elif self.resume:
             # CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest.
-            ck = load_checkpoint(self.run.last, map_location="cpu")
+            ck = load_checkpoint(self.run.last, map_location="cpu")  # checked by rank 0 above
             self.cfg.check_resumable(ck["config"])
-            if ck["dataset_fingerprint"] != self.dataset.fingerprint:
-                raise DatasetChangedError(
-                    f"run {self.run.root} was trained on another dataset (fingerprint "
-                    f"{ck['dataset_fingerprint'][:12]}); it cannot be resumed on {self.cfg.dataset}"
-                )
             self.model.load_state_dict(ck["model"])
             self.opt.load_state_dict(ck["optimizer"])
             if ck["scaler"]:  # a disabled scaler (fp32/bf16) saved {}: resuming with fp16 starts it fresh
@@ -150,8 +185,6 @@ class Trainer:
                 for name in ("last.pt", "best.pt"):  # leftovers of a kill during a checkpoint write
                     clean_tmp_leftovers(self.run.ckpt_dir, name)
                 self.console.print(f"resuming {self.run.root} at epoch {self.start_epoch}")
-        elif self.ctx.is_main:
-            self.run.create(self.run_record())
         dist.barrier(self.ctx)
 
     # ------------------------------------------------------------------------------------------
@@ -221,7 +254,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> dict:
-        """Train with early stopping; returns the final results of the best checkpoint."""
+        """Train with early stopping; returns the final results of the best checkpoint. The run
+        directory's lock is released however this ends (the kernel drops it if we die)."""
+        try:
+            return self._fit()
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()
+                self.run_lock = None
+
+    def _fit(self) -> dict:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         cfg = self.cfg

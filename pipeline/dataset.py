@@ -4,7 +4,8 @@
 
 Layout of DATASET/ (all arrays are plain .npy, so later stages can memory-map them):
 
-    meta.json            counts, modalities and dims, split settings, source, fingerprint
+    meta.json            counts, modalities and dims, split settings, source, fingerprint,
+                         and a SHA-256 + size per file ("files"), checked on every open
     train.npy            int32 (N_train, 2)  rows (user, item), sorted by user then item
     val.npy              int32 (N_val, 2)    validation interactions (warm and cold items)
     test.npy             int32 (N_test, 2)   test interactions (warm and cold items)
@@ -18,6 +19,8 @@ Layout of DATASET/ (all arrays are plain .npy, so later stages can memory-map th
 Users and items are re-indexed to 0..n-1; the parquet tables map back to the original ids.
 The fingerprint is a SHA-256 of the interaction arrays, the item status and the features; caches
 and checkpoints record it and refuse to run against a dataset that changed under them.
+`load_dataset` re-hashes every file and checks shapes, dtypes, id ranges and finiteness before any
+stage sees the arrays (pipeline/integrity.py; CLCREC_SKIP_HASH=1 skips only the hashing).
 Writing is atomic (built in a temporary directory beside the target, fsynced, then renamed); a
 `--force` rewrite killed between its two renames is undone by the next write (fsutil.recover_aside).
 """
@@ -25,7 +28,6 @@ Writing is atomic (built in a temporary directory beside the target, fsynced, th
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +35,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from pipeline import integrity
 from pipeline.errors import InputError
 from pipeline.fsutil import (
+    check_new_target,
     aside_path, atomic_write_json, clean_tmp_leftovers, fsync_tree, make_tmp_dir, publish_dir, recover_aside,
 )
 
@@ -150,6 +154,19 @@ def check_pairs(name: str, pairs, num_users: int, num_items: int, error: type[Ex
     return pairs
 
 
+def check_float32_range(arr: np.ndarray, label: str) -> None:
+    """Refuse finite values that would become inf as float32 (named as overflow, not as NaN/inf)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and arr.size:
+        big = np.isfinite(arr) & (np.abs(arr) > np.finfo(np.float32).max)
+        if big.any():
+            row = int(np.argwhere(big)[0, 0]) if arr.ndim else 0
+            raise InputError(
+                f"{label} has {int(big.sum())} value(s) beyond float32's range (|x| > 3.4e38, first at "
+                f"row {row}): stored as float32 they would overflow to inf; rescale them"
+            )
+
+
 def validate_features(features: dict[str, np.ndarray], num_items: int, where: str = "") -> dict:
     """Return features as C-contiguous float32, refusing NaN/inf and misaligned rows."""
     if not features:
@@ -166,6 +183,7 @@ def validate_features(features: dict[str, np.ndarray], num_items: int, where: st
                 f"feature {name!r}{where} has {arr.shape[0]} rows but the dataset has {num_items} items; "
                 "rows must be aligned to the item index"
             )
+        check_float32_range(arr, f"feature {name!r}{where}")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         bad = ~np.isfinite(arr)
         if bad.any():
@@ -201,8 +219,7 @@ def write_dataset(
     """
     target = Path(target)
     recover_aside(target)  # a killed --force rewrite left the previous dataset aside: put it back
-    if target.exists() and not force:
-        raise InputError(f"{target} already exists; pass --force to replace it")
+    check_new_target(target, force)
     num_users, num_items = user_ids.height, item_ids.height
     if "original_id" not in user_ids.columns or "original_id" not in item_ids.columns:
         raise ValueError("user_ids and item_ids need an 'original_id' column")
@@ -243,6 +260,7 @@ def write_dataset(
         "split": split,
         "source": source,
         "fingerprint": fingerprint,
+        "files": {},  # filled below, once the files exist: {path: {"sha256", "bytes"}}
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra or {}),
     }
@@ -262,6 +280,8 @@ def write_dataset(
                 np.save(tmp / "extras" / f"{name}.npy", np.asarray(arr))
         user_ids.with_row_index("user").write_parquet(tmp / "users.parquet")
         item_ids.with_row_index("item").write_parquet(tmp / "items.parquet")
+        meta["files"] = integrity.record_files(tmp)  # checked on every open (pipeline/integrity.py)
+        meta["digest"] = integrity.json_digest(meta)  # meta.json's own content, checked on open
         atomic_write_json(tmp / "meta.json", meta)  # last: its presence marks completeness
         fsync_tree(tmp)  # on disk before the rename, so a power loss cannot publish empty files
         publish_dir(tmp, target, force=force)
@@ -275,43 +295,69 @@ def write_dataset(
 
 
 def load_dataset(root: Path, *, mmap: bool = True, modalities: list[str] | None = None) -> Dataset:
-    """Open a dataset directory. `modalities` selects feature files (default: all)."""
+    """Open and verify a dataset directory (pipeline/integrity.py). `modalities` selects feature
+    files (default: all). InputError names the file that is missing, changed or malformed."""
     root = Path(root)
+    meta = _read_meta_checked(root)
+    mode = "r" if mmap else None
+    dims = {m["name"]: m["dim"] for m in meta["modalities"]}
+    names = list(dims)
+    if modalities is not None:
+        unknown = sorted(set(modalities) - set(names))
+        if unknown:
+            raise InputError(f"dataset {root} has no modality {unknown}; it has {names}")
+        names = [n for n in names if n in modalities]
+    files = meta.get("files")
+    rels = list(files) if files else [*(f"{s}.npy" for s in SPLITS), "item_status.npy",
+                                     *(f"features/{n}.npy" for n in dims)]
+    known_good = integrity.already_verified(root, rels)
+    if files and not known_good:
+        if integrity.hashing_skipped():
+            integrity.tell_skip(root)
+        integrity.check_files(root, files)
+    arrays = {s: integrity.load_npy(root / f"{s}.npy", mmap) for s in SPLITS}
+    status = integrity.load_npy(root / "item_status.npy", False)
+    wanted = names if known_good else list(dims)  # a first open checks every feature file
+    feats = {n: integrity.load_npy(root / "features" / f"{n}.npy", mmap) for n in wanted}
+    if not known_good:
+        nu, ni = meta["num_users"], meta["num_items"]
+        for s in SPLITS:
+            integrity.check_pairs_file(root / f"{s}.npy", arrays[s], nu, ni)
+        integrity.check_status(root / "item_status.npy", status, ni, arrays["train"])
+        for n, arr in feats.items():
+            integrity.check_features(root / "features" / f"{n}.npy", arr, ni, dims[n])
+        if not files:  # written before per-file hashes: the fingerprint is all there is to compare
+            if integrity.hashing_skipped():
+                integrity.tell_skip(root)
+            elif compute_fingerprint(arrays, status, feats) != meta["fingerprint"]:
+                raise InputError(
+                    f"dataset {root} changed since ingest: its arrays no longer match the fingerprint in "
+                    "meta.json (it predates per-file hashes, so the changed file cannot be named); "
+                    "restore it or re-run the ingest"
+                )
+        integrity.remember_verified(root, rels)
+    feats = {n: feats[n] for n in names}
+    return Dataset(root=root, meta=meta, item_status=status, features=feats, **arrays)
+
+
+def _read_meta_checked(root: Path) -> dict:
     meta_path = root / "meta.json"
     if not meta_path.exists() and not root.exists() and aside_path(root).is_dir():
         raise InputError(
             f"{root} is missing but {aside_path(root)} holds its previous copy (a --force ingest was "
             f"killed while replacing it); the next ingest into {root} restores it, or rename it back"
         )
-    if not meta_path.exists():
+    if not meta_path.is_file():
         raise InputError(
             f"{root} is not a dataset directory (no meta.json); create one with `cli.py ingest ...` "
             "or `cli.py synth`"
         )
-    meta = json.loads(meta_path.read_text())
+    meta = integrity.read_meta(root)
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{meta_path} is not a {FORMAT} v{FORMAT_VERSION} dataset; re-run the ingest")
-    mode = "r" if mmap else None
-    names = [m["name"] for m in meta["modalities"]]
-    if modalities is not None:
-        unknown = sorted(set(modalities) - set(names))
-        if unknown:
-            raise InputError(f"dataset {root} has no modality {unknown}; it has {names}")
-        names = [n for n in names if n in modalities]
-    return Dataset(
-        root=root,
-        meta=meta,
-        train=np.load(root / "train.npy", mmap_mode=mode),
-        val=np.load(root / "val.npy", mmap_mode=mode),
-        test=np.load(root / "test.npy", mmap_mode=mode),
-        item_status=np.load(root / "item_status.npy"),
-        features={n: np.load(root / "features" / f"{n}.npy", mmap_mode=mode) for n in names},
-    )
+    return meta
 
 
 def read_fingerprint(root: Path) -> str:
     """The recorded fingerprint of a dataset directory, without loading arrays."""
-    meta_path = Path(root) / "meta.json"
-    if not meta_path.exists():
-        raise InputError(f"{root} is not a dataset directory (no meta.json)")
-    return json.loads(meta_path.read_text())["fingerprint"]
+    return _read_meta_checked(Path(root))["fingerprint"]

@@ -139,3 +139,42 @@ def clean_tmp_leftovers(parent: Path, name: str) -> int:
             p.unlink(missing_ok=True)
         n += 1
     return n
+
+
+def check_output_dir(path: Path, what: str) -> None:
+    """Refuse an output directory that cannot work, before any work is done: a path that is a file
+    or a dangling symlink, one under a file, or one whose nearest existing ancestor cannot be
+    written (permissions, an immutable or read-only directory: probed by creating a file there).
+    UserError names `what` (the option or argument) and the path."""
+    from pipeline.errors import UserError
+
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise UserError(f"{what} {p} is a dangling symbolic link (to {os.readlink(p)}); remove it or pass another path")
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {p} is a file, not a directory; pass a directory path")
+    probe = p
+    if not p.exists():
+        for parent in p.absolute().parents:
+            if os.path.lexists(parent):
+                if not parent.is_dir():
+                    raise UserError(f"{what} {p}: {parent} is a file, so nothing can be created under it; "
+                                    "pass another path")
+                probe = parent
+                break
+    try:
+        fd, name = tempfile.mkstemp(prefix=TMP_PREFIX + "probe.", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise UserError(f"{what} {p}: cannot write in {probe} ({e.strerror}); choose a writable location "
+                        "or fix its permissions") from None
+
+
+def check_new_target(target: Path, force: bool, what: str = "target") -> None:
+    """A dataset (or export) directory about to be written: writable, and new unless `force`."""
+    from pipeline.errors import InputError
+
+    check_output_dir(target, what)
+    if Path(target).exists() and not force:
+        raise InputError(f"{target} already exists; pass --force to replace it")

@@ -20,6 +20,7 @@ import polars as pl
 from rich.console import Console
 
 from pipeline.dataset import write_dataset
+from pipeline.fsutil import check_new_target
 from pipeline.errors import InputError
 from pipeline.split import SplitConfig, map_cold_items, split_cold_items
 
@@ -44,6 +45,10 @@ class IngestConfig:
     item_col: str = "item"
     features: tuple[FeatureSpec, ...] = ()  # table: one per modality
     allow_pickle: bool = False  # reference .npy layout: those files are pickles (they run code)
+
+    def __post_init__(self):
+        if isinstance(self.title_dim, bool) or not isinstance(self.title_dim, int) or self.title_dim < 1:
+            raise InputError(f"--title-dim must be an integer >= 1, got {self.title_dim!r}")
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -97,8 +102,7 @@ def assemble(
     """
     t0 = time.perf_counter()
     target = Path(target)
-    if target.exists() and not force:
-        raise InputError(f"{target} already exists; pass --force to replace it")
+    check_new_target(target, force)
     if interactions.height == 0:
         raise InputError(f"{label} has no interactions")
     n_raw = interactions.height

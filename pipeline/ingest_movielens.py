@@ -70,6 +70,19 @@ def _read_lines(path: Path) -> pl.Series:
     return lines.filter(lines.str.strip_chars() != "")
 
 
+def _require_columns(source, path: Path, wanted: list[str], what: str) -> None:
+    """One line naming the file, the missing columns and the header found (polars would print
+    its query plan instead)."""
+    try:
+        have = pl.read_csv(source, n_rows=0, infer_schema=False).columns
+    except pl.exceptions.PolarsError as e:
+        raise InputError(f"{what} file {path} could not be parsed: {str(e).splitlines()[0]}") from None
+    missing = [c for c in wanted if c not in have]
+    if missing:
+        raise InputError(f"{what} file {path} lacks the column(s) {', '.join(missing)}; its header has "
+                         f"{', '.join(have) or 'no columns'} (expected {', '.join(wanted)})")
+
+
 def _ratings(path: Path, release: str) -> pl.DataFrame:
     """(user, item) Int64 original ids of every rating row."""
     try:
@@ -80,10 +93,9 @@ def _ratings(path: Path, release: str) -> pl.DataFrame:
             df = pl.read_csv(path, has_header=False, separator=":", infer_schema=False, quote_char=None)
             cols = df.columns[0:3:2]
         else:
+            _require_columns(path, path, ["userId", "movieId"], "ratings")
             df = pl.read_csv(path, columns=["userId", "movieId"], infer_schema=False)
             cols = ["userId", "movieId"]
-    except pl.exceptions.ColumnNotFoundError as e:
-        raise InputError(f"ratings file {path} lacks the columns userId, movieId ({e})") from None
     except pl.exceptions.ComputeError as e:
         raise InputError(f"ratings file {path} could not be parsed: {e}") from None
     if len(df.columns) < 2 or len(cols) < 2:
@@ -123,10 +135,9 @@ def _movies_generic(path: Path, release: str) -> tuple[pl.DataFrame, pl.Series, 
             raise InputError(f"movies file {path} has a line not of the form MovieID::Title::Genres: {bad!r}")
         ids, titles, genres = parts["1"], parts["2"], parts["3"]
     else:
-        try:
-            df = pl.read_csv(_utf8_bytes(path), columns=["movieId", "title", "genres"], infer_schema=False)
-        except pl.exceptions.ColumnNotFoundError as e:
-            raise InputError(f"movies file {path} lacks the columns movieId, title, genres ({e})") from None
+        data = _utf8_bytes(path)
+        _require_columns(data, path, ["movieId", "title", "genres"], "movies")
+        df = pl.read_csv(data, columns=["movieId", "title", "genres"], infer_schema=False)
         ids, titles, genres = df["movieId"], df["title"], df["genres"]
     items = pl.DataFrame({"original_id": integer_ids(ids, f"{path} movie ids"), "title": titles})
     return items, genres.fill_null("").str.split("|"), title_year(titles)

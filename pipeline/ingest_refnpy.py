@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.dataset import COLD_TEST, COLD_VAL, validate_features, write_dataset
+from pipeline.dataset import check_float32_range, COLD_TEST, COLD_VAL, validate_features, write_dataset
+from pipeline.fsutil import check_new_target
 from pipeline.errors import InputError
 from pipeline.ingest_common import IngestConfig, console, require_file
 
@@ -143,8 +144,7 @@ def ingest_refnpy(
     src, target = Path(source), Path(target)
     if not src.is_dir():
         raise InputError(f"reference data directory {src} does not exist")
-    if target.exists() and not force:
-        raise InputError(f"{target} already exists; pass --force to replace it")
+    check_new_target(target, force)
     ap = config.allow_pickle
     features = {m: _load(src / f"feat_{m}.npy", ap) for m in MODALITIES if (src / f"feat_{m}.npy").exists()}
     if not features:
@@ -155,6 +155,7 @@ def ingest_refnpy(
     num_item = next(iter(rows.values()))
     for m in list(features):
         try:
+            check_float32_range(features[m], str(src / f"feat_{m}.npy"))
             features[m] = np.asarray(features[m], dtype=np.float32)
         except (TypeError, ValueError):
             raise InputError(f"{src / f'feat_{m}.npy'} must hold numbers") from None

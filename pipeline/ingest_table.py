@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.dataset import validate_features
+from pipeline.fsutil import check_new_target
 from pipeline.errors import InputError
 from pipeline.ingest_common import FeatureSpec, IngestConfig, assemble, console, integer_ids, require_file
 
@@ -83,7 +84,12 @@ def read_feature(spec: FeatureSpec, item_col: str) -> tuple[pl.Series, np.ndarra
         except ValueError as e:
             raise InputError(f"feature file {path} is not a plain numeric .npy array ({e})") from None
         ids = integer_ids(_read_ids(spec.ids), f"item-id order file {spec.ids}")
-        if mat.ndim != 2 or mat.shape[0] != len(ids):
+        if mat.ndim != 2:
+            raise InputError(
+                f"feature file {path} is a {mat.ndim}-D array of shape {mat.shape}; it must be 2-D "
+                "(one row of features per id in the order file): reshape it, e.g. to (n, 1)"
+            )
+        if mat.shape[0] != len(ids):
             raise InputError(
                 f"feature file {path} has shape {mat.shape} but {spec.ids} lists {len(ids)} ids; "
                 "they must have one row per id"
@@ -127,8 +133,7 @@ def ingest_table(
 ) -> Path:
     """Read an interactions table and its feature files; write the dataset directory `target`."""
     path, target = Path(interactions_path), Path(target)
-    if target.exists() and not force:
-        raise InputError(f"{target} already exists; pass --force to replace it")
+    check_new_target(target, force)
     if not config.features:
         raise InputError("no --feature given; CLCRec needs at least one item content modality (NAME=PATH)")
     names = [s.name for s in config.features]

@@ -36,15 +36,26 @@ class SplitConfig:
     test_fraction: float = 0.1  # of the warm interactions
     cold_items_file: Path | None = None  # original item ids, one per line; replaces random choice
 
+    def __post_init__(self):
+        self.validate()  # at the boundary: a bad option fails before any file is read
+
     def validate(self) -> None:
+        import math
+
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise InputError(f"--seed must be an integer in 0..2^63-1, got {self.seed!r}")
+        for name, v in (("--cold-fraction", self.cold_fraction), ("--cold-val-share", self.cold_val_share),
+                        ("--val-fraction", self.val_fraction), ("--test-fraction", self.test_fraction)):
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise InputError(f"{name} must be a finite number, got {v!r}")
         if not 0.0 <= self.cold_fraction < 1.0:
-            raise InputError(f"cold fraction must be in [0, 1), got {self.cold_fraction}")
+            raise InputError(f"--cold-fraction must be in [0, 1), got {self.cold_fraction}")
         if not 0.0 <= self.cold_val_share <= 1.0:
-            raise InputError(f"cold validation share must be in [0, 1], got {self.cold_val_share}")
+            raise InputError(f"--cold-val-share must be in [0, 1], got {self.cold_val_share}")
         if self.val_fraction < 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
             raise InputError(
-                f"validation and test fractions must be >= 0 and sum to less than 1 "
-                f"(got {self.val_fraction} + {self.test_fraction})"
+                f"validation and test fractions (--val-fraction, --test-fraction) must be >= 0 and sum to "
+                f"less than 1 (got {self.val_fraction} + {self.test_fraction})"
             )
 
     def to_meta(self) -> dict:
@@ -112,6 +123,15 @@ def split_cold_items(
     label[warm[perm[:n_val]]] = COLD_VAL
     label[warm[perm[n_val : n_val + n_test]]] = COLD_TEST
     del perm, warm
+    # Held-out data that was asked for but rounds away on small data is refused here, not later
+    # as a puzzling training error; all fractions 0 writes a dataset without held-out data on purpose.
+    for code, name, frac in ((COLD_VAL, "validation", config.val_fraction), (COLD_TEST, "test", config.test_fraction)):
+        if frac > 0 and not (label == code).any():
+            raise InputError(
+                f"the split leaves no {name} interactions ({len(pairs)} interaction(s), {len(active)} item(s) "
+                "are too few for the fractions asked); provide more data, or pass "
+                "--val-fraction 0 --test-fraction 0 to write a dataset without held-out data on purpose"
+            )
     return SplitResult(  # boolean selection keeps the (user, item) order
         train=pairs[label == WARM], val=pairs[label == COLD_VAL], test=pairs[label == COLD_TEST],
         item_status=item_status,

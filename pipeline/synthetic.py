@@ -46,6 +46,7 @@ import polars as pl
 from numba import njit, prange
 
 from pipeline.dataset import write_dataset
+from pipeline.fsutil import check_new_target
 from pipeline.errors import InputError
 from pipeline.split import SplitConfig, split_cold_items
 
@@ -82,6 +83,8 @@ class SynthConfig:
 
     def resolved(self) -> "SynthConfig":
         """A copy with every size filled from the scale (unknown scale -> InputError)."""
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise InputError(f"--seed must be an integer in 0..2^63-1, got {self.seed!r}")
         if self.scale not in SCALES:
             raise InputError(f"unknown synthetic scale {self.scale!r}; use one of {sorted(SCALES)}")
         sizes = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in SCALES[self.scale].items()}
@@ -296,8 +299,7 @@ def write_synthetic(
 ) -> Path:
     """Generate the dataset described by `config` and write it to `target`; returns the path."""
     target = Path(target)
-    if target.exists() and not force:
-        raise InputError(f"{target} already exists; pass --force to replace it")
+    check_new_target(target, force)
     t0 = time.perf_counter()
     cfg = config.resolved()
     planted = plant_factors(cfg)

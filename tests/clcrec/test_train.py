@@ -191,7 +191,9 @@ def test_training_does_not_depend_on_the_thread_count(tiny_dataset, tiny_cache, 
 
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_scratch(tiny_dataset, tiny_cache, tmp_path):
     cfg = config(tiny_dataset, tiny_cache, tmp_path / "run", epochs=2)
-    Trainer(cfg, console=quiet()).setup_run_dir()  # config.json written, no checkpoint: a kill here
+    killed = Trainer(cfg, console=quiet())
+    killed.setup_run_dir()  # config.json written, no checkpoint: a kill here
+    killed.run_lock.release()  # as the kernel does for a killed trainer
     assert (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
     results = train(cfg, resume=True, console=quiet())
     assert [m["epoch"] for m in (json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())] == [0, 1]
@@ -223,9 +225,9 @@ def test_a_fp32_run_resumes_under_fp16_with_a_fresh_grad_scaler(tiny_dataset, ti
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("log_every", 0, "log_every must be >= 1"),
-    ("eval_block", 0, "eval_block must be >= 1"),
-    ("select_k", 5, "select_k=5 must be one of ks"),
+    ("log_every", 0, "--log-every must be an integer >= 1, got 0"),
+    ("eval_block", 0, "--eval-block must be an integer >= 1"),
+    ("select_k", 5, "--select-k 5 must be one of ks"),
     ("amp", "fp8", "amp must be one of"),
 ])
 def test_bad_config_values_are_refused_with_a_message(tiny_dataset, tiny_cache, tmp_path, field, value, message):

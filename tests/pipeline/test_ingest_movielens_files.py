@@ -103,7 +103,7 @@ def test_bad_movielens_inputs(ml1m_small, mlcsv_small, tmp_path):
     with pytest.raises(InputError, match=r"ratings file .*ratings.dat is empty"):
         ingest_movielens(ml1m_small, tmp_path / "b")
     (mlcsv_small / "movies.csv").write_text("movieId,name\n1,x\n")
-    with pytest.raises(InputError, match=r"movies.csv lacks the columns movieId, title, genres"):
+    with pytest.raises(InputError, match=r"movies.csv lacks the column\(s\) title, genres; its header has movieId, name"):
         ingest_movielens(mlcsv_small, tmp_path / "c")
     (mlcsv_small / "ratings.csv").write_text("userId,movieId\n1,2\nx,3\n")
     with pytest.raises(InputError, match=r"ratings.csv user ids must hold integer ids; found 'x'"):

@@ -100,16 +100,18 @@ def test_map_cold_items(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    "cfg, msg",
+    "kw, msg",
     [
-        (SplitConfig(cold_fraction=1.0), "cold fraction must be in"),
-        (SplitConfig(val_fraction=0.5, test_fraction=0.5), "sum to less than 1"),
-        (SplitConfig(cold_val_share=1.5), "cold validation share"),
+        (dict(cold_fraction=1.0), "--cold-fraction must be in"),
+        (dict(val_fraction=0.5, test_fraction=0.5), "sum to less than 1"),
+        (dict(cold_val_share=1.5), "--cold-val-share must be in"),
+        (dict(val_fraction=float("nan")), "--val-fraction must be a finite number"),
+        (dict(seed=-1), "--seed must be an integer"),
     ],
 )
-def test_bad_split_settings(cfg, msg):
-    with pytest.raises(InputError, match=msg):
-        split_cold_items(random_pairs(), 150, cfg)
+def test_bad_split_settings(kw, msg):
+    with pytest.raises(InputError, match=msg):  # refused where the config is made, before any data
+        SplitConfig(**kw)
 
 
 def test_split_without_training_data_is_refused():

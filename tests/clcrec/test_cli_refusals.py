@@ -1,0 +1,270 @@
+"""Every user mistake of issue 9, against the real CLI: exit 1, one line naming the path or option,
+no traceback, and nothing on disk changed (the watched paths hash the same before and after).
+
+The cases run through cli_batch.py: one process imports the CLI once and forks a real `cli.main()`
+process per case (a `python cli.py` start costs ~2 s of imports; the table has ~40 cases).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from cache.lock import OwnedLock
+from conftest import NUM_NEG
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_batch(cases: list[dict], tmp: Path) -> list[dict]:
+    spec, out = tmp / "cases.json", tmp / "results.json"
+    spec.write_text(json.dumps([{"argv": [str(a) for a in c["argv"]], "env": c.get("env", {}),
+                                 "watch": [str(w) for w in c.get("watch", [])]} for c in cases]))
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("cli_batch.py")), str(spec), str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def assert_refused(case: dict, res: dict) -> None:
+    out = res["out"]
+    assert res["rc"] == 1, (case["argv"], res)
+    assert "Traceback" not in out, (case["argv"], out)
+    flat = " ".join(out.split())
+    for frag in case["says"]:
+        assert frag in flat, (case["argv"], frag, out)
+    assert res["changed"] == [], (case["argv"], res["changed"])
+
+
+@pytest.fixture(scope="module")
+def world(tiny_dataset, tiny_cache, tmp_path_factory) -> dict:
+    """A dataset copy, its cache, a one-epoch run, and the bad inputs the cases need."""
+    from clcrec.config import TrainConfig
+    from clcrec.train import train
+    from pipeline.ingest_common import IngestConfig
+    from pipeline.ingest_table import ingest_table, parse_feature_spec
+    from pipeline.split import SplitConfig
+
+    root = tmp_path_factory.mktemp("refusals")
+    w = {"root": root, "ds": root / "ds", "cache": root / "cache", "run": root / "run"}
+    shutil.copytree(tiny_dataset, w["ds"])
+    shutil.copytree(tiny_cache, w["cache"])
+    train(TrainConfig(dataset=str(w["ds"]), cache=str(w["cache"]), run_dir=str(w["run"]), num_neg=NUM_NEG,
+                      epochs=1, batch_size=512, l_r=0.005))
+    (root / "afile").write_text("not a directory\n")
+    os.symlink(root / "nowhere", root / "dangling")
+
+    ml = root / "ml"  # a MovieLens csv release, and two with a header lacking a column
+    ml.mkdir()
+    rows = [(u, i) for u in range(1, 21) for i in range(1, 31) if (u * 7 + i * 3) % 4 == 0]
+    (ml / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},4,1\n" for u, i in rows))
+    (ml / "movies.csv").write_text("movieId,title,genres\n" + "".join(f"{i},M{i} (1990),Drama\n" for i in range(1, 31)))
+    for name, bad in (("ml-bad-ratings", "ratings.csv"), ("ml-bad-movies", "movies.csv")):
+        shutil.copytree(ml, root / name)
+        text = (root / name / bad).read_text().split("\n", 1)
+        (root / name / bad).write_text((text[0].replace("movieId", "item") if bad == "ratings.csv" else text[0].replace("title", "name")) + "\n" + text[1])
+
+    (root / "one.csv").write_text("user,item\n1,10\n")  # a 1-row table
+    np.save(root / "one.npy", np.ones((1, 2)))
+    (root / "one_ids.txt").write_text("10\n")
+    (root / "t.csv").write_text("user,item\n" + "".join(f"{u},{i}\n" for u in range(12) for i in range(8) if (u + i) % 3))
+    (root / "ids8.txt").write_text("".join(f"{i}\n" for i in range(8)))
+    np.save(root / "flat.npy", np.ones(8))  # 1-D
+    huge = np.ones((8, 2))
+    huge[5, 1] = 1e300  # finite in float64, inf in float32
+    np.save(root / "huge.npy", huge)
+    np.save(root / "f8.npy", np.arange(16, dtype=np.float64).reshape(8, 2))
+    # a dataset without validation cold items (cold fraction 0), for --select-mode cold
+    cfg = IngestConfig(split=SplitConfig(cold_fraction=0.0), features=(parse_feature_spec(f"f={root / 'f8.npy'}:{root / 'ids8.txt'}"),))
+    ingest_table(root / "t.csv", root / "nocold", cfg)
+
+    # damaged copies
+    def copy(src, name):
+        shutil.copytree(src, root / name)
+        return root / name
+
+    for name in ("trunc_best", "trunc_last", "empty_best", "trunc_config", "pickled"):
+        copy(w["run"], name)
+    raw = (w["run"] / "checkpoints" / "best.pt").read_bytes()
+    (root / "trunc_best" / "checkpoints" / "best.pt").write_bytes(raw[: len(raw) // 3])
+    (root / "empty_best" / "checkpoints" / "best.pt").write_bytes(b"")
+    last = (w["run"] / "checkpoints" / "last.pt").read_bytes()
+    (root / "trunc_last" / "checkpoints" / "last.pt").write_bytes(last[: len(last) // 2])
+    cfg_text = (w["run"] / "config.json").read_text()
+    (root / "trunc_config" / "config.json").write_text(cfg_text[: len(cfg_text) // 2])
+    meta_text = (w["ds"] / "meta.json").read_text()
+    copy(w["ds"], "trunc_meta")
+    (root / "trunc_meta" / "meta.json").write_text(meta_text[:40])
+    copy(w["ds"], "nokey_meta")
+    meta = json.loads(meta_text)
+    del meta["num_items"], meta["digest"]  # without the digest, which would refuse it first
+    (root / "nokey_meta" / "meta.json").write_text(json.dumps(meta))
+    train_arr = np.load(w["ds"] / "train.npy")
+    copy(w["ds"], "float_train")
+    np.save(root / "float_train" / "train.npy", train_arr.astype(np.float32))
+    copy(w["ds"], "bad_id")
+    bad = train_arr.copy()
+    bad[3, 1] = 9999
+    np.save(root / "bad_id" / "train.npy", bad)
+    copy(w["ds"], "nan_feat")
+    v = np.load(w["ds"] / "features" / "v.npy")
+    v[4, 0] = np.nan
+    np.save(root / "nan_feat" / "features" / "v.npy", v)
+    copy(w["ds"], "flipped")
+    flip_byte(root / "flipped" / "train.npy", random.Random(1))
+    legacy = copy(w["ds"], "legacy")  # written before per-file hashes: no "files", no "digest"
+    meta = json.loads(meta_text)
+    del meta["files"], meta["digest"]
+    (legacy / "meta.json").write_text(json.dumps(meta))
+    copy(legacy, "legacy_flipped")  # an edit the structural checks cannot see: another warm item
+    edited = train_arr.copy()
+    edited[0, 1] = next(i for i in train_arr[:, 1] if i != train_arr[0, 1])
+    np.save(root / "legacy_flipped" / "train.npy", edited)
+    copy(w["run"], "exported")
+    return w
+
+
+def flip_byte(path: Path, rng: random.Random, header_too: bool = True) -> int:
+    """Flip one random bit of one random byte of `path` in place; returns the offset."""
+    raw = bytearray(path.read_bytes())
+    at = rng.randrange(len(raw))
+    raw[at] ^= 1 << rng.randrange(8)
+    path.write_bytes(bytes(raw))
+    return at
+
+
+def cases(w: dict) -> list[dict]:
+    r, ds, cache, run = w["root"], w["ds"], w["cache"], w["run"]
+    trn = ["train", "--dataset", ds, "--cache", cache, "--num-neg", NUM_NEG]
+    new = r / "new"
+    ml = ["ingest", "movielens", r / "ml", new]
+    tab = ["ingest", "table", r / "t.csv", new]
+    return [
+        # output paths
+        dict(argv=["synth", r / "afile" / "x", "--scale", "tiny"], says=["afile is a file"], watch=[r / "afile"]),
+        dict(argv=["synth", r / "dangling", "--scale", "tiny"], says=["dangling is a dangling symbolic link"], watch=[r / "dangling", r / "nowhere"]),
+        dict(argv=["synth", "/proc/clcrec-x", "--scale", "tiny"], says=["/proc/clcrec-x", "cannot write in /proc"], watch=["/proc/clcrec-x"]),
+        dict(argv=[*ml[:3], r / "afile"], says=["target", "afile is a file"], watch=[r / "afile"]),
+        dict(argv=[*trn, "--run-dir", r / "afile"], says=["--run-dir", "afile is a file"], watch=[r / "afile", cache]),
+        dict(argv=["train", "--dataset", ds, "--cache", r / "afile", "--run-dir", new], says=["cache directory", "afile is a file"], watch=[r / "afile", new]),
+        dict(argv=["build-negatives", ds, r / "afile" / "c"], says=["afile is a file"], watch=[r / "afile"]),
+        dict(argv=["build-negatives", ds, ds], says=["cache directory", "is a dataset directory"], watch=[ds]),
+        dict(argv=["export", run, "--out", r / "afile"], says=["--out", "afile is a file"], watch=[r / "afile"]),
+        dict(argv=["export", r / "exported"], says=["--force"], watch=[r / "exported"], first=["export", r / "exported"]),
+        # numeric options at the boundary
+        dict(argv=["synth", new, "--scale", "tiny", "--seed", "-1"], says=["--seed", "-1"], watch=[new]),
+        dict(argv=[*ml, "--seed", "-1"], says=["--seed", "-1"], watch=[new]),
+        dict(argv=[*ml, "--val-fraction", "nan"], says=["--val-fraction", "nan"], watch=[new]),
+        dict(argv=[*ml, "--title-dim", "0"], says=["--title-dim", "0"], watch=[new]),
+        dict(argv=[*trn, "--run-dir", new, "--l-r", "-1"], says=["--l-r", "-1"], watch=[new, cache]),
+        dict(argv=[*trn, "--run-dir", new, "--seed", "-1"], says=["--seed", "-1"], watch=[new, cache]),
+        dict(argv=[*trn, "--run-dir", new, "--reg-weight", "nan"], says=["--reg-weight", "nan"], watch=[new, cache]),
+        dict(argv=[*trn, "--run-dir", new, "--epochs", "0"], says=["--epochs", "0"], watch=[new, cache]),
+        dict(argv=["train", "--resume", run, "--epochs", "0"], says=["--epochs", "0"], watch=[run]),
+        dict(argv=["train", "--resume", run, "--run-dir", new], says=["--resume", "--run-dir"], watch=[run, new]),
+        # broken run files
+        dict(argv=["evaluate", r / "trunc_best"], says=["trunc_best/checkpoints/best.pt is truncated or corrupt"], watch=[r / "trunc_best"]),
+        dict(argv=["recommend", r / "empty_best", "--user", "0"], says=["empty_best/checkpoints/best.pt is truncated or corrupt"], watch=[r / "empty_best"]),
+        dict(argv=["train", "--resume", r / "trunc_last"], says=["trunc_last/checkpoints/last.pt"], watch=[r / "trunc_last"]),
+        dict(argv=["train", "--resume", r / "trunc_best"], says=["trunc_best/checkpoints/best.pt"], watch=[r / "trunc_best"]),
+        dict(argv=["evaluate", r / "trunc_config"], says=["trunc_config/config.json is unreadable or truncated"], watch=[r / "trunc_config"]),
+        dict(argv=["evaluate", run, "--k", "7"], says=["--k 7", "[10, 20, 50]"], watch=[run]),
+        # broken dataset files: named by hash, or (hashing skipped) by the structural checks
+        dict(argv=["build-negatives", r / "trunc_meta", new], says=["trunc_meta/meta.json is unreadable or truncated"], watch=[new]),
+        dict(argv=["build-negatives", r / "nokey_meta", new], says=["nokey_meta/meta.json lacks the key 'num_items'"], watch=[new]),
+        dict(argv=["build-negatives", r / "flipped", new], says=["flipped/train.npy changed since ingest"], watch=[new]),
+        dict(argv=["--skip-hash", "build-negatives", r / "float_train", new], says=["float_train/train.npy must hold integer ids", "not hashed"], watch=[new]),
+        dict(argv=["build-negatives", r / "bad_id", new], says=["bad_id/train.npy", "changed since ingest"], watch=[new]),
+        dict(argv=["build-negatives", r / "bad_id", new], env={"CLCREC_SKIP_HASH": "1"}, says=["bad_id/train.npy row 3 has item id 9999, outside 0..199"], watch=[new]),
+        dict(argv=["--skip-hash", *trn[:2], r / "nan_feat", "--run-dir", new], says=["nan_feat/features/v.npy has 1 NaN/inf values (first at item row 4)"], watch=[new, cache]),
+        dict(argv=["build-negatives", r / "legacy_flipped", new], says=["legacy_flipped changed since ingest", "fingerprint"], watch=[new]),
+        # MovieLens headers, small tables, feature shapes and ranges
+        dict(argv=["ingest", "movielens", r / "ml-bad-ratings", new], says=["ratings.csv lacks the column(s) movieId; its header has userId, item, rating, timestamp"], watch=[new]),
+        dict(argv=["ingest", "movielens", r / "ml-bad-movies", new], says=["movies.csv lacks the column(s) title; its header has movieId, name, genres"], watch=[new]),
+        dict(argv=["ingest", "table", r / "one.csv", new, "--feature", f"f={r / 'one.npy'}:{r / 'one_ids.txt'}"], says=["no validation interactions", "--val-fraction 0"], watch=[new]),
+        dict(argv=[*tab, "--feature", f"f={r / 'flat.npy'}:{r / 'ids8.txt'}"], says=["flat.npy is a 1-D array of shape (8,)"], watch=[new]),
+        dict(argv=[*tab, "--feature", f"f={r / 'huge.npy'}:{r / 'ids8.txt'}"], says=["huge.npy", "beyond float32's range", "overflow"], watch=[new]),
+        dict(argv=["train", "--dataset", r / "nocold", "--cache", new, "--run-dir", r / "newrun", "--num-neg", "2"], says=["no validation cold items", "--select-mode warm"], watch=[new, r / "newrun", r / "nocold"]),
+    ]
+
+
+def test_every_mistake_is_one_line_and_changes_nothing(world, tmp_path):
+    table = cases(world)
+    runs = []
+    for c in table:  # a case with `first` runs that command once before (e.g. the first export)
+        if "first" in c:
+            runs.append(dict(argv=c["first"]))
+        runs.append(c)
+    # a second trainer on a run directory exits naming the holder (we hold the lock here)
+    lock_case = dict(argv=["train", "--resume", world["run"], "--epochs", "3"], says=["another trainer is running on", "pytest holder"], watch=[world["run"]])
+    runs.append(lock_case)
+    ok_cases = [dict(argv=["build-negatives", world["root"] / "legacy", tmp_path / "legacy-cache", "--num-neg", "4"])]
+    runs.extend(ok_cases)
+    lock = OwnedLock(world["run"] / "run.lock", "pytest holder", busy="busy {path} {holder}")
+    lock.acquire(wait=False)
+    try:
+        results = run_batch(runs, tmp_path)
+    finally:
+        lock.release()
+    by_case = iter(results)
+    for c in runs:
+        res = next(by_case)
+        if "says" in c:
+            assert_refused(c, res)
+        elif c in ok_cases:  # a dataset from before per-file hashes still opens
+            assert res["rc"] == 0, res["out"]
+        else:
+            assert res["rc"] == 0, res["out"]
+
+
+def test_flipped_bytes_are_refused_by_name(world, tmp_path):
+    """Seeded fuzz: one flipped bit in each dataset file, a checkpoint and a cache manifest."""
+    rng = random.Random(9)
+    runs = []
+    ds_files = sorted(p.relative_to(world["ds"]) for p in world["ds"].rglob("*") if p.is_file())
+    assert len(ds_files) >= 10
+    for k, rel in enumerate(ds_files):
+        copy = tmp_path / f"ds{k}"
+        shutil.copytree(world["ds"], copy)
+        flip_byte(copy / rel, rng)
+        runs.append(dict(argv=["build-negatives", copy, tmp_path / f"c{k}", "--num-neg", "4"], says=[str(rel.name)], watch=[copy, tmp_path / f"c{k}"]))
+    for k in range(3):
+        run = tmp_path / f"run{k}"
+        shutil.copytree(world["run"], run)
+        flip_byte(run / "checkpoints" / "best.pt", rng)
+        runs.append(dict(argv=["evaluate", run], says=[f"run{k}/checkpoints/best.pt"], watch=[run]))
+        cache = tmp_path / f"cache{k}"
+        shutil.copytree(world["cache"], cache, ignore=shutil.ignore_patterns("*.lock"))
+        flip_byte(cache / "manifest.json", rng)
+        runs.append(dict(argv=["cache-verify", cache], says=[f"cache{k}/manifest.json"], watch=[cache]))
+    for c, res in zip(runs, run_batch(runs, tmp_path)):
+        assert_refused(c, res)
+
+
+def test_a_planted_pickle_checkpoint_does_not_run(world, tmp_path):
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    marker = tmp_path / "pwned"
+
+    class Planted:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": Planted()}, run / "checkpoints" / "best.pt")
+    proc = subprocess.run([sys.executable, "cli.py", "evaluate", str(run)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "COLUMNS": "400"})
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "refusing to load" in proc.stderr and "could run code" in " ".join(proc.stderr.split())
+    assert not marker.exists()
