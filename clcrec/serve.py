@@ -23,7 +23,7 @@ from clcrec.checkpoint import RunDir, check_model_state, load_checkpoint
 from clcrec.config import TrainConfig
 from clcrec.model import CLCRec, concat_normalised_features
 from pipeline.dataset import STATUS_NAMES, Dataset, load_dataset
-from pipeline.errors import DatasetChangedError
+from pipeline.errors import DatasetChangedError, UserError
 
 
 @dataclass

@@ -299,7 +299,6 @@ def load_dataset(root: Path, *, mmap: bool = True, modalities: list[str] | None 
     files (default: all). InputError names the file that is missing, changed or malformed."""
     root = Path(root)
     meta = _read_meta_checked(root)
-    mode = "r" if mmap else None
     dims = {m["name"]: m["dim"] for m in meta["modalities"]}
     names = list(dims)
     if modalities is not None:
