@@ -34,7 +34,8 @@ from rich.progress import track as progress_track
 from rich.table import Table
 
 from clcrec.config import TrainConfig
-from clcrec.loader import Batch, ChunkStream, _dedupe, batches_on_device, DevicePrefetcher
+from clcrec.batches import Batch, _dedupe
+from clcrec.loader import ChunkStream, DevicePrefetcher, batches_on_device
 from clcrec.model import CLCRec, concat_normalised_features
 from pipeline.errors import UserError
 
