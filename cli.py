@@ -163,6 +163,10 @@ def build_negatives(
         None, "--on-short",
         help="Users with fewer allowed warm items than --num-neg: 'error' (default) or 'repeat' "
         "(fill their rows with all allowed items, repeated)."),
+    exclude: Optional[str] = typer.Option(
+        None, "--exclude",
+        help="Items negatives never include: 'train' (the user's training items; default) or "
+        "'all-known' (also validation and test items, as the reference code does: leaks held-out data)."),
     generations: int = typer.Option(1, "--generations", help="Build the next G generations (0..G-1 in a new cache)."),
     generation: Optional[int] = typer.Option(None, "--generation", help="Build exactly this generation (no-op if published)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: write only shard i of n of --generation into staging."),
@@ -173,7 +177,8 @@ def build_negatives(
     """Sample negatives for every training pair into numbered cache generations."""
     from cache import build
 
-    config = _negative_config(cache, num_neg=num_neg, seed=seed, chunk_rows=chunk_rows, on_short=on_short)
+    config = _negative_config(cache, num_neg=num_neg, seed=seed, chunk_rows=chunk_rows, on_short=on_short,
+                              exclusion=exclude)
     if (shard or publish) and generation is None:
         raise typer.BadParameter("--shard and --publish need --generation g")
     if shard and publish:
@@ -326,6 +331,10 @@ def train(
     lr_lambda: float = typer.Option(0.5, help="Weight of the R-E loss (U-I gets 1 - lr_lambda)."),
     temp_value: float = typer.Option(2.0),
     num_sample: float = typer.Option(0.5, help="Fraction of U-I item slots that use the content encoder."),
+    hybrid_draw: str = typer.Option("bernoulli", help="How those slots are drawn: bernoulli (each slot) or "
+                                    "with-replacement (the reference: int(slots*num_sample) indices)."),
+    exclude: str = typer.Option("train", help="Negatives exclude the user's 'train' items, or 'all-known' "
+                                "(also validation/test: reproduces the reference, leaks held-out data)."),
     dim_e: int = typer.Option(64, "--dim-e", "--dim-E"),
     has_v: bool = typer.Option(True, "--has-v/--no-v"),
     has_a: bool = typer.Option(True, "--has-a/--no-a"),
@@ -372,7 +381,7 @@ def train(
     cfg = TrainConfig(
         dataset=str(dataset or ""), cache=str(cache or ""), run_dir=str(run_dir or ""),
         l_r=l_r if l_r is not None else preset.get("l_r", 0.001), reg_weight=reg_weight, num_neg=num_neg, lr_lambda=lr_lambda, temp_value=temp_value,
-        num_sample=num_sample, batch_size=batch_size, dim_E=dim_e, has_v=has_v, has_a=has_a, has_t=has_t,
+        num_sample=num_sample, hybrid_draw=hybrid_draw, exclude=exclude, batch_size=batch_size, dim_E=dim_e, has_v=has_v, has_a=has_a, has_t=has_t,
         modalities=tuple(modality), epochs=epochs or preset.get("epochs", 30), patience=patience, select_mode=select_mode,
         select_k=select_k, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
         encode=encode, threads=threads, log_every=log_every,

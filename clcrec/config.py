@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from cache.manifest import EXCLUSIONS
 from pipeline.errors import UserError
 
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
@@ -17,6 +18,10 @@ AMP_MODES = ("auto", "bf16", "fp16", "fp32")
 RESUMABLE_CHANGES = {"run_dir", "epochs", "patience", "device", "amp", "threads", "log_every", "prefetch", "eval_block", "encode"}
 SELECT_MODES = ("cold", "warm", "all", "mean")
 ENCODE_MODES = ("auto", "unique", "slots")
+EXCLUDE_MODES = EXCLUSIONS  # which of a user's items negatives avoid (cache/manifest.py says why)
+# bernoulli: each U-I slot uses the content representation with probability num_sample;
+# with-replacement: the reference's int(slots * num_sample) slot indices drawn with replacement.
+HYBRID_DRAWS = ("bernoulli", "with-replacement")
 
 
 @dataclass(frozen=True)
@@ -28,9 +33,11 @@ class TrainConfig:
     l_r: float = 0.001
     reg_weight: float = 0.1
     num_neg: int = 128  # must equal the cache's num_neg
+    exclude: str = "train"  # must equal the cache's exclusion; "all-known" leaks held-out items
     lr_lambda: float = 0.5  # weight of the R-E loss; U-I gets 1 - lr_lambda
     temp_value: float = 2.0
     num_sample: float = 0.5  # fraction of item slots in U-I that use the content encoder
+    hybrid_draw: str = "bernoulli"  # how those slots are drawn: one of HYBRID_DRAWS
     batch_size: int = 256  # positive pairs per step (global across ranks)
     dim_E: int = 64
     hidden: int = 256  # encoder hidden width (reference: 256)
@@ -60,6 +67,8 @@ class TrainConfig:
             (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}"),
             (self.select_mode in SELECT_MODES, f"select_mode must be one of {SELECT_MODES}"),
             (self.encode in ENCODE_MODES, f"encode must be one of {ENCODE_MODES}"),
+            (self.exclude in EXCLUDE_MODES, f"--exclude must be one of {EXCLUDE_MODES}, got {self.exclude!r}"),
+            (self.hybrid_draw in HYBRID_DRAWS, f"--hybrid-draw must be one of {HYBRID_DRAWS}, got {self.hybrid_draw!r}"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.num_neg >= 1, "num_neg must be >= 1"),
             (0.0 <= self.num_sample <= 1.0, "num_sample must be in [0, 1]"),

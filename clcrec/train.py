@@ -31,6 +31,12 @@ from pipeline.errors import DatasetChangedError, TrainingDivergedError, UserErro
 from pipeline.fsutil import clean_tmp_leftovers
 
 
+HELD_OUT_NOTE = (
+    "negatives exclude every known item of each user (--exclude all-known, the reference's way): "
+    "training knew which items are held out, so these numbers use validation and test data"
+)
+
+
 def wants_cuda(cfg: TrainConfig) -> bool:
     """Whether this run trains on CUDA (decides NCCL vs gloo before the device is set up)."""
     return cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
@@ -106,11 +112,21 @@ def epoch_generator(cfg: TrainConfig, epoch: int, device: torch.device) -> torch
     return g
 
 
-def hybrid_mask(batch, num_sample: float, rng: torch.Generator, device: torch.device) -> torch.Tensor:
-    """(B, 1+K) bool: which U-I slots use the content representation (Bernoulli(num_sample))."""
+def hybrid_mask(batch, num_sample: float, rng: torch.Generator, device: torch.device,
+                draw: str = "bernoulli") -> torch.Tensor:
+    """(B, 1+K) bool: which U-I slots use the content representation. `bernoulli`: each slot with
+    probability num_sample; `with-replacement` (the reference's way): int(slots * num_sample) slot
+    indices of the flattened global batch drawn with replacement, so repeats leave only about
+    1 - exp(-num_sample) of the slots replaced. Neither syncs with the host (shapes are known)."""
     rows = batch.global_size if batch.global_size >= 0 else batch.size
-    draw = torch.rand((rows, batch.items.shape[1]), generator=rng, device=device)  # (B_global, 1+K)
-    return draw[batch.offset : batch.offset + batch.size] < num_sample
+    width = batch.items.shape[1]
+    if draw == "with-replacement":
+        slots = rows * width
+        idx = torch.randint(slots, (int(slots * num_sample),), generator=rng, device=device)
+        mask = torch.zeros(slots, dtype=torch.bool, device=device).index_fill_(0, idx, True)
+        return mask.view(rows, width)[batch.offset : batch.offset + batch.size]  # (B, 1+K)
+    u = torch.rand((rows, width), generator=rng, device=device)  # (B_global, 1+K)
+    return u[batch.offset : batch.offset + batch.size] < num_sample
 
 
 class Trainer:
@@ -126,7 +142,9 @@ class Trainer:
         # --- data: dataset, cache, and the check that they belong together ---
         self.dataset = load_dataset(cfg.dataset)
         self.store = CacheStore(cfg.cache)
-        check_cache(self.store, Path(cfg.dataset), self.dataset.fingerprint, cfg.num_neg)
+        check_cache(self.store, Path(cfg.dataset), self.dataset.fingerprint, cfg.num_neg, cfg.exclude)
+        if cfg.exclude != "train":
+            self.console.print(f"[yellow]note:[/yellow] {HELD_OUT_NOTE}")
         if cfg.batch_size % self.ctx.world:
             raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {self.ctx.world} ranks")
 
@@ -158,6 +176,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "dataset_fingerprint": self.dataset.fingerprint,
             "cache_config": self.store.manifest.get("config"),
+            "uses_held_out_data": self.cfg.exclude != "train",
             "modalities": self.modalities,
             "amp": self.amp_mode,
             "world_size": self.ctx.world,
@@ -233,7 +252,7 @@ class Trainer:
             dedupe=self.dedupe, pin=device.type == "cuda", prefetch=cfg.prefetch,
         ) as stream:
             for batch in DevicePrefetcher(stream, device):
-                hybrid = hybrid_mask(batch, cfg.num_sample, rng, device)
+                hybrid = hybrid_mask(batch, cfg.num_sample, rng, device, cfg.hybrid_draw)
                 parts = train_step(net, model, self.opt, self.scaler, self.autocast, batch, hybrid, cfg.reg_weight)
                 loss = parts[0]
                 sums += parts
@@ -359,6 +378,10 @@ class Trainer:
         from clcrec.baselines import baseline_results
 
         results["baselines"] = {"test": baseline_results(self.dataset, "test", self.eval_cfg, seed=self.cfg.seed)}
+        results["negatives_exclude"] = self.cfg.exclude
+        results["uses_held_out_data"] = self.cfg.exclude != "train"
+        if results["uses_held_out_data"]:
+            results["note"] = HELD_OUT_NOTE
         from pipeline.fsutil import atomic_write_json
 
         atomic_write_json(self.run.results_path, results)
