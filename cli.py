@@ -71,16 +71,18 @@ def ingest_movielens_cmd(
     source: Path = typer.Argument(..., help="A MovieLens release directory (ml-100k, ml-1m, ml-25m, ...)."),
     target: Path = typer.Argument(..., help="Dataset directory to create."),
     title_dim: int = typer.Option(64, help="Dimensions of the hashed title-word features."),
+    tag_dim: int = typer.Option(64, help="Dimensions of the hashed user-tag features (releases with tags.csv)."),
     seed: int = _SEED, cold_fraction: float = _COLD, cold_val_share: float = _COLD_VAL,
     val_fraction: float = _VAL, test_fraction: float = _TEST, cold_items: Optional[Path] = _COLD_ITEMS,
     force: bool = _FORCE,
 ) -> None:
-    """Ingest a MovieLens release (detected by its files) with genre, year and title features."""
+    """Ingest a MovieLens release (detected by its files) with genre, year and title features, plus
+    tag-genome and user-tag features when the release has genome-scores.csv / tags.csv."""
     from pipeline.ingest_common import IngestConfig
     from pipeline.ingest_movielens import ingest_movielens
 
     split = _split_config(seed, cold_fraction, cold_val_share, val_fraction, test_fraction, cold_items)
-    console.print(f"wrote {ingest_movielens(source, target, IngestConfig(split=split, title_dim=title_dim), force)}")
+    console.print(f"wrote {ingest_movielens(source, target, IngestConfig(split=split, title_dim=title_dim, tag_dim=tag_dim), force)}")
 
 
 @ingest_app.command("refnpy")
@@ -342,6 +344,10 @@ def train(
     modality: list[str] = typer.Option([], help="Use only these feature modalities (repeatable)."),
     select_mode: str = typer.Option("cold", help="Validation Recall@K that picks the best epoch: cold, warm, all, mean."),
     select_k: int = typer.Option(20),
+    eval_ema: float = typer.Option(0.0, help="Evaluate, select and keep an EMA of the epoch-end weights "
+                                   "with this decay (0: off; e.g. 0.5)."),
+    select_window: int = typer.Option(1, help="Select on the mean validation score of the last N epochs "
+                                      "(1: each epoch's own)."),
     refresh_every: int = typer.Option(0, help="Move to the next negative generation every N epochs (0: never)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
@@ -383,7 +389,7 @@ def train(
         l_r=l_r if l_r is not None else preset.get("l_r", 0.001), reg_weight=reg_weight, num_neg=num_neg, lr_lambda=lr_lambda, temp_value=temp_value,
         num_sample=num_sample, hybrid_draw=hybrid_draw, exclude=exclude, batch_size=batch_size, dim_E=dim_e, has_v=has_v, has_a=has_a, has_t=has_t,
         modalities=tuple(modality), epochs=epochs or preset.get("epochs", 30), patience=patience, select_mode=select_mode,
-        select_k=select_k, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
+        select_k=select_k, eval_ema=eval_ema, select_window=select_window, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
         encode=encode, threads=threads, log_every=log_every,
     )
     run_training(cfg, scale=scale, console=console)
