@@ -22,6 +22,11 @@ from cache.store import CacheStore
 from clcrec import distributed as dist
 from pipeline.errors import CacheError, DatasetChangedError, UserError
 
+HELD_OUT_NOTE = (
+    "negatives exclude every known item of each user (--exclude all-known, the reference's way): "
+    "training knew which items are held out, so these numbers use validation and test data"
+)
+
 
 def check_cache(store: CacheStore, dataset_dir: Path, fingerprint: str, num_neg: int,
                 exclude: str = "train") -> None:

@@ -24,18 +24,12 @@ from clcrec.averaging import EpochAverage, smoothed_score
 from clcrec.checkpoint import RunDir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from clcrec.config import TrainConfig
 from clcrec.evaluate import EvalConfig, RankingEvaluator
-from clcrec.generations import GenerationSupply, check_cache
+from clcrec.generations import HELD_OUT_NOTE, GenerationSupply, check_cache
 from clcrec.loader import ChunkStream, DevicePrefetcher
 from clcrec.model import CLCRec, concat_normalised_features
 from pipeline.dataset import load_dataset
 from pipeline.errors import DatasetChangedError, TrainingDivergedError, UserError
 from pipeline.fsutil import clean_tmp_leftovers
-
-
-HELD_OUT_NOTE = (
-    "negatives exclude every known item of each user (--exclude all-known, the reference's way): "
-    "training knew which items are held out, so these numbers use validation and test data"
-)
 
 
 def wants_cuda(cfg: TrainConfig) -> bool:
