@@ -344,10 +344,8 @@ def train(
     modality: list[str] = typer.Option([], help="Use only these feature modalities (repeatable)."),
     select_mode: str = typer.Option("cold", help="Validation Recall@K that picks the best epoch: cold, warm, all, mean."),
     select_k: int = typer.Option(20),
-    eval_ema: float = typer.Option(0.0, help="Evaluate, select and keep an EMA of the epoch-end weights "
-                                   "with this decay (0: off; e.g. 0.5)."),
-    select_window: int = typer.Option(1, help="Select on the mean validation score of the last N epochs "
-                                      "(1: each epoch's own)."),
+    select_window: int = typer.Option(3, help="Select on the mean validation score of the last N epochs "
+                                      "(1: each epoch's own; 3 damps one-epoch spikes)."),
     refresh_every: int = typer.Option(0, help="Move to the next negative generation every N epochs (0: never)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
@@ -389,7 +387,7 @@ def train(
         l_r=l_r if l_r is not None else preset.get("l_r", 0.001), reg_weight=reg_weight, num_neg=num_neg, lr_lambda=lr_lambda, temp_value=temp_value,
         num_sample=num_sample, hybrid_draw=hybrid_draw, exclude=exclude, batch_size=batch_size, dim_E=dim_e, has_v=has_v, has_a=has_a, has_t=has_t,
         modalities=tuple(modality), epochs=epochs or preset.get("epochs", 30), patience=patience, select_mode=select_mode,
-        select_k=select_k, eval_ema=eval_ema, select_window=select_window, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
+        select_k=select_k, select_window=select_window, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
         encode=encode, threads=threads, log_every=log_every,
     )
     run_training(cfg, scale=scale, console=console)

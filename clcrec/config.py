@@ -50,11 +50,9 @@ class TrainConfig:
     patience: int = 5  # epochs without a validation improvement before stopping
     select_mode: str = "cold"  # which validation Recall@K picks the best epoch (see README)
     select_k: int = 20
-    # Robust selection (clcrec/averaging.py), both at epoch ends only: evaluate, select and keep an
-    # EMA of the epoch-end weights with this decay (0: the raw weights), and select on the mean of
-    # the last `select_window` validation scores (1: the epoch's own score).
-    eval_ema: float = 0.0
-    select_window: int = 1
+    # Select on the mean of the last `select_window` validation scores (1: each epoch's own score);
+    # 3 damps one-epoch spikes of small validation sets (README section 5, clcrec/averaging.py).
+    select_window: int = 3
     ks: tuple[int, ...] = (10, 20, 50)
     eval_block: int = 1024  # users per evaluation block
     refresh_every: int = 0  # move to the next negative generation every N epochs (0: never)
@@ -83,7 +81,6 @@ class TrainConfig:
             (self.select_k in self.ks, f"select_k={self.select_k} must be one of ks={self.ks}"),
             (self.refresh_every >= 0, "refresh_every must be >= 0"),
             (self.patience >= 1, "patience must be >= 1"),
-            (0.0 <= self.eval_ema < 1.0, f"--eval-ema must be in [0, 1) (0: off), got {self.eval_ema}"),
             (self.select_window >= 1, f"--select-window must be >= 1, got {self.select_window}"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.eval_block >= 1, "eval_block must be >= 1"),

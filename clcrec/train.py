@@ -20,7 +20,7 @@ from rich.console import Console
 
 from cache.store import CacheStore
 from clcrec import distributed as dist
-from clcrec.averaging import EpochAverage, smoothed_score
+from clcrec.averaging import smoothed_score
 from clcrec.checkpoint import RunDir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from clcrec.config import TrainConfig
 from clcrec.evaluate import EvalConfig, RankingEvaluator
@@ -154,7 +154,6 @@ class Trainer:
         ).to(self.device)
         self.net = dist.wrap(self.model, self.device, self.ctx)  # DDP when world > 1
         self.opt = make_optimizer(self.model, cfg.l_r)
-        self.average = EpochAverage(self.model, cfg.eval_ema) if cfg.eval_ema > 0 else None
         self.autocast, self.scaler, self.amp_mode = amp_settings(cfg, self.device)
         self.dedupe = wants_dedupe(cfg, self.device)
         self.item_status = torch.as_tensor(self.dataset.item_status, device=self.device)
@@ -192,7 +191,6 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "dataset_fingerprint": self.dataset.fingerprint,
             "modalities": self.modalities,
-            "average": self.average.state_dict() if self.average is not None else None,
         }
 
     def setup_run_dir(self) -> None:
@@ -217,8 +215,6 @@ class Trainer:
             if ck["scaler"]:  # a disabled scaler (fp32/bf16) saved {}: resuming with fp16 starts it fresh
                 self.scaler.load_state_dict(ck["scaler"])
             set_rng_state(ck["rng"])
-            if self.average is not None and ck.get("average"):
-                self.average.load_state_dict(ck["average"])
             self.start_epoch = ck["epoch"] + 1
             self.best_score, self.best_epoch, self.bad_epochs = ck["best_score"], ck["best_epoch"], ck["bad_epochs"]
             # Epochs logged after the last checkpoint are replayed, so drop their records.
@@ -332,11 +328,8 @@ class Trainer:
         """Validate (rank 0), keep the best checkpoint, log, and agree on early stopping."""
         cfg = self.cfg
         stop = False
-        if self.average is not None:
-            self.average.update(self.model)  # epoch end only: the step loop stays graph-capturable
         if self.ctx.is_main:
-            with self.average.swapped_in(self.model) if self.average is not None else nullcontext():
-                record["val"] = self.evaluate("val")
+            record["val"] = self.evaluate("val")
             score = select_score(record["val"], cfg)
             record["select_score"] = score
             smoothed = smoothed_score([r["select_score"] for r in self.metrics] + [score], cfg.select_window)
@@ -351,9 +344,8 @@ class Trainer:
             # Order matters for resume: metrics, then best, then last (the resume point).
             self.metrics = self.run.append_metrics(self.metrics, record)
             state = self.state(epoch, generation)
-            if improved:  # the best checkpoint holds the weights that were evaluated
-                best = state if self.average is None else {**state, "model": self.average.averaged_state(self.model)}
-                save_checkpoint(self.run.best, best)
+            if improved:
+                save_checkpoint(self.run.best, state)
             save_checkpoint(self.run.last, state)
             key = f"recall@{cfg.select_k}"
             self.console.print(
