@@ -4,7 +4,7 @@
 
 Per seed, one run of `--epochs` epochs (no early stopping) that records, at every epoch end, the
 validation and test metrics of the raw weights and of an EMA of the epoch-end weights for each
-`--decays` value (the trainer's `--eval-ema`; averaging does not change training, so one run
+`--decays` value (averaging at evaluation does not change training, so one run
 serves every decay). Every selection rule (select mode and K, `--select-window`, `--patience`)
 is then replayed on the recorded validation curves with `clcrec.averaging.select_epoch`, exactly
 as the trainer applies it, and the test metrics of the epoch it picks are tabulated as mean and
