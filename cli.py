@@ -86,16 +86,18 @@ def ingest_movielens_cmd(
     source: Path = typer.Argument(..., help="A MovieLens release directory (ml-100k, ml-1m, ml-25m, ...)."),
     target: Path = typer.Argument(..., help="Dataset directory to create."),
     title_dim: int = typer.Option(64, help="Dimensions of the hashed title-word features."),
+    tag_dim: int = typer.Option(64, help="Dimensions of the hashed user-tag features (releases with tags.csv)."),
     seed: int = _SEED, cold_fraction: float = _COLD, cold_val_share: float = _COLD_VAL,
     val_fraction: float = _VAL, test_fraction: float = _TEST, cold_items: Optional[Path] = _COLD_ITEMS,
     force: bool = _FORCE,
 ) -> None:
-    """Ingest a MovieLens release (detected by its files) with genre, year and title features."""
+    """Ingest a MovieLens release (detected by its files) with genre, year and title features, plus
+    tag-genome and user-tag features when the release has genome-scores.csv / tags.csv."""
     from pipeline.ingest_common import IngestConfig
     from pipeline.ingest_movielens import ingest_movielens
 
     split = _split_config(seed, cold_fraction, cold_val_share, val_fraction, test_fraction, cold_items)
-    console.print(f"wrote {ingest_movielens(source, target, IngestConfig(split=split, title_dim=title_dim), force)}")
+    console.print(f"wrote {ingest_movielens(source, target, IngestConfig(split=split, title_dim=title_dim, tag_dim=tag_dim), force)}")
 
 
 @ingest_app.command("refnpy")
@@ -178,6 +180,10 @@ def build_negatives(
         None, "--on-short",
         help="Users with fewer allowed warm items than --num-neg: 'error' (default) or 'repeat' "
         "(fill their rows with all allowed items, repeated)."),
+    exclude: Optional[str] = typer.Option(
+        None, "--exclude",
+        help="Items negatives never include: 'train' (the user's training items; default) or "
+        "'all-known' (also validation and test items, as the reference code does: leaks held-out data)."),
     generations: int = typer.Option(1, "--generations", help="Build the next G generations (0..G-1 in a new cache)."),
     generation: Optional[int] = typer.Option(None, "--generation", help="Build exactly this generation (no-op if published)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: write only shard i of n of --generation into staging."),
@@ -188,7 +194,8 @@ def build_negatives(
     """Sample negatives for every training pair into numbered cache generations."""
     from cache import build
 
-    config = _negative_config(cache, num_neg=num_neg, seed=seed, chunk_rows=chunk_rows, on_short=on_short)
+    config = _negative_config(cache, num_neg=num_neg, seed=seed, chunk_rows=chunk_rows, on_short=on_short,
+                              exclusion=exclude)
     if (shard or publish) and generation is None:
         raise typer.BadParameter("--shard and --publish need --generation g")
     if shard and publish:
@@ -341,6 +348,10 @@ def train(
     lr_lambda: float = typer.Option(0.5, help="Weight of the R-E loss (U-I gets 1 - lr_lambda)."),
     temp_value: float = typer.Option(2.0),
     num_sample: float = typer.Option(0.5, help="Fraction of U-I item slots that use the content encoder."),
+    hybrid_draw: str = typer.Option("bernoulli", help="How those slots are drawn: bernoulli (each slot) or "
+                                    "with-replacement (the reference: int(slots*num_sample) indices)."),
+    exclude: str = typer.Option("train", help="Negatives exclude the user's 'train' items, or 'all-known' "
+                                "(also validation/test: reproduces the reference, leaks held-out data)."),
     dim_e: int = typer.Option(64, "--dim-e", "--dim-E"),
     has_v: bool = typer.Option(True, "--has-v/--no-v"),
     has_a: bool = typer.Option(True, "--has-a/--no-a"),
@@ -348,6 +359,8 @@ def train(
     modality: list[str] = typer.Option([], help="Use only these feature modalities (repeatable)."),
     select_mode: str = typer.Option("cold", help="Validation Recall@K that picks the best epoch: cold, warm, all, mean."),
     select_k: int = typer.Option(20),
+    select_window: int = typer.Option(3, help="Select on the mean validation score of the last N epochs "
+                                      "(1: each epoch's own; 3 damps one-epoch spikes)."),
     refresh_every: int = typer.Option(0, help="Move to the next negative generation every N epochs (0: never)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
@@ -394,9 +407,10 @@ def train(
     cfg = TrainConfig(
         dataset=str(dataset or ""), cache=str(cache or ""), run_dir=str(run_dir or ""),
         l_r=l_r if l_r is not None else preset.get("l_r", 0.001), reg_weight=reg_weight, num_neg=num_neg, lr_lambda=lr_lambda, temp_value=temp_value,
-        num_sample=num_sample, batch_size=batch_size, dim_E=dim_e, has_v=has_v, has_a=has_a, has_t=has_t,
+        num_sample=num_sample, hybrid_draw=hybrid_draw, exclude=exclude, batch_size=batch_size, dim_E=dim_e,
+        has_v=has_v, has_a=has_a, has_t=has_t,
         modalities=tuple(modality), epochs=epochs if epochs is not None else preset.get("epochs", 30), patience=patience, select_mode=select_mode,
-        select_k=select_k, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
+        select_k=select_k, select_window=select_window, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
         encode=encode, scoring=scoring, cuda_graph=cuda_graph, assemble=assemble, readers=readers,
         threads=threads, log_every=log_every,
     )

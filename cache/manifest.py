@@ -47,6 +47,10 @@ LEASES = "leases"
 STAGING = "staging"
 ARRAYS = ("users", "pos", "neg")
 CNAMES = ("lz4", "zstd", "blosclz", "lz4hc", "zlib")
+# Which of a user's items negatives never include. "train" is the honest default; "all-known" also
+# excludes the user's validation and test items, as the reference code does: it reproduces the
+# published numbers, but training then knows which items are held out (a leak of the answers).
+EXCLUSIONS = ("train", "all-known")
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class NegativeConfig:
     num_neg: int = 128  # negatives per training pair (the CLCRec paper's setting)
     seed: int = 0  # master seed; generation g shuffles and samples from (seed, g)
     chunk_rows: int = 16384  # pairs per chunk: 4 MiB of uint16 negatives at num_neg=128
-    exclusion: str = "train"  # negatives exclude the user's training items only (never val/test)
+    exclusion: str = "train"  # one of EXCLUSIONS: "train" (default) or "all-known" (leaks held-out items)
     on_short: str = "error"  # users with < num_neg allowed items: "error" or "repeat" (cycle them)
     cname: str = "lz4"  # blosc compressor; bit-shuffled lz4 measured best (see cache/bench.py)
     clevel: int = 5
@@ -68,10 +72,10 @@ class NegativeConfig:
             raise CacheError(f"seed must be an integer in 0..2^63-1, got {self.seed!r}")
         if not isinstance(self.chunk_rows, int) or self.chunk_rows < 1:
             raise CacheError(f"chunk_rows must be a positive integer, got {self.chunk_rows!r}")
-        if self.exclusion != "train":
+        if self.exclusion not in EXCLUSIONS:
             raise CacheError(
-                f"exclusion {self.exclusion!r} is not supported: only 'train' (excluding validation or "
-                "test items would leak them into training)"
+                f"exclusion must be one of {EXCLUSIONS}, got {self.exclusion!r} ('all-known' leaks "
+                "validation and test items into training; use it only to reproduce the reference)"
             )
         if self.on_short not in ("error", "repeat"):
             raise CacheError(f"on_short must be 'error' or 'repeat', got {self.on_short!r}")

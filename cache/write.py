@@ -38,10 +38,11 @@ class GenerationSource:
         self.fingerprint = ds.fingerprint
         self.config = config
         self.train = np.asarray(ds.train)  # (N, 2) int32, sorted by user then item
-        indptr, indices = ds.train_csr()
+        # The kernel excludes whatever the CSR lists: training items, or every known item.
+        indptr, indices = ds.known_csr() if config.exclusion == "all-known" else ds.train_csr()
         self.warm = ds.warm_items
         self.plan = SamplingPlan(self.warm, indptr, indices, ds.num_items, config.num_neg, config.on_short)
-        self.plan.check_users(np.flatnonzero(np.diff(indptr) > 0))  # fail before any writing
+        self.plan.check_users(np.unique(self.train[:, 0]))  # fail before any writing
         self.item_dtype = item_dtype(ds.num_items)
         self.num_rows = int(self.train.shape[0])
         self.num_chunks = -(-self.num_rows // config.chunk_rows)

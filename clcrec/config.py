@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from cache.manifest import EXCLUSIONS
 from pipeline.errors import UserError
 
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
@@ -30,7 +31,7 @@ NUMERIC_RANGES = [
     ("epochs", 1, None, False), ("patience", 1, None, False), ("select_k", 1, None, False),
     ("eval_block", 1, None, False), ("refresh_every", 0, None, False), ("seed", 0, 2**63 - 1, False),
     ("prefetch", 1, None, False), ("log_every", 1, None, False), ("threads", 0, None, False),
-    ("readers", 0, 64, False),
+    ("readers", 0, 64, False), ("select_window", 1, None, False),
 ]
 _OPTION_NAMES = {"dim_E": "--dim-e"}
 
@@ -38,6 +39,10 @@ _OPTION_NAMES = {"dim_E": "--dim-e"}
 def option_name(field: str) -> str:
     """The command-line option of a TrainConfig field (l_r -> --l-r)."""
     return _OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+EXCLUDE_MODES = EXCLUSIONS  # which of a user's items negatives avoid (cache/manifest.py says why)
+# bernoulli: each U-I slot uses the content representation with probability num_sample;
+# with-replacement: the reference's int(slots * num_sample) slot indices drawn with replacement.
+HYBRID_DRAWS = ("bernoulli", "with-replacement")
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,11 @@ class TrainConfig:
     l_r: float = 0.001
     reg_weight: float = 0.1
     num_neg: int = 128  # must equal the cache's num_neg
+    exclude: str = "train"  # must equal the cache's exclusion; "all-known" leaks held-out items
     lr_lambda: float = 0.5  # weight of the R-E loss; U-I gets 1 - lr_lambda
     temp_value: float = 2.0
     num_sample: float = 0.5  # fraction of item slots in U-I that use the content encoder
+    hybrid_draw: str = "bernoulli"  # how those slots are drawn: one of HYBRID_DRAWS
     batch_size: int = 256  # positive pairs per step (global across ranks)
     dim_E: int = 64
     hidden: int = 256  # encoder hidden width (reference: 256)
@@ -64,6 +71,9 @@ class TrainConfig:
     patience: int = 5  # epochs without a validation improvement before stopping
     select_mode: str = "cold"  # which validation Recall@K picks the best epoch (see README)
     select_k: int = 20
+    # Select on the mean of the last `select_window` validation scores (1: each epoch's own score);
+    # 3 damps one-epoch spikes of small validation sets (README section 5, clcrec/averaging.py).
+    select_window: int = 3
     ks: tuple[int, ...] = (10, 20, 50)
     eval_block: int = 1024  # users per evaluation block
     refresh_every: int = 0  # move to the next negative generation every N epochs (0: never)
@@ -89,6 +99,8 @@ class TrainConfig:
             (self.scoring in SCORING_MODES, f"--scoring must be one of {SCORING_MODES}, got {self.scoring!r}"),
             (self.cuda_graph in GRAPH_MODES, f"--cuda-graph must be one of {GRAPH_MODES}, got {self.cuda_graph!r}"),
             (self.assemble in ASSEMBLE_MODES, f"--assemble must be one of {ASSEMBLE_MODES}, got {self.assemble!r}"),
+            (self.exclude in EXCLUDE_MODES, f"--exclude must be one of {EXCLUDE_MODES}, got {self.exclude!r}"),
+            (self.hybrid_draw in HYBRID_DRAWS, f"--hybrid-draw must be one of {HYBRID_DRAWS}, got {self.hybrid_draw!r}"),
         ]
         for name, lo, hi, lo_open in NUMERIC_RANGES:
             v = getattr(self, name)

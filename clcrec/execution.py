@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from clcrec.config import TrainConfig
-from clcrec.step import StepConfig, wants_graph
+from clcrec.step import StepConfig, slot_rate, wants_graph
 from pipeline.errors import UserError
 
 # Dense scoring does B x (3 x items) x D multiply-adds per step on tensor cores; gather scoring
@@ -85,6 +85,11 @@ def plan_execution(cfg: TrainConfig, device: torch.device, num_items: int, world
     return ExecPlan(device, dense, dedupe, assemble, graph, readers)
 
 
+def hybrid_rate(cfg: TrainConfig) -> float:
+    """Per-slot probability of a hybrid (content) slot under the run's --hybrid-draw."""
+    return slot_rate(cfg.num_sample, cfg.hybrid_draw, cfg.batch_size * (1 + cfg.num_neg))
+
+
 def step_config(cfg: TrainConfig, dense: bool) -> StepConfig:
-    return StepConfig(reg_weight=cfg.reg_weight, num_sample=cfg.num_sample, amp=cfg.amp, dense=dense,
+    return StepConfig(reg_weight=cfg.reg_weight, num_sample=hybrid_rate(cfg), amp=cfg.amp, dense=dense,
                       graph=cfg.cuda_graph)

@@ -35,8 +35,10 @@ def ensure_synthetic(path: Path, scale: str, seed: int, console: Console) -> Pat
     return path
 
 
-def ensure_cache(dataset: Path, cache: Path, num_neg: int, seed: int, console: Console) -> Path:
-    """Reuse `cache` when it was built from this dataset with this num_neg; else build gen 0."""
+def ensure_cache(dataset: Path, cache: Path, num_neg: int, seed: int, console: Console,
+                 exclude: str = "train") -> Path:
+    """Reuse `cache` when it was built from this dataset with this num_neg and exclusion mode;
+    else build gen 0."""
     from cache.build import build_generation
     from cache.store import CacheStore, NegativeConfig
     from clcrec.generations import check_cache
@@ -44,11 +46,11 @@ def ensure_cache(dataset: Path, cache: Path, num_neg: int, seed: int, console: C
 
     if (cache / "manifest.json").exists():
         store = CacheStore(cache)
-        check_cache(store, dataset, read_fingerprint(dataset), num_neg)
+        check_cache(store, dataset, read_fingerprint(dataset), num_neg, exclude)
         if store.published():
             return cache
     console.print(f"building negative generation 0 in {cache}")
-    build_generation(dataset, cache, 0, NegativeConfig(num_neg=num_neg, seed=seed), progress=True)
+    build_generation(dataset, cache, 0, NegativeConfig(num_neg=num_neg, seed=seed, exclusion=exclude), progress=True)
     return cache
 
 
@@ -56,7 +58,8 @@ def default_paths(cfg: TrainConfig, scale: str, root: Path = Path(".")) -> Train
     """Fill dataset/cache/run_dir that the user left empty."""
     dataset = Path(cfg.dataset) if cfg.dataset else root / "data" / f"synthetic-{scale}"
     name = dataset.name
-    cache = Path(cfg.cache) if cfg.cache else root / "caches" / f"{name}-neg{cfg.num_neg}-seed{cfg.seed}"
+    mode = "" if cfg.exclude == "train" else f"-{cfg.exclude}"  # never share a cache across modes
+    cache = Path(cfg.cache) if cfg.cache else root / "caches" / f"{name}-neg{cfg.num_neg}-seed{cfg.seed}{mode}"
     run_dir = Path(cfg.run_dir) if cfg.run_dir else root / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg.replace(dataset=str(dataset), cache=str(cache), run_dir=str(run_dir))
 
@@ -85,7 +88,7 @@ def run_training(cfg: TrainConfig, *, scale: str = "default", console: Console |
         from pipeline.dataset import load_dataset
 
         check_selectable(load_dataset(cfg.dataset), cfg)  # verified once here, before a cache is built
-        ensure_cache(Path(cfg.dataset), Path(cfg.cache), cfg.num_neg, cfg.seed, console)
+        ensure_cache(Path(cfg.dataset), Path(cfg.cache), cfg.num_neg, cfg.seed, console, cfg.exclude)
 
     dist.main_first(ctx, prepare)  # a refusal on rank 0 reaches every rank as the same one line
     results = train(cfg, console=console)
@@ -103,4 +106,6 @@ def report(run_dir: str, results: dict, console: Console) -> None:
     if base:
         rows = {"CLCRec": results["test"], **base}
         console.print(format_table(rows, ks=(20,), title="test split: CLCRec vs reference points"))
+    if results.get("uses_held_out_data"):
+        console.print(f"[yellow]note:[/yellow] {results['note']}")
     console.print(f"run directory: {run_dir}")

@@ -25,9 +25,15 @@ from cache.store import CacheStore
 from clcrec import distributed as dist
 from pipeline.errors import CacheError, DatasetChangedError, UserError
 
+HELD_OUT_NOTE = (
+    "negatives exclude every known item of each user (--exclude all-known, the reference's way): "
+    "training knew which items are held out, so these numbers use validation and test data"
+)
 
-def check_cache(store: CacheStore, dataset_dir: Path, fingerprint: str, num_neg: int) -> None:
-    """Refuse a cache built from other data or with another num_neg, saying what to do."""
+
+def check_cache(store: CacheStore, dataset_dir: Path, fingerprint: str, num_neg: int,
+                exclude: str = "train") -> None:
+    """Refuse a cache built from other data, with another num_neg or another exclusion mode."""
     if store.fingerprint != fingerprint:
         raise DatasetChangedError(
             f"cache {store.cache_dir} was built from another dataset ({store.dataset_path}, fingerprint "
@@ -38,6 +44,13 @@ def check_cache(store: CacheStore, dataset_dir: Path, fingerprint: str, num_neg:
         raise UserError(
             f"cache {store.cache_dir} holds {store.config.num_neg} negatives per pair but --num-neg is "
             f"{num_neg}; pass --num-neg {store.config.num_neg} or another --cache"
+        )
+    if store.config.exclusion != exclude:
+        raise UserError(
+            f"cache {store.cache_dir} was built with negatives excluding {store.config.exclusion!r} "
+            f"items but the run asks for --exclude {exclude}; pass --exclude {store.config.exclusion} "
+            f"or another --cache (a new one is built with `cli.py build-negatives {dataset_dir} "
+            f"NEW_CACHE --exclude {exclude}`)"
         )
 
 

@@ -69,6 +69,18 @@ def hybrid_hash(key: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tens
     return mix32(r.unsqueeze(1) ^ slots)  # (B, width)
 
 
+def slot_rate(num_sample: float, draw: str, slots: int) -> float:
+    """The probability that one U-I slot uses the content representation. `bernoulli`: num_sample.
+    `with-replacement`, the reference's way: int(slots * num_sample) slot indices of a batch of
+    `slots` slots drawn with replacement leave a slot untouched with probability
+    (1 - 1/slots)^draws, so about 1 - exp(-num_sample) of the slots are replaced (39% at 0.5).
+    Here each slot is drawn independently at that rate: the reference's marginal rate, with the
+    counter hash's properties (no generator state, rank- and device-independent)."""
+    if draw == "bernoulli" or slots <= 0:
+        return num_sample
+    return 1.0 - (1.0 - 1.0 / slots) ** int(slots * num_sample)
+
+
 def hybrid_threshold(num_sample: float) -> int:
     return int(round(num_sample * 2**32))  # h < 2^32 always: num_sample 1 takes every slot
 

@@ -19,13 +19,14 @@ from rich.console import Console
 
 from cache.store import CacheStore
 from clcrec import distributed as dist
+from clcrec.averaging import smoothed_score
 from clcrec.checkpoint import (
     RunDir, check_model_state, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
 from clcrec.config import TrainConfig
 from clcrec.evaluate import EvalConfig, RankingEvaluator
-from clcrec.generations import AHEAD, GenerationSupply, check_cache
-from clcrec.execution import plan_execution, resolve_device, step_config, wants_cuda
+from clcrec.execution import hybrid_rate, plan_execution, resolve_device, step_config, wants_cuda
+from clcrec.generations import AHEAD, HELD_OUT_NOTE, GenerationSupply, check_cache
 from clcrec.loader import ChunkStream, batches_on_device
 from clcrec.model import CLCRec, concat_normalised_features
 from clcrec.step import StepRunner, epoch_key, make_optimizer
@@ -86,7 +87,9 @@ class Trainer:
         self.dataset = load_dataset(cfg.dataset)
         check_selectable(self.dataset, cfg)
         self.store = CacheStore(cfg.cache)
-        check_cache(self.store, Path(cfg.dataset), self.dataset.fingerprint, cfg.num_neg)
+        check_cache(self.store, Path(cfg.dataset), self.dataset.fingerprint, cfg.num_neg, cfg.exclude)
+        if cfg.exclude != "train":
+            self.console.print(f"[yellow]note:[/yellow] {HELD_OUT_NOTE}")
         if cfg.batch_size % self.ctx.world:
             raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {self.ctx.world} ranks")
 
@@ -120,6 +123,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "dataset_fingerprint": self.dataset.fingerprint,
             "cache_config": self.store.manifest.get("config"),
+            "uses_held_out_data": self.cfg.exclude != "train",
             "modalities": self.modalities,
             "amp": self.amp_mode,
             "execution": self.plan.describe(),
@@ -204,7 +208,7 @@ class Trainer:
             batch_size=cfg.batch_size, rank=self.ctx.rank, world=self.ctx.world,
             dedupe=plan.dedupe, pin=device.type == "cuda", prefetch=cfg.prefetch,
             assemble=plan.assemble, device=device, readers=plan.readers,
-            hybrid=(epoch_key(cfg.seed, epoch), cfg.num_sample),  # masks drawn per chunk, not per step
+            hybrid=(epoch_key(cfg.seed, epoch), hybrid_rate(cfg)),  # masks drawn per chunk, not per step
         ) as stream:
             for batch in batches_on_device(stream, device):
                 self.steps.step(batch)
@@ -298,9 +302,12 @@ class Trainer:
             record["val"] = self.evaluate("val")
             score = select_score(record["val"], cfg)
             record["select_score"] = score
-            improved = score > self.best_score
+            smoothed = smoothed_score([r["select_score"] for r in self.metrics] + [score], cfg.select_window)
+            if cfg.select_window > 1:
+                record["select_smoothed"] = smoothed
+            improved = smoothed > self.best_score
             if improved:
-                self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
+                self.best_score, self.best_epoch, self.bad_epochs = smoothed, epoch, 0
             else:
                 self.bad_epochs += 1
             record["best_epoch"] = self.best_epoch
@@ -339,6 +346,10 @@ class Trainer:
         from clcrec.baselines import baseline_results
 
         results["baselines"] = {"test": baseline_results(self.dataset, "test", self.eval_cfg, seed=self.cfg.seed)}
+        results["negatives_exclude"] = self.cfg.exclude
+        results["uses_held_out_data"] = self.cfg.exclude != "train"
+        if results["uses_held_out_data"]:
+            results["note"] = HELD_OUT_NOTE
         from pipeline.fsutil import atomic_write_json
 
         atomic_write_json(self.run.results_path, results)

@@ -90,6 +90,12 @@ class Dataset:
         """(indptr int64 (num_users+1,), indices int32) of each user's sorted training items."""
         return interactions_to_csr(self.train, self.num_users)
 
+    def known_csr(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indptr, indices) of every item the dataset knows each user interacted with: train,
+        validation and test, deduplicated (the reference code's negative exclusion set)."""
+        known = np.unique(np.concatenate([self.train, self.val, self.test]).astype(np.int64), axis=0)
+        return interactions_to_csr(known, self.num_users)
+
     def extra_array(self, name: str) -> np.ndarray | None:
         """An optional array from extras/ (e.g. planted factors), or None if absent."""
         path = self.root / "extras" / f"{name}.npy"

@@ -102,3 +102,45 @@ def hashed_title_words(titles: pl.Series, dim: int = 64) -> np.ndarray:
 def title_year(titles: pl.Series) -> pl.Series:
     """The year in a trailing "(YYYY)" of each title, or null."""
     return titles.str.extract(YEAR_SUFFIX, 1).cast(pl.Int32, strict=False)
+
+
+def genome_matrix(scores: pl.DataFrame, item_ids: pl.Series) -> tuple[np.ndarray, dict]:
+    """(num_items, num_tags) tag-genome relevances from a (movieId, tagId, relevance) frame.
+
+    Columns are the tag ids in ascending order; rows follow `item_ids`. Items the genome does not
+    cover get a zero row (their other modalities still describe them). Returns the matrix and
+    {"tags", "items_covered"} for meta.
+    """
+    tag_ids = scores["tagId"].unique().sort()
+    col = pl.DataFrame({"tagId": tag_ids, "col": np.arange(len(tag_ids), dtype=np.int64)})
+    row = pl.DataFrame({"movieId": item_ids, "row": np.arange(len(item_ids), dtype=np.int64)})
+    cells = scores.join(row, on="movieId", how="inner").join(col, on="tagId", how="inner")
+    out = np.zeros((len(item_ids), max(len(tag_ids), 1)), dtype=np.float32)
+    out[cells["row"].to_numpy(), cells["col"].to_numpy()] = cells["relevance"].to_numpy()
+    return out, {"tags": int(len(tag_ids)), "items_covered": int(cells["row"].n_unique())}
+
+
+def hashed_tags(tags: pl.DataFrame, item_ids: pl.Series, dim: int = 64) -> tuple[np.ndarray, dict]:
+    """(num_items, dim) hashed bag of the user-applied tags of each item, rows L2-normalised.
+
+    Each tag (lower-cased, inner whitespace collapsed) is one token, counted once per user who
+    applied it, so "dark comedy" and "comedy" stay different signals. Rows are normalised, so how
+    many people tagged an item (a popularity signal) does not enter; untagged items get a zero
+    row. Returns the matrix and {"tags", "items_tagged"} for meta.
+    """
+    if dim < 1:
+        raise ValueError(f"tag hash dimension must be >= 1, got {dim}")
+    norm = tags.select(
+        "movieId", tag=pl.col("tag").cast(pl.String).str.strip_chars().str.to_lowercase().str.replace_all(r"\s+", " ")
+    ).filter(pl.col("tag").is_not_null() & (pl.col("tag") != ""))
+    row = pl.DataFrame({"movieId": item_ids, "row": np.arange(len(item_ids), dtype=np.int64)})
+    cells = norm.join(row, on="movieId", how="inner")
+    vocab = cells["tag"].unique().sort().to_list()
+    buckets = pl.DataFrame({"tag": vocab, "bucket": [token_bucket(t, dim) for t in vocab]},
+                           schema={"tag": pl.String, "bucket": pl.Int64})
+    cells = cells.join(buckets, on="tag", how="left")
+    out = np.zeros((len(item_ids), dim), dtype=np.float64)
+    np.add.at(out, (cells["row"].to_numpy(), cells["bucket"].to_numpy()), 1.0)
+    n = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, n, out=out, where=n > 0)
+    return out.astype(np.float32), {"tags": len(vocab), "items_tagged": int(cells["row"].n_unique()), "dim": dim}

@@ -41,6 +41,7 @@ class FeatureSpec:
 class IngestConfig:
     split: SplitConfig = SplitConfig()
     title_dim: int = 64  # MovieLens: hashed title-word dimensions
+    tag_dim: int = 64  # MovieLens with tags.csv: hashed tag dimensions
     user_col: str = "user"  # table: interaction columns
     item_col: str = "item"
     features: tuple[FeatureSpec, ...] = ()  # table: one per modality

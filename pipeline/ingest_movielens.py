@@ -9,7 +9,8 @@ Reads one of
     ml-20m, ml-25m, ml-latest(-small)  ratings.csv + movies.csv (header, quoted titles)
 Every rating is one implicit interaction. Writes DATASET/ (see pipeline/dataset.py) with the
 modalities `genre` (multi-hot), `year` (release year scaled to [0,1], missing -> median) and
-`title` (hashed bag of title words, `title_dim` dims), and the titles in items.parquet.
+`title` (hashed bag of title words, `title_dim` dims), plus `genome` and `tags` when the release
+has genome-scores.csv / tags.csv (pipeline/movielens_tags.py), and the titles in items.parquet.
 Text files are decoded as UTF-8, falling back to latin-1 (the older releases' encoding).
 `movie_rows_features` builds the same features for movies that arrive after training
 (`cli.py embed-items RUN --movielens movies.csv`), with the dataset's recorded genre columns and
@@ -28,6 +29,7 @@ from pipeline.dataset import Dataset
 from pipeline.errors import InputError
 from pipeline.features import genre_multi_hot, hashed_title_words, scaled_year, title_year
 from pipeline.ingest_common import IngestConfig, assemble, integer_ids, require_file
+from pipeline.movielens_tags import tag_modalities
 
 console = Console(stderr=True)
 ML100K_GENRES = 19
@@ -155,6 +157,8 @@ def ingest_movielens(source: Path, target: Path, config: IngestConfig = IngestCo
         genre, genre_names = genre_multi_hot(genre_lists)
     year, year_stats = scaled_year(years)
     features = {"genre": genre, "year": year, "title": hashed_title_words(items["title"], config.title_dim)}
+    tag_features, tag_meta = tag_modalities(source, items["original_id"], config.tag_dim)
+    features.update(tag_features)  # genome / tags, when the release ships those files
     return assemble(
         target,
         interactions=interactions,
@@ -163,7 +167,7 @@ def ingest_movielens(source: Path, target: Path, config: IngestConfig = IngestCo
         config=config,
         source={"kind": "movielens", "release": release, "path": str(Path(source).resolve())},
         label=str(ratings_path),
-        extra={"features": {"genres": genre_names, "year": year_stats, "title_dim": config.title_dim}},
+        extra={"features": {"genres": genre_names, "year": year_stats, "title_dim": config.title_dim, **tag_meta}},
         force=force,
     )
 

@@ -7,8 +7,10 @@ chunk, the warm item ids and each user's training items as CSR (`Dataset.train_c
 Returns `(n, num_neg)` negatives in the narrowest item dtype (`item_dtype`).
 
 The contract every sampler here keeps, row by row:
-  * every negative is a warm item that is not among the user's *training* items (validation and
-    test items are deliberately not excluded: that would leak the answers into training);
+  * every negative is a warm item that is not among the user's items in the CSR it is given: the
+    cache passes the *training* items (validation and test items are deliberately not excluded:
+    that would leak the answers into training), or, for `--exclude all-known` (reproducing the
+    reference code), every item the dataset knows the user interacted with;
   * the negatives of one row are distinct and uniform over the allowed items;
   * a user with fewer allowed items than `num_neg` is an error (`on_short="error"`), or, with
     `on_short="repeat"`, the row holds all allowed items in random order, repeated cyclically

@@ -1,0 +1,101 @@
+"""Robust selection on a smoothed validation curve (and the ablation's EMA of epoch-end weights).
+
+The rule (clcrec/averaging.py): epoch e's selection score is the mean of the validation scores of
+epochs e-W+1..e (epochs before 0 count as 0); the best is the first epoch with the highest smoothed score; training stops
+after `patience` epochs without a new best. Tested on a recorded curve with a planted one-epoch
+spike, and on real short runs whose logged curves must give the epoch the trainer picked."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from clcrec.averaging import EpochAverage, select_epoch, smoothed_score
+from clcrec.checkpoint import load_checkpoint
+from clcrec.train import Trainer, train
+from tests.clcrec.conftest import NUM_NEG
+
+# A validation curve that climbs to a plateau, with a one-epoch spike at epoch 3.
+SPIKED = [0.10, 0.20, 0.30, 0.60, 0.30, 0.38, 0.42, 0.45, 0.46, 0.47, 0.45, 0.44]
+
+
+def test_raw_selection_takes_the_spike_and_a_window_of_three_takes_the_plateau():
+    assert select_epoch(SPIKED, window=1, patience=20) == (3, 12)
+    # window 3: the spike's windows score (0.2+0.3+0.6)/3=0.367, (0.3+0.6+0.3)/3=0.4, (0.6+0.3+0.38)/3=0.427;
+    # the plateau's best window is epochs 7..9 = (0.45+0.46+0.47)/3 = 0.46
+    assert select_epoch(SPIKED, window=3, patience=20) == (9, 12)
+    assert smoothed_score(SPIKED[:10], 3) == pytest.approx(0.46)
+    # with patience 3 the raw rule stops three epochs after the spike; the smoothed one keeps going
+    # (its curve dips for two epochs as the spike leaves the window: 0.427 -> 0.367, 0.417 -> 0.443)
+    assert select_epoch(SPIKED, window=1, patience=3) == (3, 7)
+    assert select_epoch(SPIKED, window=3, patience=3) == (9, 12)
+    # epochs before the first count as 0, so an early spike is damped too; ties keep the earlier epoch
+    assert smoothed_score([0.2], 5) == pytest.approx(0.04)
+    assert select_epoch([0.9, 0.1, 0.1, 0.5, 0.5, 0.5], 3, 5) == (5, 6)
+    assert select_epoch([0.9, 0.1, 0.1, 0.5, 0.5, 0.5], 1, 5) == (0, 6)
+    assert select_epoch([0.3, 0.3, 0.1], 1, 5) == (0, 3)
+
+
+def test_epoch_average_of_the_ablation_is_the_exponential_moving_average_and_swaps_back():
+    model = torch.nn.Linear(2, 1)
+    avg = EpochAverage(model, 0.5)
+    for value, expect in ((1.0, 1.0), (3.0, 2.0), (5.0, 3.5)):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        avg.update(model)
+        assert torch.allclose(avg.shadow["weight"], torch.full((1, 2), expect))
+    with avg.swapped_in(model):
+        assert torch.allclose(model.weight, torch.full((1, 2), 3.5))
+    assert torch.allclose(model.weight, torch.full((1, 2), 5.0))  # raw weights restored
+    with pytest.raises(ValueError, match="decay must be in"):
+        EpochAverage(model, 1.0)
+
+
+def config(dataset, cache, run_dir, **kw):
+    from clcrec.config import TrainConfig
+
+    base = dict(dataset=str(dataset), cache=str(cache), run_dir=str(run_dir), num_neg=NUM_NEG,
+                batch_size=64, epochs=6, patience=10, l_r=0.01, log_every=5, seed=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def quiet():
+    from rich.console import Console
+
+    return Console(file=open(os.devnull, "w"))
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_real_run_selects_by_the_smoothed_rule(tiny_dataset, tiny_cache, tmp_path):
+    cfg = config(tiny_dataset, tiny_cache, tmp_path / "run", select_window=3)
+    results = train(cfg, console=quiet())
+    metrics = read_metrics(tmp_path / "run")
+    scores = [m["val"]["cold"]["recall@20"] for m in metrics]
+    assert [m["select_score"] for m in metrics] == scores
+    assert results["best_epoch"] == select_epoch(scores, 3, 10)[0]
+    assert metrics[-1]["select_smoothed"] == pytest.approx(sum(scores[-3:]) / 3)
+    assert metrics[0]["select_smoothed"] == pytest.approx(scores[0] / 3)
+    # best.pt holds the selected epoch's weights: evaluating them gives that epoch's logged score
+    best = metrics[results["best_epoch"]]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["epoch"] == results["best_epoch"]
+    assert results["val"]["cold"]["recall@20"] == pytest.approx(best["val"]["cold"]["recall@20"])
+
+
+def test_a_smoothed_run_resumed_midway_selects_like_an_uninterrupted_one(tiny_dataset, tiny_cache, tmp_path):
+    cfg = config(tiny_dataset, tiny_cache, tmp_path / "whole", epochs=4, select_window=3)
+    whole = train(cfg, console=quiet())
+    part = cfg.replace(run_dir=str(tmp_path / "part"), epochs=2)
+    train(part, console=quiet())
+    trainer = Trainer(part.replace(epochs=4), resume=True, console=quiet())
+    resumed = trainer.fit()
+    assert resumed["best_epoch"] == whole["best_epoch"]
+    assert resumed["test"]["cold"]["recall@20"] == pytest.approx(whole["test"]["cold"]["recall@20"], abs=1e-6)
+    a = [m["val"]["cold"]["recall@20"] for m in read_metrics(tmp_path / "whole")]
+    b = [m["val"]["cold"]["recall@20"] for m in read_metrics(tmp_path / "part")]
+    assert a == pytest.approx(b, abs=1e-6)
