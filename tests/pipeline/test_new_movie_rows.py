@@ -53,7 +53,9 @@ def test_older_dataset_without_year_statistics_recovers_them(ml100k_small, tmp_p
 
     path = ingest_movielens(ml100k_small, tmp_path / "ds", IngestConfig(split=NO_COLD))
     meta = json.loads((path / "meta.json").read_text())
-    del meta["ingest"]["features"]["year"]  # as an ingest that did not record them
+    del meta["ingest"]["features"]["year"]  # as an ingest that did not record them ...
+    for key in ("digest", "files"):  # ... which also predates meta digests and per-file hashes
+        meta.pop(key, None)
     (path / "meta.json").write_text(json.dumps(meta))
     ds = load_dataset(path)
     fit = fit_year_scaling(ds)
