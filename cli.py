@@ -9,6 +9,7 @@ Expected failures (bad input, a stale cache, a diverged run) raise `pipeline.err
 
 from __future__ import annotations
 
+import clcrec  # noqa: F401 - first: sets the OpenMP wait default before torch loads (clcrec/__init__.py)
 import sys
 from pathlib import Path
 from typing import Optional
