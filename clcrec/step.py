@@ -29,6 +29,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
@@ -90,24 +91,34 @@ def hybrid_mask(key: torch.Tensor, rows: torch.Tensor, width: int, num_sample: f
     return hybrid_hash(key, rows, width) < hybrid_threshold(num_sample)
 
 
-# The same hash in numpy uint64 (products of two values < 2^32 fit), for the CPU producer thread:
-# single-threaded, so it never competes with torch's thread pool for the cores.
-def _mix32_np(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(16))
+# The same hash as one compiled pass for the CPU producer thread: serial and GIL-free, so it never
+# competes with torch's thread pool, and about 10x cheaper than the same arithmetic in numpy.
+@numba.njit(nogil=True, cache=True)
+def _mix32_nb(x):  # pragma: no cover - compiled
+    x ^= x >> np.uint64(16)
     x = (x * np.uint64(0x7FEB352D)) & np.uint64(M32)
-    x = x ^ (x >> np.uint64(15))
+    x ^= x >> np.uint64(15)
     x = (x * np.uint64(0x846CA68B)) & np.uint64(M32)
     return x ^ (x >> np.uint64(16))
 
 
-def hybrid_mask_np(key: int, rows: np.ndarray, width: int, num_sample: float) -> np.ndarray:
-    """`hybrid_mask` computed in numpy: the same bits (tested)."""
-    rows = rows.astype(np.uint64)
+@numba.njit(nogil=True, cache=True)
+def _hybrid_rows(key, rows, width, threshold, out):  # pragma: no cover - compiled
     m = np.uint64(M32)
-    r = _mix32_np((rows & m) ^ np.uint64(key))
-    r = _mix32_np(r ^ ((rows >> np.uint64(32)) & m))
-    slots = (np.arange(width, dtype=np.uint64) * np.uint64(0x9E3779B9)) & m
-    return _mix32_np(r[:, None] ^ slots[None, :]) < np.uint64(hybrid_threshold(num_sample))
+    for i in range(rows.shape[0]):
+        p = np.uint64(rows[i])
+        r = _mix32_nb((p & m) ^ key)
+        r = _mix32_nb(r ^ ((p >> np.uint64(32)) & m))
+        for k in range(width):
+            out[i, k] = _mix32_nb(r ^ ((np.uint64(k) * np.uint64(0x9E3779B9)) & m)) < threshold
+
+
+def hybrid_mask_np(key: int, rows: np.ndarray, width: int, num_sample: float) -> np.ndarray:
+    """`hybrid_mask` on the host: the same bits (tested). rows: (B,) int64 epoch positions."""
+    out = np.empty((len(rows), width), dtype=np.bool_)
+    _hybrid_rows(np.uint64(key), np.ascontiguousarray(rows, dtype=np.int64), width,
+                 np.uint64(hybrid_threshold(num_sample)), out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
