@@ -341,7 +341,7 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="Continue a killed or finished run from its last checkpoint."),
     scale: str = typer.Option("default", help="Synthetic scale when no --dataset: tiny, default, paper, large."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default 30, synthetic demo 15; with --resume: the run's own)."),
-    patience: int = typer.Option(5, help="Epochs without validation improvement before stopping."),
+    patience: int = typer.Option(10, help="Epochs without validation improvement before stopping."),
     batch_size: int = typer.Option(256),
     l_r: Optional[float] = typer.Option(None, "--l-r", help="Learning rate (reference default 0.001; the synthetic demo uses 0.005)."),
     reg_weight: float = typer.Option(0.1),
@@ -359,7 +359,8 @@ def train(
     has_t: bool = typer.Option(True, "--has-t/--no-t"),
     modality: list[str] = typer.Option([], help="Use only these feature modalities (repeatable)."),
     select_mode: str = typer.Option("cold", help="Validation Recall@K that picks the best epoch: cold, warm, all, mean."),
-    select_k: int = typer.Option(20),
+    select_k: int = typer.Option(10, help="K of the validation Recall@K that selects the epoch."),
+    eval_ema: float = typer.Option(0.9, "--eval-ema", help="Evaluate and keep an EMA of epoch-end weights with this decay (0: raw weights)."),
     select_window: int = typer.Option(3, help="Select on the mean validation score of the last N epochs "
                                       "(1: each epoch's own; 3 damps one-epoch spikes)."),
     refresh_every: int = typer.Option(0, help="Move to the next negative generation every N epochs (0: never)."),
@@ -411,7 +412,7 @@ def train(
         num_sample=num_sample, hybrid_draw=hybrid_draw, exclude=exclude, batch_size=batch_size, dim_E=dim_e,
         has_v=has_v, has_a=has_a, has_t=has_t,
         modalities=tuple(modality), epochs=epochs if epochs is not None else preset.get("epochs", 30), patience=patience, select_mode=select_mode,
-        select_k=select_k, select_window=select_window, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
+        select_k=select_k, eval_ema=eval_ema, select_window=select_window, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
         encode=encode, scoring=scoring, cuda_graph=cuda_graph, assemble=assemble, readers=readers,
         threads=threads, log_every=log_every,
     )

@@ -1,6 +1,6 @@
 """Robust model selection: averaged weights for evaluation, and a smoothed validation curve.
 
-    python cli.py train --dataset data/ml-100k --select-window 3      # 3 is the default
+    python cli.py train --dataset data/ml-100k --eval-ema 0.9 --select-window 3    # the defaults
 
 Reads and writes nothing itself: the trainer calls `smoothed_score` on the validation scores it
 logged in metrics.jsonl; scripts/ablate_selection.py replays `select_epoch` on recorded curves.
@@ -10,9 +10,11 @@ swings from epoch to epoch, so "the best epoch" is often a one-epoch spike that 
 the test split. Two remedies were measured, both applied only at epoch ends (never inside the per-step loop,
 which the GPU path captures in a CUDA graph):
   * `EpochAverage`: an exponential moving average of the epoch-end weights, avg <- d*avg + (1-d)*w,
-    evaluated in place of the raw weights. Measured in the ablation only (README section 5): it
-    did not pay over the smoothed curve on ml-100k (lower worst seed, and with patience 5-10 it
-    stopped at an early peak), so the trainer does not use it.
+    evaluated, selected and kept (best.pt) in place of the raw weights; training continues on the
+    raw ones. `--eval-ema 0.9` is the default: over ten 40-epoch runs on the reference layout of
+    ml-100k (5 seeds, two hybrid-draw generators) it held every run's test cold Recall@10 at
+    >= 0.0854 when selecting on validation cold Recall@10, against a worst of 0.0709 for raw weights
+    (README section 5). Its memory is ~1/(1-d) = 10 epochs, so the default patience is 10.
   * `smoothed_score`: the selection score of epoch e is the mean of the validation scores of
     epochs e-W+1..e (epochs before 0 count as 0). A spike of height h in one epoch raises it by only h/W,
     and the epoch selected is the last of the best window (its weights are the ones kept).

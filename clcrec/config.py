@@ -31,7 +31,7 @@ NUMERIC_RANGES = [
     ("epochs", 1, None, False), ("patience", 1, None, False), ("select_k", 1, None, False),
     ("eval_block", 1, None, False), ("refresh_every", 0, None, False), ("seed", 0, 2**63 - 1, False),
     ("prefetch", 1, None, False), ("log_every", 1, None, False), ("threads", 0, None, False),
-    ("readers", 0, 64, False), ("select_window", 1, None, False),
+    ("readers", 0, 64, False), ("select_window", 1, None, False), ("eval_ema", 0, 0.99, False),
 ]
 _OPTION_NAMES = {"dim_E": "--dim-e"}
 
@@ -68,9 +68,10 @@ class TrainConfig:
     modalities: tuple[str, ...] = ()  # explicit feature subset; () = all (after has_* switches)
     # --- schedule ---
     epochs: int = 30
-    patience: int = 5  # epochs without a validation improvement before stopping
+    patience: int = 10  # epochs without a validation improvement (longer than the EMA's ~10-epoch memory)
     select_mode: str = "cold"  # which validation Recall@K picks the best epoch (see README)
-    select_k: int = 20
+    select_k: int = 10  # the reference's (and the quality target's) K
+    eval_ema: float = 0.9  # evaluate and keep an EMA of epoch-end weights (0: the raw weights)
     # Select on the mean of the last `select_window` validation scores (1: each epoch's own score);
     # 3 damps one-epoch spikes of small validation sets (README section 5, clcrec/averaging.py).
     select_window: int = 3

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from cache.store import CacheStore
 from clcrec import distributed as dist
-from clcrec.averaging import smoothed_score
+from clcrec.averaging import EpochAverage, smoothed_score
 from clcrec.checkpoint import (
     RunDir, check_model_state, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
@@ -115,6 +115,9 @@ class Trainer:
         # --- early-stopping state, restored on resume ---
         self.start_epoch, self.best_score, self.best_epoch, self.bad_epochs = 0, -1.0, -1, 0
         self.metrics: list[dict] = []
+        # Averaged epoch-end weights are what is evaluated, selected and kept (clcrec/averaging.py);
+        # training continues on the raw weights. Epoch ends only: the step (a CUDA graph) never sees it.
+        self.average = EpochAverage(self.model, cfg.eval_ema) if cfg.eval_ema > 0 and self.ctx.is_main else None
         self.supply = GenerationSupply(Path(cfg.dataset), self.store, self.ctx, self.console)
 
     # ------------------------------------------------------------------------------------------
@@ -144,6 +147,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "dataset_fingerprint": self.dataset.fingerprint,
             "modalities": self.modalities,
+            "ema": self.average.state_dict() if self.average is not None else None,
         }
 
     def claim_run_dir(self) -> None:
@@ -181,6 +185,10 @@ class Trainer:
             if ck["scaler"]:  # a disabled scaler (fp32/bf16) saved {}: resuming with fp16 starts it fresh
                 self.scaler.load_state_dict(ck["scaler"])
             set_rng_state(ck["rng"])
+            if self.average is not None and ck.get("ema"):
+                ema = ck["ema"]
+                self.average.load_state_dict({"decay": ema["decay"],
+                                              "shadow": {k: v.to(self.device) for k, v in ema["shadow"].items()}})
             self.start_epoch = ck["epoch"] + 1
             self.best_score, self.best_epoch, self.bad_epochs = ck["best_score"], ck["best_epoch"], ck["bad_epochs"]
             # Epochs logged after the last checkpoint are replayed, so drop their records.
@@ -299,7 +307,12 @@ class Trainer:
         cfg = self.cfg
         stop = False
         if self.ctx.is_main:
-            record["val"] = self.evaluate("val")
+            if self.average is not None:
+                self.average.update(self.model)
+                with self.average.swapped_in(self.model):
+                    record["val"] = self.evaluate("val")
+            else:
+                record["val"] = self.evaluate("val")
             score = select_score(record["val"], cfg)
             record["select_score"] = score
             smoothed = smoothed_score([r["select_score"] for r in self.metrics] + [score], cfg.select_window)
@@ -314,8 +327,9 @@ class Trainer:
             # Order matters for resume: metrics, then best, then last (the resume point).
             self.metrics = self.run.append_metrics(self.metrics, record)
             state = self.state(epoch, generation)
-            if improved:
-                save_checkpoint(self.run.best, state)
+            if improved:  # best.pt's model is the one evaluated: the averaged weights, if any
+                best = state if self.average is None else {**state, "model": self.average.averaged_state(self.model)}
+                save_checkpoint(self.run.best, best)
             save_checkpoint(self.run.last, state)
             key = f"recall@{cfg.select_k}"
             self.console.print(

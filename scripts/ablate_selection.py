@@ -55,7 +55,7 @@ def run_seed(dataset: Path, out: Path, seed: int, epochs: int, decays: list[floa
         console = Console(stderr=True)
         ensure_cache(dataset, cache, 128, seed, console)
         cfg = TrainConfig(dataset=str(dataset), cache=str(cache), run_dir=str(run), epochs=epochs,
-                          patience=epochs, seed=seed, threads=1, **kw)
+                          patience=epochs, seed=seed, threads=1, eval_ema=0, **kw)  # raw curves; decays below
         trainer = RecordingTrainer(cfg, decays, console=console)
         trainer.fit()
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -4,7 +4,8 @@
 #      steps, the hybrid hash's bits, loss kernels, evaluation, bf16 resume, ranks vs GPUs);
 #   2. `cli.py bench train` at paper scale, batch 256, 4096 and 16384: the step alone, the
 #      streaming loop, the reference-style loop (4 DataLoader workers), data wait, GPU busy;
-#   3. paper-scale training with --refresh-every 1 and 10 (per-epoch data wait and the time spent
+#   3. `cli.py bench recommend` (recommend-all at paper scale) and paper-scale training with
+#      --refresh-every 1 and 10 (per-epoch data wait and the time spent
 #      waiting for the next negative generation);
 #   4. ml-100k, when ${ML100K:-../shared/datasets/ml-100k} is there (copy it into an ignored folder
 #      to carry it to a GPU machine, then pass ML100K=that/folder): bench and a training run;
@@ -50,11 +51,14 @@ PYEOF
     nvidia-smi -L
     echo "== CUDA tests"
     "$PY" -m pytest -q -p no:cacheprovider -rs tests/clcrec/test_kernels.py tests/clcrec/test_evaluate.py \
-        tests/clcrec/test_step.py tests/clcrec/test_train.py tests/clcrec/test_distributed.py -k cuda
+        tests/clcrec/test_step.py tests/clcrec/test_train.py tests/clcrec/test_distributed.py \
+        tests/clcrec/test_serve_new_items.py -k cuda
     echo "== [$(( $(date +%s) - t0 )) s] bench train, paper scale, batch 256"
     "$PY" cli.py bench train --batch-size 256 --steps 300
     echo "== [$(( $(date +%s) - t0 )) s] bench train, paper scale, batch 4096 and 16384"
     "$PY" cli.py bench train --batch-size 4096 --batch-size 16384 --steps 60 --rounds 3
+    echo "== [$(( $(date +%s) - t0 )) s] bench recommend, paper scale (recommend-all users/s on the GPU)"
+    "$PY" cli.py bench recommend
     for every in 1 10; do
         echo "== [$(( $(date +%s) - t0 )) s] paper-scale training, --refresh-every $every, batch 4096"
         rm -rf "$OUT/refresh-$every" caches/refresh-$every

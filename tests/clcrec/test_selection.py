@@ -1,4 +1,4 @@
-"""Robust selection on a smoothed validation curve (and the ablation's EMA of epoch-end weights).
+"""Robust selection: a smoothed validation curve, and an EMA of epoch-end weights evaluated and kept.
 
 The rule (clcrec/averaging.py): epoch e's selection score is the mean of the validation scores of
 epochs e-W+1..e (epochs before 0 count as 0); the best is the first epoch with the highest smoothed score; training stops
@@ -58,7 +58,7 @@ def config(dataset, cache, run_dir, **kw):
     from clcrec.config import TrainConfig
 
     base = dict(dataset=str(dataset), cache=str(cache), run_dir=str(run_dir), num_neg=NUM_NEG,
-                batch_size=64, epochs=6, patience=10, l_r=0.01, log_every=5, seed=1)
+                batch_size=64, epochs=6, patience=10, l_r=0.01, log_every=5, seed=1, select_k=20, eval_ema=0)
     return TrainConfig(**{**base, **kw})
 
 
@@ -99,3 +99,37 @@ def test_a_smoothed_run_resumed_midway_selects_like_an_uninterrupted_one(tiny_da
     a = [m["val"]["cold"]["recall@20"] for m in read_metrics(tmp_path / "whole")]
     b = [m["val"]["cold"]["recall@20"] for m in read_metrics(tmp_path / "part")]
     assert a == pytest.approx(b, abs=1e-6)
+
+
+def test_the_trainer_evaluates_and_keeps_an_ema_of_epoch_end_weights(tiny_dataset, tiny_cache, tmp_path):
+    """Averaging never touches training (the raw weights follow the same path as without it); the
+    average is an exact EMA of the epoch-end weights; best.pt holds the averaged weights that were
+    evaluated, last.pt the raw ones and the average, and a resumed run ends like a whole one."""
+    raw = {}
+    for n in (1, 2, 3):  # raw epoch-end weights, from runs without averaging
+        run = tmp_path / f"raw{n}"
+        train(config(tiny_dataset, tiny_cache, run, epochs=n), console=quiet())
+        raw[n - 1] = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    cfg = config(tiny_dataset, tiny_cache, tmp_path / "ema", epochs=3, eval_ema=0.5, select_k=10)
+    results = train(cfg, console=quiet())
+    last = load_checkpoint(tmp_path / "ema" / "checkpoints" / "last.pt")
+    for k, v in raw[2].items():
+        assert torch.equal(last["model"][k], v)  # training unchanged by averaging
+    ema = {k: 0.25 * raw[0][k] + 0.25 * raw[1][k] + 0.5 * raw[2][k] for k in raw[2] if raw[2][k].is_floating_point()}
+    for k, v in ema.items():
+        torch.testing.assert_close(last["ema"]["shadow"][k], v)
+    best = load_checkpoint(tmp_path / "ema" / "checkpoints" / "best.pt")
+    assert best["epoch"] == results["best_epoch"]
+    metrics = read_metrics(tmp_path / "ema")
+    assert results["val"]["cold"]["recall@10"] == pytest.approx(metrics[results["best_epoch"]]["val"]["cold"]["recall@10"])
+    if results["best_epoch"] == 2:
+        for k, v in ema.items():
+            torch.testing.assert_close(best["model"][k], v)
+    # killed after epoch 1 and resumed: the average carries over
+    part = cfg.replace(run_dir=str(tmp_path / "part"), epochs=2)
+    train(part, console=quiet())
+    resumed = Trainer(part.replace(epochs=3), resume=True, console=quiet()).fit()
+    assert resumed["best_epoch"] == results["best_epoch"]
+    again = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["ema"]["shadow"]
+    for k, v in ema.items():
+        torch.testing.assert_close(again[k], v)

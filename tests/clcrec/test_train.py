@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 def config(dataset, cache, run_dir, **kw) -> TrainConfig:
     base = dict(dataset=str(dataset), cache=str(cache), run_dir=str(run_dir), num_neg=NUM_NEG,
                 batch_size=64, epochs=3, patience=10, l_r=0.01, log_every=5,
-                select_window=1)  # these tests pin the per-epoch rule; test_selection.py the smoothed one
+                select_window=1, select_k=20, eval_ema=0)  # the per-epoch rule on raw weights; test_selection.py the others
     base.update(kw)
     return TrainConfig(**base)
 
