@@ -65,6 +65,16 @@ def check_selectable(ds, cfg: TrainConfig) -> None:
         )
 
 
+def describe_selection(cfg: TrainConfig) -> str:
+    """e.g. 'cold recall@10, mean of 3 epochs, weights averaged (EMA 0.9)'."""
+    parts = [f"{cfg.select_mode} recall@{cfg.select_k}"]
+    if cfg.select_window > 1:
+        parts.append(f"mean of {cfg.select_window} epochs")
+    if cfg.eval_ema > 0:
+        parts.append(f"weights averaged (EMA {cfg.eval_ema})")
+    return ", ".join(parts)
+
+
 def select_score(val: dict, cfg: TrainConfig) -> float:
     key = f"recall@{cfg.select_k}"
     if cfg.select_mode == "mean":
@@ -352,7 +362,7 @@ class Trainer:
         self.model.load_state_dict(best["model"])
         results = {
             "best_epoch": best["epoch"],
-            "select": f"{self.cfg.select_mode} recall@{self.cfg.select_k}",
+            "select": describe_selection(self.cfg),
             "val": self.evaluate("val"),
             "test": self.evaluate("test"),
         }
