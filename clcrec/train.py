@@ -19,7 +19,7 @@ from rich.console import Console
 
 from cache.store import CacheStore
 from clcrec import distributed as dist
-from clcrec.averaging import EpochAverage, smoothed_score
+from clcrec.averaging import EpochAverage, first_selectable, smoothed_score
 from clcrec.checkpoint import (
     RunDir, check_model_state, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
@@ -166,6 +166,8 @@ class Trainer:
         self.run_lock = self.run.lock()
         if self.resume and self.run.last.exists():
             for path in (self.run.last, self.run.best):
+                if path == self.run.best and not path.exists():
+                    continue  # killed before the first selectable epoch (an average's memory)
                 ck = load_checkpoint(path, map_location="cpu")
                 self.cfg.check_resumable(ck["config"])
                 if ck["dataset_fingerprint"] != self.dataset.fingerprint:
@@ -328,10 +330,11 @@ class Trainer:
             smoothed = smoothed_score([r["select_score"] for r in self.metrics] + [score], cfg.select_window)
             if cfg.select_window > 1:
                 record["select_smoothed"] = smoothed
-            improved = smoothed > self.best_score
+            selectable = epoch >= first_selectable(cfg.eval_ema, cfg.epochs)  # an average needs its memory
+            improved = selectable and smoothed > self.best_score
             if improved:
                 self.best_score, self.best_epoch, self.bad_epochs = smoothed, epoch, 0
-            else:
+            elif selectable:
                 self.bad_epochs += 1
             record["best_epoch"] = self.best_epoch
             # Order matters for resume: metrics, then best, then last (the resume point).

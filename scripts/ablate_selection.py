@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clcrec.averaging import EpochAverage, select_epoch  # noqa: E402
+from clcrec.averaging import EpochAverage, first_selectable, select_epoch  # noqa: E402
 from clcrec.config import TrainConfig  # noqa: E402
 from clcrec.train import Trainer  # noqa: E402
 
@@ -92,7 +92,8 @@ def main() -> None:
                             scores = [(v["warm"][f"recall@{k}"] + v["cold"][f"recall@{k}"]) / 2 for v in val]
                         else:
                             scores = [v[mode][f"recall@{k}"] for v in val]
-                        e, ran = select_epoch(scores, window, patience)
+                        decay = float(variant[3:]) if variant.startswith("ema") else 0.0
+                        e, ran = select_epoch(scores, window, patience, first_selectable(decay, len(scores)))
                         test = recs[e]["curves"][variant]["test"]
                         picks.append({"seed": s, "epoch": e, "ran": ran,
                                       "cold_r10": metric(test, "cold", "recall@10"),

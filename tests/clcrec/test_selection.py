@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from clcrec.averaging import EpochAverage, select_epoch, smoothed_score
+from clcrec.averaging import EpochAverage, first_selectable, select_epoch, smoothed_score
 from clcrec.checkpoint import load_checkpoint
 from clcrec.train import Trainer, train
 from tests.clcrec.conftest import NUM_NEG
@@ -32,6 +32,9 @@ def test_raw_selection_takes_the_spike_and_a_window_of_three_takes_the_plateau()
     # (its curve dips for two epochs as the spike leaves the window: 0.427 -> 0.367, 0.417 -> 0.443)
     assert select_epoch(SPIKED, window=1, patience=3) == (3, 7)
     assert select_epoch(SPIKED, window=3, patience=3) == (9, 12)
+    # an average is selectable once it has seen its memory: an early peak cannot end the run
+    assert first_selectable(0.9, 40) == 9 and first_selectable(0.9, 4) == 3 and first_selectable(0, 40) == 0
+    assert select_epoch([0.9, 0.1, 0.1, 0.5, 0.5, 0.6, 0.4], 1, 2, first=3) == (5, 7)
     # epochs before the first count as 0, so an early spike is damped too; ties keep the earlier epoch
     assert smoothed_score([0.2], 5) == pytest.approx(0.04)
     assert select_epoch([0.9, 0.1, 0.1, 0.5, 0.5, 0.5], 3, 5) == (5, 6)
