@@ -392,6 +392,10 @@ class Trainer:
 def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = None) -> dict:
     trainer = Trainer(cfg, resume=resume, console=console)
     try:
-        return trainer.fit()
+        results = trainer.fit()
+        # Every rank leaves together: a rank that tore its process group down while rank 0 still
+        # evaluated once died in gloo's teardown ("terminate called ...", SIGABRT) in CI.
+        dist.barrier(trainer.ctx)
+        return results
     finally:
         dist.shutdown(trainer.ctx)
