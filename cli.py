@@ -370,6 +370,7 @@ def train(
     encode: str = typer.Option("auto", help="auto, unique (encode distinct batch items once), slots."),
     scoring: str = typer.Option("auto", help="auto, gather (score sampled slots), dense (score the whole item table; GPU default for small catalogues)."),
     cuda_graph: str = typer.Option("auto", "--cuda-graph", help="Replay the training step as one CUDA graph: auto, on, off."),
+    compile: str = typer.Option("off", "--compile", help="on: fuse the losses with torch.compile (needs triton on CUDA, a C++ compiler on CPU)."),
     assemble: str = typer.Option("auto", help="Where batches are cut: auto (device on CUDA), host, device."),
     readers: int = typer.Option(0, help="Threads decoding cache chunks (0: 1 on CPU, up to 4 on CUDA)."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch default)."),
@@ -413,7 +414,7 @@ def train(
         has_v=has_v, has_a=has_a, has_t=has_t,
         modalities=tuple(modality), epochs=epochs if epochs is not None else preset.get("epochs", 30), patience=patience, select_mode=select_mode,
         select_k=select_k, eval_ema=eval_ema, select_window=select_window, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
-        encode=encode, scoring=scoring, cuda_graph=cuda_graph, assemble=assemble, readers=readers,
+        encode=encode, scoring=scoring, cuda_graph=cuda_graph, compile=compile, assemble=assemble, readers=readers,
         threads=threads, log_every=log_every,
     )
     run_training(cfg, scale=scale, console=console)
@@ -552,6 +553,9 @@ def bench_train_cmd(
     encode: str = typer.Option("auto", help="auto, unique or slots; all loops."),
     scoring: str = typer.Option("auto", help="auto, gather or dense (whole-table matmuls); all loops."),
     cuda_graph: str = typer.Option("auto", "--cuda-graph", help="auto, on or off: the step as one CUDA graph."),
+    compile: str = typer.Option("off", "--compile", help="off or on: the losses through torch.compile; all loops."),
+    compare_steps: bool = typer.Option(False, "--compare-steps", help="Also time the step alone in every form "
+                                       "(eager, CUDA graph, compiled, compiled + graph), side by side."),
     readers: int = typer.Option(0, help="Chunk-decoding threads of the streaming loop (0: automatic)."),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time the reference-style loop."),
 ):
@@ -561,7 +565,7 @@ def bench_train_cmd(
     run_bench_train(BenchTrainConfig(dataset=str(dataset or ""), scale=scale, steps=steps, rounds=rounds,
                                      batch_sizes=tuple(batch_size), num_neg=num_neg, workers=workers, device=device,
                                      amp=amp, encode=encode, scoring=scoring, cuda_graph=cuda_graph, readers=readers,
-                                     reference=reference), console)
+                                     compile=compile, compare_steps=compare_steps, reference=reference), console)
 
 
 def main() -> None:

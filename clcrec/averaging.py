@@ -1,4 +1,5 @@
-"""Robust model selection: averaged weights for evaluation, and a smoothed validation curve.
+"""Robust model selection: averaged weights for evaluation, a smoothed validation curve, and the
+selection rule itself (which validation recall, and whether the dataset can supply it).
 
     python cli.py train --dataset data/ml-100k --eval-ema 0.9 --select-window 3    # the defaults
 
@@ -24,8 +25,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
+
+from clcrec.config import TrainConfig
+from pipeline.errors import UserError
 
 
 class EpochAverage:
@@ -117,3 +122,38 @@ def select_epoch(scores: list[float], window: int, patience: int, first: int = 0
             if bad >= patience:
                 return best_epoch, e + 1
     return best_epoch, len(scores)
+
+
+def check_selectable(ds, cfg: TrainConfig) -> None:
+    """Refuse a run whose model selection would read an empty metric: no validation data, or
+    --select-mode cold (or warm) on a split without validation interactions of that kind."""
+    val = np.asarray(ds.val)
+    cold = bool(val.size) and bool((ds.item_status[val[:, 1]] != 0).any())
+    warm = bool(val.size) and bool((ds.item_status[val[:, 1]] == 0).any())
+    need = {"cold": cold, "warm": warm, "all": cold or warm, "mean": cold and warm}[cfg.select_mode]
+    if not need:
+        what = {"cold": "cold items", "warm": "warm items", "all": "interactions",
+                "mean": "warm and cold items"}[cfg.select_mode]
+        alt = [m for m, ok in (("warm", warm), ("all", cold or warm)) if ok and m != cfg.select_mode]
+        raise UserError(
+            f"dataset {ds.root} has no validation {what}, so --select-mode {cfg.select_mode} would select "
+            f"epochs on a recall that is always 0; "
+            + (f"pass --select-mode {alt[0]}" if alt else "ingest it with validation data (--val-fraction, --cold-fraction)")
+        )
+
+
+def describe_selection(cfg: TrainConfig) -> str:
+    """e.g. 'cold recall@10, mean of 3 epochs, weights averaged (EMA 0.9)'."""
+    parts = [f"{cfg.select_mode} recall@{cfg.select_k}"]
+    if cfg.select_window > 1:
+        parts.append(f"mean of {cfg.select_window} epochs")
+    if cfg.eval_ema > 0:
+        parts.append(f"weights averaged (EMA {cfg.eval_ema})")
+    return ", ".join(parts)
+
+
+def select_score(val: dict, cfg: TrainConfig) -> float:
+    key = f"recall@{cfg.select_k}"
+    if cfg.select_mode == "mean":
+        return (val["warm"][key] + val["cold"][key]) / 2
+    return val[cfg.select_mode][key]

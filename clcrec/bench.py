@@ -55,6 +55,8 @@ class BenchTrainConfig:
     encode: str = "auto"  # as TrainConfig.encode
     scoring: str = "auto"  # as TrainConfig.scoring
     cuda_graph: str = "auto"  # as TrainConfig.cuda_graph
+    compile: str = "off"  # as TrainConfig.compile
+    compare_steps: bool = False  # also time the step alone in every form: eager / graph / compiled
     readers: int = 0  # as TrainConfig.readers
     reference: bool = True  # also time the reference-style loop
     seed: int = 0
@@ -200,7 +202,7 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
         raise UserError(f"--batch-size must be >= 1, got {list(bc.batch_sizes)}")
     base = default_paths(TrainConfig(dataset=bc.dataset, num_neg=bc.num_neg, device=bc.device, amp=bc.amp,
                                      encode=bc.encode, scoring=bc.scoring, cuda_graph=bc.cuda_graph,
-                                     readers=bc.readers, seed=bc.seed), bc.scale)
+                                     compile=bc.compile, readers=bc.readers, seed=bc.seed), bc.scale)
     if not bc.dataset:
         ensure_synthetic(Path(base.dataset), bc.scale, bc.seed, console)
     ensure_cache(Path(base.dataset), Path(base.cache), bc.num_neg, bc.seed, console)
@@ -232,8 +234,53 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
         if gen.num_rows < need:
             console.print(f"[yellow]note:[/yellow] batch {batch_size}: the generation has {gen.num_rows} rows < {need}; epochs repeat")
         out[batch_size] = _bench_batch_size(bc, cfg, plan, ds, gen, stream, fresh_model, workers, console)
+        if bc.compare_steps:
+            out[batch_size]["step_forms"] = _step_forms(bc, cfg, plan, ds, stream, fresh_model, console)
     _print_table(out, bc.reference)
+    if bc.compare_steps:
+        _print_forms(out)
     return out
+
+
+def _step_forms(bc, cfg, plan, ds, stream, fresh_model, console) -> dict:
+    """The step alone (one resident batch) in each form this device allows, each with a fresh model:
+    eager, compiled losses (torch.compile) and, on CUDA, each inside one CUDA graph; on CUDA also
+    the other scoring (dense <-> gather), eager and as a graph, which is what sets
+    clcrec.execution.DENSE_ITEMS_PER_SLOT. A form that cannot run is reported with its reason."""
+    import dataclasses
+
+    from clcrec.execution import check_compile
+
+    cuda = plan.device.type == "cuda"
+    own = "dense" if plan.dense else "gather"
+    forms = [(plan.dense, graph, compiled) for compiled in (False, True) for graph in ((False, True) if cuda else (False,))]
+    if cuda and not plan.dedupe:
+        forms += [(not plan.dense, graph, False) for graph in (False, True)]
+    with stream(cfg.batch_size, 97) as s:
+        resident = next(iter(batches_on_device(s, plan.device)))
+    res = {}
+    for dense, graph, compiled in forms:
+        name = (f"{'dense' if dense else 'gather'}, {'compiled' if compiled else 'eager'}"
+                + (" + CUDA graph" if graph else ""))
+        try:
+            if compiled:
+                check_compile(plan.device, dense, plan.dedupe, 1)
+            if graph and not plan.graph:
+                raise UserError("this plan cannot capture the step (see --cuda-graph)")
+            form_cfg = cfg.replace(compile="on" if compiled else "off", scoring="dense" if dense else "gather")
+            loop = TimedLoop(repeat(resident), fresh_model(), form_cfg,
+                             dataclasses.replace(plan, dense=dense, graph=graph, compiled=compiled), bc.warmup)
+            loop.run(bc.steps)
+            res[name] = loop.result()
+            if graph and loop.runner.graph_failed:
+                res[name] = {"error": f"capture failed, ran eagerly: {loop.runner.graph_failed}"[:160]}
+        except Exception as e:  # noqa: BLE001 - a comparison row, not the run: report why and go on
+            res[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160]}
+        console.print(f"  batch {cfg.batch_size}, step alone, {name}: "
+                      + (f"{res[name]['samples_per_s']:,.0f} samples/s" if "error" not in res[name] else res[name]["error"]),
+                      highlight=False)
+    res["_base"] = f"{own}, eager"
+    return res
 
 
 def _bench_batch_size(bc, cfg, plan, ds, gen, stream, fresh_model, workers, console) -> dict:
@@ -277,6 +324,10 @@ def _bench_batch_size(bc, cfg, plan, ds, gen, stream, fresh_model, workers, cons
         for loop in loops.values():
             loop.run(per_round)
     res = {name: loop.result() for name, loop in loops.items()}
+    for name, loop in loops.items():
+        if loop.runner.graph_failed:
+            console.print(f"[yellow]note:[/yellow] batch {cfg.batch_size}, {name}: the step could not be captured "
+                          f"({loop.runner.graph_failed}); it ran eagerly", highlight=False)
 
     # The step alone: one batch resident on the device, stepped again and again.
     with stream(cfg.batch_size, 98) as s:
@@ -298,6 +349,25 @@ def _bench_batch_size(bc, cfg, plan, ds, gen, stream, fresh_model, workers, cons
         res["ratio"] = res["streaming"]["samples_per_s"] / res["reference"]["samples_per_s"]
         res["data_ratio"] = data["streaming"]["samples_per_s"] / data["reference"]["samples_per_s"]
     return res
+
+
+def _print_forms(out: dict) -> None:
+    table = Table(title="the step alone, batch resident, by form")
+    for col in ["batch", "form", "ms per step", "samples/s", "vs eager"]:
+        table.add_column(col, justify="right")
+    for batch_size, r in out.items():
+        forms = dict(r["step_forms"])
+        base = forms.pop("_base")
+        eager = forms.get(base, {}).get("samples_per_s")
+        for name, f in forms.items():
+            if "error" in f:
+                table.add_row(str(batch_size), name, "-", f["error"], "-")
+                continue
+            sps = f["samples_per_s"]
+            table.add_row(str(batch_size), name, f"{1e3 * batch_size / sps:.3f}", f"{sps:,.0f}",
+                          f"{sps / eager:.2f}x" if eager else "-")
+    table.caption = "vs eager: against the plan's scoring, eager"
+    Console(width=max(160, Console().width)).print(table)
 
 
 def _print_table(out: dict, reference: bool) -> None:

@@ -17,11 +17,12 @@ from pipeline.errors import UserError
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
 # Fields a resumed run may change: where and how fast it runs, and how long, but not what it learns.
 RESUMABLE_CHANGES = {"run_dir", "epochs", "patience", "device", "amp", "threads", "log_every", "prefetch", "eval_block", "encode",
-                     "scoring", "cuda_graph", "assemble", "readers"}
+                     "scoring", "cuda_graph", "compile", "assemble", "readers"}
 SELECT_MODES = ("cold", "warm", "all", "mean")
 ENCODE_MODES = ("auto", "unique", "slots")
 SCORING_MODES = ("auto", "gather", "dense")
 GRAPH_MODES = ("auto", "on", "off")
+COMPILE_MODES = ("off", "on")
 ASSEMBLE_MODES = ("auto", "host", "device")
 # (field, lower bound, upper bound or None, lower bound excluded): checked on every TrainConfig
 NUMERIC_RANGES = [
@@ -85,6 +86,7 @@ class TrainConfig:
     encode: str = "auto"  # unique: encode each distinct item of a batch once; slots: every slot
     scoring: str = "auto"  # gather | dense (whole-table matmuls); auto: clcrec/execution.py
     cuda_graph: str = "auto"  # capture the step in one CUDA graph: auto (when possible) | on | off
+    compile: str = "off"  # on: the losses through torch.compile (inductor fuses them; clcrec/step.py)
     assemble: str = "auto"  # where batches are cut: host | device (auto: device on CUDA)
     readers: int = 0  # chunk-decoding threads (0: 1 on CPU, up to 4 on CUDA)
     prefetch: int = 4  # chunks buffered ahead by the producer thread
@@ -99,6 +101,7 @@ class TrainConfig:
             (self.encode in ENCODE_MODES, f"--encode must be one of {ENCODE_MODES}, got {self.encode!r}"),
             (self.scoring in SCORING_MODES, f"--scoring must be one of {SCORING_MODES}, got {self.scoring!r}"),
             (self.cuda_graph in GRAPH_MODES, f"--cuda-graph must be one of {GRAPH_MODES}, got {self.cuda_graph!r}"),
+            (self.compile in COMPILE_MODES, f"--compile must be one of {COMPILE_MODES}, got {self.compile!r}"),
             (self.assemble in ASSEMBLE_MODES, f"--assemble must be one of {ASSEMBLE_MODES}, got {self.assemble!r}"),
             (self.exclude in EXCLUDE_MODES, f"--exclude must be one of {EXCLUDE_MODES}, got {self.exclude!r}"),
             (self.hybrid_draw in HYBRID_DRAWS, f"--hybrid-draw must be one of {HYBRID_DRAWS}, got {self.hybrid_draw!r}"),

@@ -35,11 +35,13 @@ class ExecPlan:
     assemble: str  # host | device (clcrec.loader)
     graph: bool  # the step is one CUDA graph
     readers: int  # chunk-decoding threads
+    compiled: bool = False  # the losses run through torch.compile (clcrec.step)
 
     def describe(self) -> str:
         scoring = "dense" if self.dense else ("gather, unique items" if self.dedupe else "gather, every slot")
         return (f"device {self.device}, scoring {scoring}, {self.assemble} batch assembly, "
-                f"{'CUDA graph' if self.graph else 'eager steps'}, {self.readers} chunk reader(s)")
+                f"{'CUDA graph' if self.graph else 'eager steps'}{', compiled losses' if self.compiled else ''}, "
+                f"{self.readers} chunk reader(s)")
 
 
 def wants_cuda(cfg: TrainConfig) -> bool:
@@ -82,7 +84,34 @@ def plan_execution(cfg: TrainConfig, device: torch.device, num_items: int, world
         raise UserError("--assemble device cannot deduplicate item ids; pass --encode slots or --scoring dense")
     graph = wants_graph(step_config(cfg, dense), device, world, dedupe)
     readers = cfg.readers or (min(4, max(1, (os.cpu_count() or 2) // 4)) if cuda else 1)
-    return ExecPlan(device, dense, dedupe, assemble, graph, readers)
+    compiled = cfg.compile == "on"
+    if compiled:
+        check_compile(device, dense, dedupe, world)
+    return ExecPlan(device, dense, dedupe, assemble, graph, readers, compiled)
+
+
+def check_compile(device: torch.device, dense: bool, dedupe: bool, world: int) -> None:
+    """Refuse --compile on where it cannot work, before anything is written: each shape is
+    compiled once, so no per-batch shapes (dedupe); the CPU gather losses are numba kernels that
+    inductor cannot trace; DDP's hooks are not traced here; and inductor needs its code generator
+    (triton for CUDA, a C++ compiler for CPU)."""
+    import shutil
+
+    blockers = [why for bad, why in [
+        (dedupe, "deduplicated batches change shape every step (pass --encode slots or --scoring dense)"),
+        (device.type == "cpu" and not dense, "on CPU the gather losses are compiled numba kernels (pass --scoring dense)"),
+        (world > 1, "distributed runs step through DDP (run one process)"),
+    ] if bad]
+    if not blockers and device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            blockers.append("torch.compile on CUDA needs triton, which is not installed (pip install triton)")
+    if not blockers and device.type == "cpu":
+        if not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+            blockers.append("torch.compile on CPU needs a C++ compiler (install g++, or set CXX)")
+    if blockers:
+        raise UserError(f"--compile on cannot be used: {blockers[0]}; or pass --compile off")
 
 
 def hybrid_rate(cfg: TrainConfig) -> float:
@@ -92,4 +121,4 @@ def hybrid_rate(cfg: TrainConfig) -> float:
 
 def step_config(cfg: TrainConfig, dense: bool) -> StepConfig:
     return StepConfig(reg_weight=cfg.reg_weight, num_sample=hybrid_rate(cfg), amp=cfg.amp, dense=dense,
-                      graph=cfg.cuda_graph)
+                      graph=cfg.cuda_graph, compile=cfg.compile == "on")

@@ -84,7 +84,7 @@ def run_training(cfg: TrainConfig, *, scale: str = "default", console: Console |
             ensure_synthetic(Path(cfg.dataset), scale, cfg.seed, console)
         elif not (Path(cfg.dataset) / "meta.json").exists():
             raise UserError(f"{cfg.dataset} is not a dataset directory; create it with `cli.py ingest ...`")
-        from clcrec.train import check_selectable
+        from clcrec.averaging import check_selectable
         from pipeline.dataset import load_dataset
 
         check_selectable(load_dataset(cfg.dataset), cfg)  # verified once here, before a cache is built

@@ -23,6 +23,7 @@ from rich.console import Console
 from cache.build import build_generation
 from cache.store import CacheStore
 from clcrec import distributed as dist
+from clcrec.config import TrainConfig
 from pipeline.errors import CacheError, DatasetChangedError, UserError
 
 HELD_OUT_NOTE = (
@@ -135,3 +136,15 @@ class GenerationSupply:
             if ahead["lease"] is not None:
                 ahead["lease"].close()
         self._ahead = {}
+
+
+def upcoming_generations(cfg: TrainConfig, epoch: int, ahead: int) -> list[int]:
+    """The next `ahead` distinct generations the run will read after epoch `epoch`'s."""
+    now, out = cfg.generation_for_epoch(epoch), []
+    for e in range(epoch + 1, cfg.epochs):
+        g = cfg.generation_for_epoch(e)
+        if g != now and g not in out:
+            out.append(g)
+            if len(out) == ahead:
+                break
+    return out

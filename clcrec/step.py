@@ -160,6 +160,7 @@ class StepConfig:
     amp: str = "auto"
     dense: bool = False  # score against the whole item table (clcrec.model.CLCRec.forward)
     graph: str = "auto"  # auto: capture on CUDA when possible; on: require it; off: eager
+    compile: bool = False  # full batches' losses through torch.compile (checked by clcrec.execution)
 
 
 def wants_graph(cfg: StepConfig, device: torch.device, world: int, dedupe: bool) -> bool:
@@ -194,9 +195,14 @@ class StepRunner:
         self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
         self.step_no = torch.zeros((), dtype=torch.long, device=device)
         self.eager_steps = 0
+        self.graph_failed: str | None = None  # why capture failed (auto then steps eagerly)
         self.graph: torch.cuda.CUDAGraph | None = None
         self._static: dict[str, torch.Tensor] = {}
         self._side = torch.cuda.Stream(device) if graph else None
+        # One compiled shape (the full batch): dynamic=False gives inductor static kernels, and the
+        # epoch's short last batch runs the same losses eagerly instead of compiling a second shape.
+        self._compiled = torch.compile(self._losses, fullgraph=True, dynamic=False) if cfg.compile else None
+        self.compiled_steps = 0  # steps whose losses ran compiled code
 
     def start_epoch(self, key: int) -> None:
         self.key.fill_(key)
@@ -204,15 +210,24 @@ class StepRunner:
         self.bad_step.fill_(-1)
         self.step_no.zero_()
 
-    def _compute(self, users, items, row0, hybrid=None, uniq=None, inverse=None) -> None:
-        """Forward, backward, update and bookkeeping, all on the device. `hybrid` comes drawn per
-        chunk by the loader; without it (bench's reference loop) it is drawn here from row0."""
+    def _losses(self, users, items, row0, hybrid, uniq, inverse):
+        """(loss, loss_re, loss_ui, reg): the forward pass, run under autocast by the caller.
+        `hybrid` comes drawn per chunk by the loader; without it (bench's reference loop) it is
+        drawn here from row0."""
         if hybrid is None:
             rows = row0 + torch.arange(users.shape[0], dtype=torch.int64, device=users.device)  # (B,)
             hybrid = hybrid_mask(self.key, rows, items.shape[1], self.cfg.num_sample)  # (B, 1+K)
+        loss_re, loss_ui, reg = self.net(users, items, hybrid, uniq, inverse, dense=self.cfg.dense)
+        return self.model.combine(loss_re, loss_ui, reg, self.cfg.reg_weight), loss_re, loss_ui, reg
+
+    def _compute(self, users, items, row0, hybrid=None, uniq=None, inverse=None) -> None:
+        """Forward, backward, update and bookkeeping, all on the device."""
+        losses = self._losses
+        if self._compiled is not None and users.shape[0] == self.full_rows:
+            losses = self._compiled
+            self.compiled_steps += 1
         with self.autocast():
-            loss_re, loss_ui, reg = self.net(users, items, hybrid, uniq, inverse, dense=self.cfg.dense)
-            loss = self.model.combine(loss_re, loss_ui, reg, self.cfg.reg_weight)
+            loss, loss_re, loss_ui, reg = losses(users, items, row0, hybrid, uniq, inverse)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
@@ -255,6 +270,9 @@ class StepRunner:
         self.graph.replay()
 
     def _capture(self, batch) -> None:
+        """Capture one step and replay it for this batch. Under --cuda-graph auto a capture that
+        fails (an op torch cannot capture on this build or driver) leaves the run on eager steps
+        with `graph_failed` saying why; under `on` it stops with that reason."""
         s = self._static
         s["users"], s["items"] = batch.users.clone(), batch.items.clone()
         if batch.hybrid is None:
@@ -263,8 +281,23 @@ class StepRunner:
             s["hybrid"] = batch.hybrid.clone()
         torch.cuda.synchronize(self.device)  # sync point: once per run, before capture
         self.opt.zero_grad(set_to_none=True)  # backward inside the graph allocates static grads
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: the producer thread keeps pinning host memory while this thread captures.
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self._compute(s["users"], s["items"], s.get("row0"), s.get("hybrid"))
+        graph = torch.cuda.CUDAGraph()
+        try:
+            # thread_local: the producer thread keeps pinning host memory while this thread captures.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self._compute(s["users"], s["items"], s.get("row0"), s.get("hybrid"))
+        except Exception as e:  # noqa: BLE001 - nothing ran during capture: this batch can still train
+            why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"[:200]
+            if self.cfg.graph == "on":
+                from pipeline.errors import UserError
+
+                raise UserError(f"--cuda-graph on: capturing the training step failed ({why}); "
+                                "pass --cuda-graph off") from e
+            # A captured step only records kernels, so the parameters, Adam state and sums are
+            # untouched; the counter bumps ran host-side only for the compiled-steps statistic.
+            self._static.clear()
+            self.use_graph, self.graph_failed = False, why
+            torch.cuda.synchronize(self.device)
+            return self._eager(batch)
+        self.graph = graph
         self.graph.replay()  # capture records without running: this batch still has to train

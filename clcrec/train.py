@@ -13,73 +13,25 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 
 from cache.store import CacheStore
 from clcrec import distributed as dist
-from clcrec.averaging import EpochAverage, first_selectable, smoothed_score
+from clcrec.averaging import EpochAverage, check_selectable, describe_selection, first_selectable, select_score, smoothed_score
 from clcrec.checkpoint import (
     RunDir, check_model_state, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
 from clcrec.config import TrainConfig
 from clcrec.evaluate import EvalConfig, RankingEvaluator
 from clcrec.execution import hybrid_rate, plan_execution, resolve_device, step_config, wants_cuda
-from clcrec.generations import AHEAD, HELD_OUT_NOTE, GenerationSupply, check_cache
+from clcrec.generations import AHEAD, HELD_OUT_NOTE, GenerationSupply, check_cache, upcoming_generations
 from clcrec.loader import ChunkStream, batches_on_device
 from clcrec.model import CLCRec, concat_normalised_features
 from clcrec.step import StepRunner, epoch_key, make_optimizer
 from pipeline.dataset import load_dataset
 from pipeline.errors import DatasetChangedError, TrainingDivergedError, UserError
 from pipeline.fsutil import clean_tmp_leftovers
-
-
-def upcoming_generations(cfg: TrainConfig, epoch: int, ahead: int) -> list[int]:
-    """The next `ahead` distinct generations the run will read after epoch `epoch`'s."""
-    now, out = cfg.generation_for_epoch(epoch), []
-    for e in range(epoch + 1, cfg.epochs):
-        g = cfg.generation_for_epoch(e)
-        if g != now and g not in out:
-            out.append(g)
-            if len(out) == ahead:
-                break
-    return out
-
-
-def check_selectable(ds, cfg: TrainConfig) -> None:
-    """Refuse a run whose model selection would read an empty metric: no validation data, or
-    --select-mode cold (or warm) on a split without validation interactions of that kind."""
-    val = np.asarray(ds.val)
-    cold = bool(val.size) and bool((ds.item_status[val[:, 1]] != 0).any())
-    warm = bool(val.size) and bool((ds.item_status[val[:, 1]] == 0).any())
-    need = {"cold": cold, "warm": warm, "all": cold or warm, "mean": cold and warm}[cfg.select_mode]
-    if not need:
-        what = {"cold": "cold items", "warm": "warm items", "all": "interactions",
-                "mean": "warm and cold items"}[cfg.select_mode]
-        alt = [m for m, ok in (("warm", warm), ("all", cold or warm)) if ok and m != cfg.select_mode]
-        raise UserError(
-            f"dataset {ds.root} has no validation {what}, so --select-mode {cfg.select_mode} would select "
-            f"epochs on a recall that is always 0; "
-            + (f"pass --select-mode {alt[0]}" if alt else "ingest it with validation data (--val-fraction, --cold-fraction)")
-        )
-
-
-def describe_selection(cfg: TrainConfig) -> str:
-    """e.g. 'cold recall@10, mean of 3 epochs, weights averaged (EMA 0.9)'."""
-    parts = [f"{cfg.select_mode} recall@{cfg.select_k}"]
-    if cfg.select_window > 1:
-        parts.append(f"mean of {cfg.select_window} epochs")
-    if cfg.eval_ema > 0:
-        parts.append(f"weights averaged (EMA {cfg.eval_ema})")
-    return ", ".join(parts)
-
-
-def select_score(val: dict, cfg: TrainConfig) -> float:
-    key = f"recall@{cfg.select_k}"
-    if cfg.select_mode == "mean":
-        return (val["warm"][key] + val["cold"][key]) / 2
-    return val[cfg.select_mode][key]
 
 
 class Trainer:
@@ -118,6 +70,7 @@ class Trainer:
         self.steps = StepRunner(self.net, self.model, self.opt, step_config(cfg, self.plan.dense), self.device,
                                 graph=self.plan.graph, full_rows=cfg.batch_size // self.ctx.world)
         self.scaler, self.amp_mode = self.steps.scaler, self.steps.amp_mode
+        self._graph_noted = False
         self.item_status = torch.as_tensor(self.dataset.item_status, device=self.device)
         self.eval_cfg = EvalConfig(ks=tuple(cfg.ks), user_block=cfg.eval_block)
         self._evaluators: dict[str, RankingEvaluator] = {}  # index tensors built once per split
@@ -242,6 +195,11 @@ class Trainer:
                     self.check_finite(self.steps.bad_step, epoch)  # host sync point (every log_every steps)
         self.check_finite(self.steps.bad_step, epoch)  # host sync point (end of epoch, all ranks)
         progress.remove_task(task)
+        if self.steps.graph_failed and not self._graph_noted:
+            self._graph_noted = True
+            self.console.print(f"[yellow]note:[/yellow] the training step could not be captured as a CUDA graph "
+                               f"({self.steps.graph_failed}); training goes on with eager steps (--cuda-graph off "
+                               "skips the attempt)", highlight=False)
         seconds = time.perf_counter() - t0
         sums = dist.all_reduce_sum(self.steps.sums, self.ctx)
         counts = dist.all_reduce_sum(torch.tensor([steps, samples], device=device, dtype=torch.long), self.ctx)
@@ -253,6 +211,7 @@ class Trainer:
             "steps": steps_all, "samples": samples_all, "seconds": round(seconds, 3),
             "samples_per_s": round(samples_all / max(seconds, 1e-9), 1),
             "data_wait_frac": round(stream.wait_s / max(seconds, 1e-9), 4),
+            **({"graph_failed": self.steps.graph_failed} if self.steps.graph_failed else {}),
         }
 
     def check_finite(self, bad_step: torch.Tensor, epoch: int) -> None:

@@ -4,6 +4,8 @@
 #      steps, the hybrid hash's bits, loss kernels, evaluation, bf16 resume, ranks vs GPUs);
 #   2. `cli.py bench train` at paper scale, batch 256, 4096 and 16384: the step alone, the
 #      streaming loop, the reference-style loop (4 DataLoader workers), data wait, GPU busy;
+#      at 256 and 4096 also the step alone in each form (eager, CUDA graph, torch.compile'd
+#      losses, both), which decides whether --compile should become the CUDA default;
 #   3. `cli.py bench recommend` (recommend-all at paper scale) and paper-scale training with
 #      --refresh-every 1 and 10 (per-epoch data wait and the time spent
 #      waiting for the next negative generation);
@@ -53,10 +55,12 @@ PYEOF
     "$PY" -m pytest -q -p no:cacheprovider -rs tests/clcrec/test_kernels.py tests/clcrec/test_evaluate.py \
         tests/clcrec/test_step.py tests/clcrec/test_train.py tests/clcrec/test_distributed.py \
         tests/clcrec/test_serve_new_items.py -k cuda
-    echo "== [$(( $(date +%s) - t0 )) s] bench train, paper scale, batch 256"
-    "$PY" cli.py bench train --batch-size 256 --steps 300
-    echo "== [$(( $(date +%s) - t0 )) s] bench train, paper scale, batch 4096 and 16384"
-    "$PY" cli.py bench train --batch-size 4096 --batch-size 16384 --steps 60 --rounds 3
+    echo "== [$(( $(date +%s) - t0 )) s] bench train, paper scale, batch 256 (and the step's forms: eager, graph, compiled)"
+    "$PY" cli.py bench train --batch-size 256 --steps 300 --compare-steps
+    echo "== [$(( $(date +%s) - t0 )) s] bench train, paper scale, batch 4096 (and the step's forms)"
+    "$PY" cli.py bench train --batch-size 4096 --steps 60 --rounds 3 --compare-steps
+    echo "== [$(( $(date +%s) - t0 )) s] bench train, paper scale, batch 16384"
+    "$PY" cli.py bench train --batch-size 16384 --steps 60 --rounds 3
     echo "== [$(( $(date +%s) - t0 )) s] bench recommend, paper scale (recommend-all users/s on the GPU)"
     "$PY" cli.py bench recommend
     for every in 1 10; do
@@ -70,7 +74,7 @@ PYEOF
         echo "== [$(( $(date +%s) - t0 )) s] ml-100k: bench train and a training run"
         "$PY" cli.py ingest movielens "$ML" data/ml-100k --force
         "$PY" cli.py bench train --dataset data/ml-100k --steps 300
-        "$PY" cli.py train --dataset data/ml-100k --run-dir "$OUT/ml-100k" --epochs 40 --patience 10 && summary "$OUT/ml-100k"
+        "$PY" cli.py train --dataset data/ml-100k --run-dir "$OUT/ml-100k" --epochs 20 --patience 10 && summary "$OUT/ml-100k"
     fi
     echo "== [$(( $(date +%s) - t0 )) s] end-to-end CUDA training on the synthetic default"
     rm -rf "$OUT/gpu-demo"

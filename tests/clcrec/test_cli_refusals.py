@@ -171,6 +171,9 @@ def cases(w: dict) -> list[dict]:
         dict(argv=[*trn, "--run-dir", new, "--epochs", "0"], says=["--epochs", "0"], watch=[new, cache]),
         dict(argv=["train", "--resume", run, "--epochs", "0"], says=["--epochs", "0"], watch=[run]),
         dict(argv=["train", "--resume", run, "--run-dir", new], says=["--resume", "--run-dir"], watch=[run, new]),
+        dict(argv=[*trn, "--run-dir", new, "--compile", "yes"], says=["--compile must be one of", "'yes'"], watch=[new, cache]),
+        dict(argv=[*trn, "--run-dir", new, "--device", "cpu", "--compile", "on"],
+             says=["--compile on cannot be used", "--scoring dense", "--compile off"], watch=[new, cache]),
         # broken run files
         dict(argv=["evaluate", r / "trunc_best"], says=["trunc_best/checkpoints/best.pt is truncated or corrupt"], watch=[r / "trunc_best"]),
         dict(argv=["recommend", r / "empty_best", "--user", "0"], says=["empty_best/checkpoints/best.pt is truncated or corrupt"], watch=[r / "empty_best"]),

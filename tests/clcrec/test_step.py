@@ -142,3 +142,94 @@ def test_masks_drawn_per_chunk_equal_masks_drawn_per_step(tiny_cache, tiny_datas
                              assemble=assemble, hybrid=(key, 0.5)):
             rows = torch.arange(b.row0, b.row0 + b.size)
             assert torch.equal(b.hybrid, hybrid_mask(torch.tensor(key), rows, b.items.shape[1], 0.5))
+
+
+def test_compiled_losses_train_like_eager_losses(tiny_dataset, tiny_cache, tmp_path):
+    """--compile on runs the full batches' losses through torch.compile (inductor's C++ code on
+    CPU, triton on CUDA): the same model up to rounding, each full batch compiled, the epoch's
+    short last batch (3701 = 57 x 64 + 53 rows) eager, and one compile serving every full step."""
+    from clcrec import train as train_mod
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # earlier tests compiled too
+    runners = []
+    orig = train_mod.StepRunner
+
+    class Recording(orig):  # the real runner, remembered so its counters can be read
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            runners.append(self)
+
+    out = {}
+    for mode in ("off", "on"):
+        train_mod.StepRunner = Recording
+        try:
+            cfg = config(tiny_dataset, tiny_cache, tmp_path / mode, epochs=2, scoring="dense", compile=mode)
+            out[mode] = train(cfg, console=quiet())
+        finally:
+            train_mod.StepRunner = orig
+    off, on = runners
+    assert off.compiled_steps == 0 and on.compiled_steps == 2 * 57
+    assert "compiled losses" in json.loads((tmp_path / "on" / "config.json").read_text())["execution"]
+    assert losses(tmp_path / "on") == pytest.approx(losses(tmp_path / "off"), rel=1e-4)  # rounding, amplified by training
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert frames == 1, f"expected one compiled graph for the full batch shape, got {frames}"
+
+
+@pytest.mark.parametrize("kw, why", [
+    (dict(scoring="gather", encode="slots"), "on CPU the gather losses are compiled numba kernels (pass --scoring dense)"),
+    (dict(scoring="gather", encode="unique"), "deduplicated batches change shape every step"),
+])
+def test_compile_is_refused_where_it_cannot_work(tiny_dataset, tiny_cache, tmp_path, kw, why):
+    cfg = config(tiny_dataset, tiny_cache, tmp_path / "r", compile="on", **kw)
+    with pytest.raises(UserError, match=r"^--compile on cannot be used: .*or pass --compile off$") as e:
+        plan_execution(cfg, torch.device("cpu"), 100)
+    assert why in str(e.value)
+
+
+@CUDA
+def test_compiled_losses_inside_the_cuda_graph_train_like_eager_steps(tiny_dataset, tiny_cache, tmp_path):
+    """The fastest form the bench compares: inductor's kernels for the losses, captured with the
+    backward and the Adam update in one CUDA graph; the same training as eager steps."""
+    from torch.utils._triton import has_triton
+
+    if not has_triton():
+        pytest.skip("torch.compile on CUDA needs triton")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for name, graph, comp in (("eager", "off", "off"), ("fast", "on", "on")):
+        cfg = config(tiny_dataset, tiny_cache, tmp_path / name, epochs=2, device="cuda", amp="fp32",
+                     scoring="dense", cuda_graph=graph, compile=comp)
+        train(cfg, console=quiet())
+    assert "CUDA graph, compiled losses" in json.loads((tmp_path / "fast" / "config.json").read_text())["execution"]
+    assert losses(tmp_path / "fast") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
+
+
+@CUDA
+def test_a_step_that_cannot_be_captured_falls_back_to_eager_steps(tiny_dataset, tiny_cache, tmp_path):
+    """--cuda-graph auto: a step torch cannot capture (here one that syncs the host) trains on
+    eagerly, the batch whose capture failed included, with the reason in the epoch's record;
+    --cuda-graph on stops with that reason."""
+    from clcrec import train as train_mod
+    from pipeline.errors import UserError as UE
+
+    class Syncing(train_mod.StepRunner):  # the real runner, plus a host sync in its forward
+        def _losses(self, *a):
+            out = super()._losses(*a)
+            float(out[0])  # host sync: illegal while a stream captures
+            return out
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    orig = train_mod.StepRunner
+    cfgs = {g: config(tiny_dataset, tiny_cache, tmp_path / g, epochs=2, device="cuda", amp="fp32",
+                      scoring="dense", cuda_graph=g) for g in ("off", "auto", "on")}
+    train(cfgs["off"], console=quiet())
+    train_mod.StepRunner = Syncing
+    try:
+        train(cfgs["auto"], console=quiet())
+        with pytest.raises(UE, match=r"^--cuda-graph on: capturing the training step failed .*pass --cuda-graph off$"):
+            train(cfgs["on"], console=quiet())
+    finally:
+        train_mod.StepRunner = orig
+    recs = [json.loads(x) for x in (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()]
+    assert all("graph_failed" in r for r in recs) and [r["samples"] for r in recs] == [3701, 3701]
+    assert losses(tmp_path / "auto") == pytest.approx(losses(tmp_path / "off"), rel=1e-4)

@@ -136,7 +136,7 @@ def test_refresh_every_moves_to_new_generations_built_in_the_background(tiny_dat
 
 
 def test_generations_are_built_up_to_two_ahead_within_the_run():
-    from clcrec.train import upcoming_generations
+    from clcrec.generations import upcoming_generations
 
     every1 = TrainConfig(epochs=6, refresh_every=1)
     assert upcoming_generations(every1, 0, 2) == [1, 2]
