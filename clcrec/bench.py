@@ -352,21 +352,21 @@ def _bench_batch_size(bc, cfg, plan, ds, gen, stream, fresh_model, workers, cons
 
 
 def _print_forms(out: dict) -> None:
-    table = Table(title="the step alone, batch resident, by form")
+    table = Table(title="the step alone, batch resident, by form", caption="vs eager: against the plan's scoring, eager")
     for col in ["batch", "form", "ms per step", "samples/s", "vs eager"]:
         table.add_column(col, justify="right")
+    table.add_column("why not", max_width=70)
     for batch_size, r in out.items():
         forms = dict(r["step_forms"])
         base = forms.pop("_base")
         eager = forms.get(base, {}).get("samples_per_s")
         for name, f in forms.items():
             if "error" in f:
-                table.add_row(str(batch_size), name, "-", f["error"], "-")
+                table.add_row(str(batch_size), name, "-", "-", "-", f["error"])
                 continue
             sps = f["samples_per_s"]
             table.add_row(str(batch_size), name, f"{1e3 * batch_size / sps:.3f}", f"{sps:,.0f}",
-                          f"{sps / eager:.2f}x" if eager else "-")
-    table.caption = "vs eager: against the plan's scoring, eager"
+                          f"{sps / eager:.2f}x" if eager else "-", "")
     Console(width=max(160, Console().width)).print(table)
 
 

@@ -44,40 +44,59 @@ for line in open(f"{sys.argv[1]}/metrics.jsonl"):
           f"epoch {m['seconds']:.2f} s")
 PYEOF
 }
+# Each section runs under `timeout` with a cap, and none starts once the budget
+# (GPU_CHECK_BUDGET seconds, default 420: give the device run a timeout above it) is nearly spent, so one hang cannot eat a device
+# session: the log says which sections failed, timed out or were skipped.
+BUDGET=${GPU_CHECK_BUDGET:-420}
+section() {  # section CAP_SECONDS TITLE COMMAND...
+    local cap=$1 title=$2 left rc
+    shift 2
+    left=$(( BUDGET - ($(date +%s) - t0) ))
+    if (( left < 20 )); then
+        echo "== skipped (budget spent): $title"; SKIPPED+=("$title"); return 1
+    fi
+    (( cap > left )) && cap=$left
+    echo "== [$(( $(date +%s) - t0 )) s] $title (cap ${cap} s)"
+    timeout --kill-after=10 "$cap" "$@"
+    rc=$?
+    if (( rc != 0 )); then
+        echo "!! $title: exit $rc$( (( rc == 124 || rc == 137 )) && echo ' (timed out)')"; FAILED+=("$title (exit $rc)")
+    fi
+    return $rc
+}
 {
     t0=$(date +%s)
+    FAILED=() SKIPPED=()
     if ls .wheels/*.whl >/dev/null 2>&1; then
         "$PY" -m pip install --quiet --no-deps --target /tmp/clcrec-site .wheels/*.whl && export PYTHONPATH=/tmp/clcrec-site
     fi
     "$PY" -c "import torch, zarr, polars, numba, typer; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-')"
     nvidia-smi -L
-    echo "== CUDA tests"
-    "$PY" -m pytest -q -p no:cacheprovider -rs tests/clcrec/test_kernels.py tests/clcrec/test_evaluate.py \
-        tests/clcrec/test_step.py tests/clcrec/test_train.py tests/clcrec/test_distributed.py \
-        tests/clcrec/test_serve_new_items.py -k cuda
-    echo "== [$(( $(date +%s) - t0 )) s] bench train, paper scale, batch 256 (and the step's forms: eager, graph, compiled)"
-    "$PY" cli.py bench train --batch-size 256 --steps 300 --compare-steps
-    echo "== [$(( $(date +%s) - t0 )) s] bench train, paper scale, batch 4096 (and the step's forms)"
-    "$PY" cli.py bench train --batch-size 4096 --steps 60 --rounds 3 --compare-steps
-    echo "== [$(( $(date +%s) - t0 )) s] bench train, paper scale, batch 16384"
-    "$PY" cli.py bench train --batch-size 16384 --steps 60 --rounds 3
-    echo "== [$(( $(date +%s) - t0 )) s] bench recommend, paper scale (recommend-all users/s on the GPU)"
-    "$PY" cli.py bench recommend
+    section 150 "CUDA tests" "$PY" -m pytest -q -p no:cacheprovider -rs tests/clcrec/test_kernels.py \
+        tests/clcrec/test_evaluate.py tests/clcrec/test_step.py tests/clcrec/test_train.py \
+        tests/clcrec/test_distributed.py tests/clcrec/test_serve_new_items.py -k cuda
+    section 120 "bench train, paper scale, batch 256, and the step's forms (eager, graph, compiled; dense and gather)" \
+        "$PY" cli.py bench train --batch-size 256 --steps 300 --compare-steps
+    section 100 "bench train, paper scale, batch 4096, and the step's forms" \
+        "$PY" cli.py bench train --batch-size 4096 --steps 60 --rounds 3 --compare-steps
+    section 60 "bench train, paper scale, batch 16384" "$PY" cli.py bench train --batch-size 16384 --steps 60 --rounds 3
+    section 45 "bench recommend, paper scale (recommend-all users/s on the GPU)" "$PY" cli.py bench recommend
     for every in 1 10; do
-        echo "== [$(( $(date +%s) - t0 )) s] paper-scale training, --refresh-every $every, batch 4096"
         rm -rf "$OUT/refresh-$every" caches/refresh-$every
-        "$PY" cli.py train --dataset data/synthetic-paper --cache caches/refresh-$every --run-dir "$OUT/refresh-$every" \
+        section 60 "paper-scale training, --refresh-every $every, batch 4096" \
+            "$PY" cli.py train --dataset data/synthetic-paper --cache caches/refresh-$every --run-dir "$OUT/refresh-$every" \
             --batch-size 4096 --epochs 4 --patience 10 --refresh-every $every && summary "$OUT/refresh-$every"
     done
     ML=${ML100K:-../shared/datasets/ml-100k}
     if [ -d "$ML" ]; then
-        echo "== [$(( $(date +%s) - t0 )) s] ml-100k: bench train and a training run"
-        "$PY" cli.py ingest movielens "$ML" data/ml-100k --force
-        "$PY" cli.py bench train --dataset data/ml-100k --steps 300
-        "$PY" cli.py train --dataset data/ml-100k --run-dir "$OUT/ml-100k" --epochs 20 --patience 10 && summary "$OUT/ml-100k"
+        section 30 "ml-100k: ingest" "$PY" cli.py ingest movielens "$ML" data/ml-100k --force &&
+        section 60 "ml-100k: bench train" "$PY" cli.py bench train --dataset data/ml-100k --steps 300 &&
+        section 60 "ml-100k: training" "$PY" cli.py train --dataset data/ml-100k --run-dir "$OUT/ml-100k" \
+            --epochs 20 --patience 10 && summary "$OUT/ml-100k"
     fi
-    echo "== [$(( $(date +%s) - t0 )) s] end-to-end CUDA training on the synthetic default"
     rm -rf "$OUT/gpu-demo"
-    "$PY" cli.py train --run-dir "$OUT/gpu-demo"
+    section 60 "end-to-end CUDA training on the synthetic default" "$PY" cli.py train --run-dir "$OUT/gpu-demo"
     echo "== done in $(( $(date +%s) - t0 )) s"
+    echo "failed: $( (( ${#FAILED[@]} )) && printf "%s; " "${FAILED[@]}" || echo none)"
+    echo "skipped: $( (( ${#SKIPPED[@]} )) && printf "%s; " "${SKIPPED[@]}" || echo none)"
 } 2>&1 | tee "$LOG"
