@@ -22,6 +22,8 @@ state and the autograd workspaces), then one step is captured: forward, backward
 update (capturable), the loss sums and the divergence check. Each later step is three device copies
 into the static inputs and one replay, so the host no longer limits small batches.
 A batch of another shape (the epoch's short last batch) runs eagerly: it trains exactly its rows.
+The CUDA calls sit in `CudaGraphs`, so the tests run this logic on CPU with a stand-in that replays
+by re-running the captured function (bit-for-bit the eager training), besides the CUDA-only tests.
 """
 
 from __future__ import annotations
@@ -180,12 +182,40 @@ def wants_graph(cfg: StepConfig, device: torch.device, world: int, dedupe: bool)
     return cfg.graph != "off" and not blockers
 
 
+class CudaGraphs:
+    """The CUDA calls of the graph path, in one place: warm-up steps on a side stream (the docs'
+    recipe), the host sync before capture, and the capture, which returns something to `replay()`.
+    The tests run StepRunner's graph logic on CPU through a stand-in whose replay re-runs the
+    captured function on the static inputs (tests/clcrec/test_step.py)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.side = torch.cuda.Stream(device)
+
+    def warm_up(self, fn) -> None:
+        cur = torch.cuda.current_stream(self.device)
+        self.side.wait_stream(cur)
+        with torch.cuda.stream(self.side):
+            fn()
+        cur.wait_stream(self.side)
+
+    def sync(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    def capture(self, fn) -> torch.cuda.CUDAGraph:
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the producer thread keeps pinning host memory while this thread captures.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            fn()
+        return graph
+
+
 class StepRunner:
     """Runs training steps, eagerly or by replaying one captured CUDA graph, and keeps the epoch's
     loss sums and first non-finite step on the device (no host sync per step)."""
 
     def __init__(self, net, model, opt, cfg: StepConfig, device: torch.device, *, graph: bool = False,
-                 full_rows: int = 0):
+                 full_rows: int = 0, graphs=None):
         self.full_rows = full_rows  # rows of a full batch on this rank: the only shape captured
         self.net, self.model, self.opt, self.cfg, self.device = net, model, opt, cfg, device
         self.autocast, self.scaler, self.amp_mode = amp_settings(cfg.amp, device)
@@ -196,9 +226,10 @@ class StepRunner:
         self.step_no = torch.zeros((), dtype=torch.long, device=device)
         self.eager_steps = 0
         self.graph_failed: str | None = None  # why capture failed (auto then steps eagerly)
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph = None  # the captured step (torch.cuda.CUDAGraph), replayed per full batch
+        self.replays = 0
         self._static: dict[str, torch.Tensor] = {}
-        self._side = torch.cuda.Stream(device) if graph else None
+        self._graphs = (graphs or CudaGraphs(device)) if graph else None
         # One compiled shape (the full batch): dynamic=False gives inductor static kernels, and the
         # epoch's short last batch runs the same losses eagerly instead of compiling a second shape.
         self._compiled = torch.compile(self._losses, fullgraph=True, dynamic=False) if cfg.compile else None
@@ -247,10 +278,7 @@ class StepRunner:
             return self._eager(batch)
         shape = tuple(batch.items.shape)
         if self.graph is None and self.eager_steps < WARMUP:
-            self._side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(self._side):  # warm-up off the capture stream, as the docs ask
-                self._eager(batch)
-            torch.cuda.current_stream(self.device).wait_stream(self._side)
+            self._graphs.warm_up(lambda: self._eager(batch))  # off the capture stream, as the docs ask
             self.eager_steps += 1
             return
         if self.graph is None:
@@ -268,6 +296,7 @@ class StepRunner:
         else:
             self._static["hybrid"].copy_(batch.hybrid, non_blocking=True)
         self.graph.replay()
+        self.replays += 1
 
     def _capture(self, batch) -> None:
         """Capture one step and replay it for this batch. Under --cuda-graph auto a capture that
@@ -279,13 +308,11 @@ class StepRunner:
             s["row0"] = torch.full((), batch.row0, dtype=torch.int64, device=self.device)
         else:
             s["hybrid"] = batch.hybrid.clone()
-        torch.cuda.synchronize(self.device)  # sync point: once per run, before capture
+        self._graphs.sync()  # sync point: once per run, before capture
         self.opt.zero_grad(set_to_none=True)  # backward inside the graph allocates static grads
-        graph = torch.cuda.CUDAGraph()
+        users, items, row0, hybrid = s["users"], s["items"], s.get("row0"), s.get("hybrid")  # bound now, like addresses
         try:
-            # thread_local: the producer thread keeps pinning host memory while this thread captures.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._compute(s["users"], s["items"], s.get("row0"), s.get("hybrid"))
+            graph = self._graphs.capture(lambda: self._compute(users, items, row0, hybrid))
         except Exception as e:  # noqa: BLE001 - nothing ran during capture: this batch can still train
             why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"[:200]
             if self.cfg.graph == "on":
@@ -297,7 +324,8 @@ class StepRunner:
             # untouched; the counter bumps ran host-side only for the compiled-steps statistic.
             self._static.clear()
             self.use_graph, self.graph_failed = False, why
-            torch.cuda.synchronize(self.device)
+            self._graphs.sync()
             return self._eager(batch)
         self.graph = graph
         self.graph.replay()  # capture records without running: this batch still has to train
+        self.replays += 1
