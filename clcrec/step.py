@@ -12,9 +12,10 @@ Hybrid draws are counter-based: slot k of the row at epoch position p uses a 32-
 mask needs no generator state (a CUDA graph can replay it), CPU and CUDA runs draw the same masks,
 a resumed epoch replays them, and a rank computes exactly its rows of the global batch.
 
-The loader draws the masks per chunk (clcrec.loader: in the producer thread on CPU, one launch
-sequence per chunk on the GPU) so the step itself carries no hashing; without a loader's masks
-(bench's reference loop) the step draws them from the batch's position.
+The loader draws the masks per chunk in its producer thread (`hybrid_mask_np`, compiled: 40M rows/s
+on one core, where the int64 tensor form costs ~20 full-width kernels on a GPU) and ships them with
+the chunk, so the step carries no hashing; without a loader's masks (bench's reference loop) the
+step draws them from the batch's position with `hybrid_mask`.
 
 CUDA graph: with a fixed batch shape, no GradScaler (bf16/fp32) and one process, the first
 `WARMUP` steps run eagerly on a side stream (real steps on real batches: they allocate the Adam
