@@ -22,19 +22,17 @@ for data). Reads the dataset and its cache (built if missing); writes nothing el
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import track as progress_track
 from rich.table import Table
 
 from clcrec.config import TrainConfig
-from clcrec.batches import Batch, _dedupe
+from clcrec.reference_loop import Collate, ReferenceStyleDataset, worker_context
 from clcrec.loader import ChunkStream, DevicePrefetcher, batches_on_device
 from clcrec.model import CLCRec, concat_normalised_features
 from pipeline.errors import UserError
@@ -62,55 +60,6 @@ class BenchTrainConfig:
     seed: int = 0
 
 
-class ReferenceStyleDataset(torch.utils.data.Dataset):
-    """Per-pair negative sampling exactly as the reference TrainingDataset does it."""
-
-    def __init__(self, train: np.ndarray, warm_items: np.ndarray, num_neg: int):
-        self.pairs = np.asarray(train)
-        self.num_neg = num_neg
-        self.all_set = set(int(i) for i in warm_items)
-        self.user_items: dict[int, set] = {}
-        for u, i in self.pairs.tolist():
-            self.user_items.setdefault(u, set()).add(i)
-
-    def __len__(self):
-        return len(self.pairs)
-
-    def __getitem__(self, index):
-        user, pos = (int(x) for x in self.pairs[index])
-        # Python 3.11 removed sampling from a set, so the reference's set difference becomes a list.
-        neg = random.sample(list(self.all_set - self.user_items[user]), self.num_neg)
-        return user, [pos] + neg
-
-
-class Collate:
-    """Batches reference-style rows; dedupes item ids like the streaming producer does, so both
-    loops run the identical model step. A class (not a closure) so spawned workers can pickle it."""
-
-    def __init__(self, num_items: int, dedupe: bool):
-        self.num_items, self.dedupe = num_items, dedupe
-        self.slot_of = None
-
-    def __call__(self, rows) -> Batch:
-        users = torch.tensor([r[0] for r in rows], dtype=torch.int64)
-        items_np = np.asarray([r[1] for r in rows], dtype=np.int64)  # (B, 1+K)
-        b = Batch(users=users, items=torch.from_numpy(items_np))
-        if self.dedupe:
-            if self.slot_of is None:
-                self.slot_of = np.full(self.num_items, -1, dtype=np.int64)
-            flat = items_np.reshape(-1)
-            uniq, inverse = np.empty_like(flat), np.empty_like(flat)
-            q = _dedupe(flat, self.slot_of, uniq, inverse)
-            b.uniq, b.inverse = torch.from_numpy(uniq[:q].copy()), torch.from_numpy(inverse.reshape(items_np.shape))
-        return b
-
-
-def _worker_context() -> str:
-    import multiprocessing
-
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-
-
 class TimedLoop:
     """One training loop (model, optimizer, step runner, batch source) that can be timed in several
     rounds, so two loops can alternate and share the machine's noise instead of each meeting its own."""
@@ -121,7 +70,7 @@ class TimedLoop:
 
         self.device = plan.device
         self.opt = make_optimizer(model, cfg.l_r, capturable=plan.graph)
-        self.runner = StepRunner(model, model, self.opt, step_config(cfg, plan.dense), plan.device,
+        self.runner = StepRunner(model, model, self.opt, step_config(cfg, plan.dense, plan.encode_all), plan.device,
                                  graph=plan.graph, full_rows=cfg.batch_size)
         self.runner.start_epoch(epoch_key(cfg.seed, 0))
         self.it = iter(batches)
@@ -249,27 +198,35 @@ def _step_forms(bc, cfg, plan, ds, stream, fresh_model, console) -> dict:
     clcrec.execution.DENSE_ITEMS_PER_SLOT. A form that cannot run is reported with its reason."""
     import dataclasses
 
-    from clcrec.execution import check_compile
+    from clcrec.execution import check_compile, plan_execution
 
     cuda = plan.device.type == "cuda"
-    own = "dense" if plan.dense else "gather"
     forms = [(plan.dense, graph, compiled) for compiled in (False, True) for graph in ((False, True) if cuda else (False,))]
     if cuda and not plan.dedupe:
         forms += [(not plan.dense, graph, False) for graph in (False, True)]
     with stream(cfg.batch_size, 97) as s:
         resident = next(iter(batches_on_device(s, plan.device)))
     res = {}
+
+    def label(p) -> str:
+        return "dense" if p.dense else ("gather, unique" if p.dedupe else "gather, all encoded" if p.encode_all else "gather, slots")
+
     for dense, graph, compiled in forms:
-        name = (f"{'dense' if dense else 'gather'}, {'compiled' if compiled else 'eager'}"
-                + (" + CUDA graph" if graph else ""))
+        # the other scoring as `train --scoring` would run it (gather: its encoding choice too)
+        try:
+            base = plan if dense == plan.dense else plan_execution(
+                cfg.replace(scoring="dense" if dense else "gather"), plan.device, ds.num_items)
+        except UserError:
+            continue  # the user's options rule that scoring out
+        name = f"{label(base)}, {'compiled' if compiled else 'eager'}" + (" + CUDA graph" if graph else "")
         try:
             if compiled:
-                check_compile(plan.device, dense, plan.dedupe, 1)
+                check_compile(plan.device, dense, base.dedupe, 1)
             if graph and not plan.graph:
                 raise UserError("this plan cannot capture the step (see --cuda-graph)")
             form_cfg = cfg.replace(compile="on" if compiled else "off", scoring="dense" if dense else "gather")
             loop = TimedLoop(repeat(resident), fresh_model(), form_cfg,
-                             dataclasses.replace(plan, dense=dense, graph=graph, compiled=compiled), bc.warmup)
+                             dataclasses.replace(base, graph=graph, compiled=compiled), bc.warmup)
             loop.run(bc.steps)
             res[name] = loop.result()
             if graph and loop.runner.graph_failed:
@@ -279,7 +236,7 @@ def _step_forms(bc, cfg, plan, ds, stream, fresh_model, console) -> dict:
         console.print(f"  batch {cfg.batch_size}, step alone, {name}: "
                       + (f"{res[name]['samples_per_s']:,.0f} samples/s" if "error" not in res[name] else res[name]["error"]),
                       highlight=False)
-    res["_base"] = f"{own}, eager"
+    res["_base"] = f"{label(plan)}, eager"
     return res
 
 
@@ -309,7 +266,7 @@ def _bench_batch_size(bc, cfg, plan, ds, gen, stream, fresh_model, workers, cons
             # numba's OpenMP layer is not fork-safe once a parallel kernel ran in this process, and
             # spawned workers abort in their own teardown ("terminate called ..."); forkserver's
             # workers fork from a fresh server process and exit cleanly.
-            multiprocessing_context=_worker_context(),
+            multiprocessing_context=worker_context(),
         )
 
         def ref_batches():

@@ -19,7 +19,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "fp32")
 RESUMABLE_CHANGES = {"run_dir", "epochs", "patience", "device", "amp", "threads", "log_every", "prefetch", "eval_block", "encode",
                      "scoring", "cuda_graph", "compile", "assemble", "readers"}
 SELECT_MODES = ("cold", "warm", "all", "mean")
-ENCODE_MODES = ("auto", "unique", "slots")
+ENCODE_MODES = ("auto", "unique", "slots", "all")
 SCORING_MODES = ("auto", "gather", "dense")
 GRAPH_MODES = ("auto", "on", "off")
 COMPILE_MODES = ("off", "on")
@@ -83,7 +83,7 @@ class TrainConfig:
     # --- execution ---
     device: str = "auto"  # auto -> cuda if available else cpu
     amp: str = "auto"  # auto -> bf16 on CUDA, fp32 on CPU
-    encode: str = "auto"  # unique: encode each distinct item of a batch once; slots: every slot
+    encode: str = "auto"  # unique: each distinct item of a batch once; slots: every slot; all: the catalogue
     scoring: str = "auto"  # gather | dense (whole-table matmuls); auto: clcrec/execution.py
     cuda_graph: str = "auto"  # capture the step in one CUDA graph: auto (when possible) | on | off
     compile: str = "off"  # on: the losses through torch.compile (inductor fuses them; clcrec/step.py)

@@ -5,7 +5,9 @@ the trainer and `bench train` run the same plan, and `train` logs it.
 
     auto on CPU : gather scoring (fused numba kernels), unique encoding, host assembly, eager steps
     auto on CUDA: dense scoring when the catalogue is small next to a batch row's slots
-                  (num_items <= DENSE_ITEMS_PER_SLOT x (1 + num_neg)), else slots; device assembly;
+                  (num_items <= DENSE_ITEMS_PER_SLOT x (1 + num_neg)), else gather scoring with
+                  the whole catalogue encoded once when it has fewer items than a batch's slots,
+                  else every slot encoded; device assembly;
                   the step captured in one CUDA graph when nothing prevents it (clcrec.step)
 """
 
@@ -36,9 +38,11 @@ class ExecPlan:
     graph: bool  # the step is one CUDA graph
     readers: int  # chunk-decoding threads
     compiled: bool = False  # the losses run through torch.compile (clcrec.step)
+    encode_all: bool = False  # gather scoring with the whole catalogue encoded once per step
 
     def describe(self) -> str:
-        scoring = "dense" if self.dense else ("gather, unique items" if self.dedupe else "gather, every slot")
+        scoring = "dense" if self.dense else ("gather, unique items" if self.dedupe else
+                                              "gather, whole catalogue encoded" if self.encode_all else "gather, every slot")
         return (f"device {self.device}, scoring {scoring}, {self.assemble} batch assembly, "
                 f"{'CUDA graph' if self.graph else 'eager steps'}{', compiled losses' if self.compiled else ''}, "
                 f"{self.readers} chunk reader(s)")
@@ -74,7 +78,11 @@ def plan_execution(cfg: TrainConfig, device: torch.device, num_items: int, world
     if dense and cfg.encode == "unique":
         raise UserError("--scoring dense encodes every item once per step; it takes no --encode unique "
                         "(pass --encode auto, or --scoring gather)")
-    # unique encoding dedupes on CPU, where encoder FLOPs dominate; on CUDA slots (no host sync)
+    # unique encoding dedupes on CPU, where encoder FLOPs dominate. CUDA takes fixed shapes (no
+    # host sync): the whole catalogue once when it has fewer rows than a batch's slots (the
+    # encoder's work is then min(items, slots) rows), else every slot.
+    slots = (cfg.batch_size // max(world, 1)) * (1 + cfg.num_neg)
+    encode_all = not dense and (cfg.encode == "all" or (cfg.encode == "auto" and cuda and num_items <= slots))
     dedupe = not dense and (cfg.encode == "unique" or (cfg.encode == "auto" and not cuda))
     if cfg.assemble == "auto":
         assemble = "device" if cuda and not dedupe else "host"
@@ -87,7 +95,7 @@ def plan_execution(cfg: TrainConfig, device: torch.device, num_items: int, world
     compiled = cfg.compile == "on"
     if compiled:
         check_compile(device, dense, dedupe, world)
-    return ExecPlan(device, dense, dedupe, assemble, graph, readers, compiled)
+    return ExecPlan(device, dense, dedupe, assemble, graph, readers, compiled, encode_all)
 
 
 def check_compile(device: torch.device, dense: bool, dedupe: bool, world: int) -> None:
@@ -119,6 +127,6 @@ def hybrid_rate(cfg: TrainConfig) -> float:
     return slot_rate(cfg.num_sample, cfg.hybrid_draw, cfg.batch_size * (1 + cfg.num_neg))
 
 
-def step_config(cfg: TrainConfig, dense: bool) -> StepConfig:
+def step_config(cfg: TrainConfig, dense: bool, encode_all: bool = False) -> StepConfig:
     return StepConfig(reg_weight=cfg.reg_weight, num_sample=hybrid_rate(cfg), amp=cfg.amp, dense=dense,
-                      graph=cfg.cuda_graph, compile=cfg.compile == "on")
+                      encode_all=encode_all, graph=cfg.cuda_graph, compile=cfg.compile == "on")

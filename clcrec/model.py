@@ -9,9 +9,11 @@ Faithful to the paper and the reference code, with these deliberate differences:
   39% of slots (1 - e^-0.5) are replaced at num_sample=0.5, not 50%; ours replaces num_sample of
   them in expectation, with no host sync.
 - Each softmax is computed as logsumexp(scores) - score_pos (stable), not log(exp/sum(exp)).
-- Per-item work has three forms, chosen by the trainer (clcrec/train.py, `scoring` and `encode`):
+- Per-item work has four forms, chosen by clcrec/execution.py from `scoring` and `encode`:
   `unique` encodes each distinct item of the batch once (ids deduplicated by the loader's producer
-  thread; the CPU default), `slots` encodes every slot (no dedupe, fixed shapes), and `dense`
+  thread; the CPU default), `slots` encodes every slot (no dedupe, fixed shapes), `all` encodes the
+  whole catalogue once and scores the slots by gathers (fixed shapes; fewer encoder rows than
+  `slots` whenever the catalogue is smaller than a batch's slots), and `dense`
   encodes the whole catalogue once per step and scores each batch row against every item with one
   matmul per loss, then picks the sampled columns (the GPU default for catalogues that are small
   next to a batch's slots: its backward is matmuls instead of gathers and a sort-based embedding
@@ -74,6 +76,7 @@ class CLCRec(nn.Module):
         uniq: torch.Tensor | None = None,  # (Q,) distinct item ids of the batch (unique mode)
         inverse: torch.Tensor | None = None,  # (B, 1+K) index of each slot into uniq
         dense: bool = False,  # score against the whole item table (uniq/inverse unused)
+        encode_all: bool = False,  # encode the whole catalogue, score by gathers (uniq/inverse unused)
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (loss_re, loss_ui, reg) as 0-dim tensors; no host sync.
 
@@ -84,10 +87,10 @@ class CLCRec(nn.Module):
         numba on CPU, no (B, 1+K, D) tensor; dense: one (B, Q) matmul and a column gather), and the
         hybrid choice is an index into [ID rows; content rows], not a D-wide `where`.
         """
-        if dense:
-            emb = self.item_emb.weight  # (I, D): no gather, and a dense gradient from matmuls
+        if dense or encode_all:
+            emb = self.item_emb.weight  # (I, D): no gather, and a dense gradient
             feat = self.encoder(self.features)  # (I, D): each item once
-            inverse, nce = items, dense_contrastive_loss
+            inverse, nce = items, (dense_contrastive_loss if dense else contrastive_loss)
         else:
             if uniq is None:
                 uniq = items.reshape(-1)  # (B*(1+K),)

@@ -162,6 +162,7 @@ class StepConfig:
     num_sample: float
     amp: str = "auto"
     dense: bool = False  # score against the whole item table (clcrec.model.CLCRec.forward)
+    encode_all: bool = False  # encode the whole catalogue, score the slots by gathers
     graph: str = "auto"  # auto: capture on CUDA when possible; on: require it; off: eager
     compile: bool = False  # full batches' losses through torch.compile (checked by clcrec.execution)
 
@@ -249,7 +250,8 @@ class StepRunner:
         if hybrid is None:
             rows = row0 + torch.arange(users.shape[0], dtype=torch.int64, device=users.device)  # (B,)
             hybrid = hybrid_mask(self.key, rows, items.shape[1], self.cfg.num_sample)  # (B, 1+K)
-        loss_re, loss_ui, reg = self.net(users, items, hybrid, uniq, inverse, dense=self.cfg.dense)
+        loss_re, loss_ui, reg = self.net(users, items, hybrid, uniq, inverse, dense=self.cfg.dense,
+                                         encode_all=self.cfg.encode_all)
         return self.model.combine(loss_re, loss_ui, reg, self.cfg.reg_weight), loss_re, loss_ui, reg
 
     def _compute(self, users, items, row0, hybrid=None, uniq=None, inverse=None) -> None:

@@ -67,7 +67,8 @@ class Trainer:
         self.net = dist.wrap(self.model, self.device, self.ctx)  # DDP when world > 1
         self.plan = plan_execution(cfg, self.device, self.dataset.num_items, self.ctx.world)
         self.opt = make_optimizer(self.model, cfg.l_r, capturable=self.plan.graph)
-        self.steps = StepRunner(self.net, self.model, self.opt, step_config(cfg, self.plan.dense), self.device,
+        self.steps = StepRunner(self.net, self.model, self.opt,
+                                step_config(cfg, self.plan.dense, self.plan.encode_all), self.device,
                                 graph=self.plan.graph, full_rows=cfg.batch_size // self.ctx.world)
         self.scaler, self.amp_mode = self.steps.scaler, self.steps.amp_mode
         self._graph_noted = False

@@ -124,14 +124,15 @@ def grads(model, *args, **kw):
 
 def test_dense_scoring_equals_gather_scoring_in_float64(small_model):
     """The dense path (whole-table matmuls, column gather) computes the same losses and gradients
-    as the gather paths (per-slot and per-distinct-item), to float64 rounding; repeated ids in a
+    as the gather paths (per slot, per distinct item, whole catalogue encoded), to float64 rounding; repeated ids in a
     row (as `--on-short repeat` makes) included."""
     model = small_model.double()
     users, items, hybrid = batch(seed=7, B=9, K=5)
     items[0, 2] = items[0, 3]  # a repeated negative
     uniq, inverse = torch.unique(items, return_inverse=True)
     dense = grads(model, users, items, hybrid, dense=True)
-    for other in (grads(model, users, items, hybrid), grads(model, users, items, hybrid, uniq, inverse)):
+    for other in (grads(model, users, items, hybrid), grads(model, users, items, hybrid, uniq, inverse),
+                  grads(model, users, items, hybrid, encode_all=True)):
         for a, b in zip(dense[0] + dense[1], other[0] + other[1]):
             assert a.dtype == torch.float64
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

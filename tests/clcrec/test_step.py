@@ -63,6 +63,15 @@ def test_device_assembly_trains_exactly_like_host_assembly(tiny_dataset, tiny_ca
     assert out["host"] == out["device"]
 
 
+def test_whole_catalogue_encoding_trains_like_slot_encoding(tiny_dataset, tiny_cache, tmp_path):
+    """--encode all (the catalogue encoded once, slots scored by gathers) is the same loss and
+    gradient as encoding every slot (float64: test_model.py); in float32 training, rounding only."""
+    for encode in ("slots", "all"):
+        train(config(tiny_dataset, tiny_cache, tmp_path / encode, epochs=2, encode=encode), console=quiet())
+    assert "whole catalogue encoded" in json.loads((tmp_path / "all" / "config.json").read_text())["execution"]
+    assert losses(tmp_path / "all") == pytest.approx(losses(tmp_path / "slots"), rel=1e-4)
+
+
 def test_dense_scoring_trains_like_gather_scoring(tiny_dataset, tiny_cache, tmp_path):
     """Whole-table scoring is the same loss and gradient (float64 equality: test_model.py); in
     float32 training the two differ by rounding only."""
@@ -81,6 +90,17 @@ def test_the_plan_follows_the_device_and_the_catalogue_size():
     assert (gpu_small.dense, gpu_small.dedupe, gpu_small.assemble, gpu_small.graph) == (True, False, "device", True)
     gpu_large = plan_execution(cfg, torch.device("cuda"), DENSE_ITEMS_PER_SLOT * 129 + 1)
     assert (gpu_large.dense, gpu_large.dedupe, gpu_large.assemble) == (False, False, "device")
+    # past dense's reach, the encoder runs over min(items, slots) rows: the whole catalogue while
+    # it is smaller than a batch's slots (256 x 129 = 33,024), else every slot
+    assert plan_execution(cfg, torch.device("cuda"), 33_024).encode_all
+    assert not plan_execution(cfg, torch.device("cuda"), 33_025).encode_all
+    big = cfg.replace(batch_size=4096)  # 528,384 slots
+    assert plan_execution(big, torch.device("cuda"), 100_000).encode_all
+    assert not plan_execution(cfg, torch.device("cuda"), 100_000).encode_all  # 33,024 slots < 100k items
+    assert not plan_execution(big, torch.device("cuda"), 100_000, world=8).encode_all  # 66,048 slots per rank
+    assert not plan_execution(big, torch.device("cpu"), 100_000).encode_all  # CPU: unique items
+    assert plan_execution(cfg.replace(encode="all"), torch.device("cpu"), 100).describe().startswith(
+        "device cpu, scoring gather, whole catalogue encoded")
     assert not plan_execution(cfg.replace(amp="fp16"), torch.device("cuda"), 100).graph  # GradScaler syncs
     assert not plan_execution(cfg, torch.device("cuda"), 100, world=2).graph  # DDP
     with pytest.raises(UserError, match="--cuda-graph on cannot be used: it needs a CUDA device"):

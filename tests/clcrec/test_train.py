@@ -237,7 +237,7 @@ def test_bad_config_values_are_refused_with_a_message(tiny_dataset, tiny_cache, 
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("encode,scoring", [("unique", "gather"), ("slots", "gather"), ("auto", "dense")])
+@pytest.mark.parametrize("encode,scoring", [("unique", "gather"), ("slots", "gather"), ("all", "gather"), ("auto", "dense")])
 def test_cuda_fp32_training_matches_cpu(tiny_dataset, tiny_cache, tmp_path, encode, scoring):
     """The CUDA paths (host or device batch assembly, gather or dense scoring, eager or CUDA
     graph) train the same model as the CPU path: same batches, and the same hybrid draws (a
