@@ -166,3 +166,24 @@ def test_device_assembly_refuses_dedupe(gen, tiny_dataset):
 
     with pytest.raises(UserError, match="does not deduplicate"):
         stream(gen, 10, assemble="device", dedupe=True)
+
+
+@pytest.mark.parametrize("num_items, dtype", [(40_000, np.uint16), (70_000, np.int32)])
+def test_device_assembly_widens_ids_past_int16_and_int32_ids_exactly(tmp_path, num_items, dtype):
+    """Item ids above 32,767 travel as the int16 bits of uint16 (and must not come back
+    sign-extended), and catalogues past 65,535 travel as int32: both serve exactly the host
+    path's batches, and every id is the one stored."""
+    from cache.build import build_generation
+    from cache.store import NegativeConfig
+    from tests.cache.cache_test_helpers import make_dataset
+
+    data = make_dataset(tmp_path / "d", num_users=30, num_items=num_items, pairs=600)
+    build_generation(data, tmp_path / "c", 0, NegativeConfig(num_neg=8, chunk_rows=128), progress=False)
+    g = CacheStore(tmp_path / "c").open_generation(0)
+    assert g.item_dtype == dtype
+    host = [batch_record(b) for b in stream(g, num_items, batch_size=50, dedupe=False)]
+    dev = [batch_record(b) for b in stream(g, num_items, batch_size=50, dedupe=False, assemble="device")]
+    assert dev == host
+    served = served_rows(stream(g, num_items, batch_size=50, dedupe=False, assemble="device"))
+    assert served[:, 1:].max() >= 32_768 and served[:, 1:].min() >= 0
+    assert np.array_equal(sort_rows(served), sort_rows(generation_rows(g)))
