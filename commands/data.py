@@ -1,0 +1,99 @@
+"""Data pipeline commands: `synth` and `ingest movielens|refnpy|table` (pipeline/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from commands.apps import FORCE, app, console, ingest_app
+
+
+@app.command()
+def synth(
+    target: Path = typer.Argument(..., help="Dataset directory to create."),
+    scale: str = typer.Option("default", help="Size: tiny | default | paper | large."),
+    seed: int = typer.Option(0, help="Seed for generation and the cold split."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing target."),
+) -> None:
+    """Generate a synthetic dataset with planted structure (the built-in default data)."""
+    from pipeline.synthetic import SynthConfig, write_synthetic
+
+    path = write_synthetic(target, SynthConfig(scale=scale, seed=seed), force=force, progress=True)
+    console.print(f"wrote {path}")
+
+
+_SEED = typer.Option(0, "--seed", help="Seed of the cold-item split.")
+_COLD = typer.Option(0.2, "--cold-fraction", help="Fraction of items made cold.")
+_COLD_VAL = typer.Option(0.5, "--cold-val-share", help="Share of cold items for validation (rest: test).")
+_VAL = typer.Option(0.1, "--val-fraction", help="Fraction of warm interactions for validation.")
+_TEST = typer.Option(0.1, "--test-fraction", help="Fraction of warm interactions for test.")
+_COLD_ITEMS = typer.Option(None, "--cold-items", help="File of original item ids (one a line) to make cold.")
+
+
+def _split_config(seed, cold_fraction, cold_val_share, val_fraction, test_fraction, cold_items):
+    from pipeline.split import SplitConfig
+
+    return SplitConfig(seed, cold_fraction, cold_val_share, val_fraction, test_fraction, cold_items)
+
+
+@ingest_app.command("movielens")
+def ingest_movielens_cmd(
+    source: Path = typer.Argument(..., help="A MovieLens release directory (ml-100k, ml-1m, ml-25m, ...)."),
+    target: Path = typer.Argument(..., help="Dataset directory to create."),
+    title_dim: int = typer.Option(64, help="Dimensions of the hashed title-word features."),
+    tag_dim: int = typer.Option(64, help="Dimensions of the hashed user-tag features (releases with tags.csv)."),
+    seed: int = _SEED, cold_fraction: float = _COLD, cold_val_share: float = _COLD_VAL,
+    val_fraction: float = _VAL, test_fraction: float = _TEST, cold_items: Optional[Path] = _COLD_ITEMS,
+    force: bool = FORCE,
+) -> None:
+    """Ingest a MovieLens release (detected by its files) with genre, year and title features, plus
+    tag-genome and user-tag features when the release has genome-scores.csv / tags.csv."""
+    from pipeline.ingest_common import IngestConfig
+    from pipeline.ingest_movielens import ingest_movielens
+
+    split = _split_config(seed, cold_fraction, cold_val_share, val_fraction, test_fraction, cold_items)
+    console.print(f"wrote {ingest_movielens(source, target, IngestConfig(split=split, title_dim=title_dim, tag_dim=tag_dim), force)}")
+
+
+@ingest_app.command("refnpy")
+def ingest_refnpy_cmd(
+    source: Path = typer.Argument(..., help="A Data/<name>/ directory of the public CLCRec code."),
+    target: Path = typer.Argument(..., help="Dataset directory to create."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading pickled .npy files (runs code)."),
+    num_users: Optional[int] = typer.Option(None, help="num_user, only if it cannot be inferred."),
+    force: bool = FORCE,
+) -> None:
+    """Ingest the reference code's .npy layout, keeping its split."""
+    from pipeline.ingest_common import IngestConfig
+    from pipeline.ingest_refnpy import ingest_refnpy
+
+    path = ingest_refnpy(source, target, IngestConfig(allow_pickle=allow_pickle), force, num_users=num_users)
+    console.print(f"wrote {path}")
+
+
+@ingest_app.command("table")
+def ingest_table_cmd(
+    interactions: Path = typer.Argument(..., help="Interactions .csv / .tsv / .parquet."),
+    target: Path = typer.Argument(..., help="Dataset directory to create."),
+    feature: list[str] = typer.Option(
+        [], "--feature", help="NAME=FEAT.npy:IDS.txt or NAME=FEAT.parquet; repeat per modality."
+    ),
+    user_col: str = typer.Option("user", help="User id column."),
+    item_col: str = typer.Option("item", help="Item id column (also the id column of Parquet features)."),
+    seed: int = _SEED, cold_fraction: float = _COLD, cold_val_share: float = _COLD_VAL,
+    val_fraction: float = _VAL, test_fraction: float = _TEST, cold_items: Optional[Path] = _COLD_ITEMS,
+    force: bool = FORCE,
+) -> None:
+    """Ingest an interactions table with one item-feature file per modality."""
+    from pipeline.ingest_common import IngestConfig
+    from pipeline.ingest_table import ingest_table, parse_feature_spec
+
+    config = IngestConfig(
+        split=_split_config(seed, cold_fraction, cold_val_share, val_fraction, test_fraction, cold_items),
+        user_col=user_col,
+        item_col=item_col,
+        features=tuple(parse_feature_spec(f) for f in feature),
+    )
+    console.print(f"wrote {ingest_table(interactions, target, config, force)}")
