@@ -4,14 +4,15 @@ Reads: a published generation (cache.store.Generation). Writes: nothing.
 
 Two ways to assemble batches, with the same order and the same batches:
 
-    host   (CPU training): producer thread: read chunks (zarr decode, checksum; `readers` threads)
-           -> permute rows -> cut batches -> dedupe item ids -> bounded queue; the training loop
-           takes batches (DevicePrefetcher is then a pass-through).
-    device (CUDA training): producer thread: read chunks -> the chunk's row permutation and hybrid
-           draws (compiled hash, 40M rows/s) -> pin the chunk *as stored* (uint16 item ids where
-           they fit) and the draws as bytes -> bounded queue; the training loop copies each chunk
-           to the GPU once on a side stream, permutes and widens it there, and cuts batches as
-           views of the permuted chunk. The host does O(chunks) work, not O(batches).
+    Per chunk, in `readers` threads (each chunk independent of the others): read it (zarr decode,
+    checksum), take this rank's rows in epoch order and draw their hybrid slots (compiled hash,
+    40M rows/s per core). Then one producer thread, in chunk order:
+    host   (CPU training): permuted rows -> cut batches -> dedupe item ids -> bounded queue; the
+           training loop takes batches (DevicePrefetcher is then a pass-through).
+    device (CUDA training): the chunk *as stored* (uint16 item ids where they fit) and its draws as
+           bytes, pinned in the reader -> bounded queue; the training loop copies each chunk to the
+           GPU once on a side stream, permutes and widens it there, and cuts batches as views of
+           the permuted chunk. The host does O(chunks) work, not O(batches).
 
 Order: the epoch's chunk order and each chunk's row permutation derive from (seed, epoch, chunk),
 so an epoch is reproducible (resume gives the same batches) and the same on CPU and GPU. Rows left
@@ -130,51 +131,61 @@ class ChunkStream:
                 continue
         return False
 
-    def _read_chunks(self):
-        """(chunk id, users, pos, neg) in epoch order; `readers` threads decode ahead in parallel
-        (zarr decoding and checksums release the GIL for most of their time)."""
+    def _prepared_chunks(self):
+        """Each chunk of the epoch, in order, as `_prepare` leaves it; with `readers` > 1, threads
+        prepare ahead in parallel (zarr decoding, checksums, numpy indexing, the compiled hash and
+        pinning copies all release the GIL for most of their time), so the producer thread only
+        orders, cuts and queues."""
+        sizes = [stop - start for start, stop in (self.gen.chunk_range(int(c)) for c in self.chunks)]
+        starts = np.cumsum([0] + sizes)
+        jobs = [(int(c), int(g0)) for c, g0 in zip(self.chunks, starts[:-1])]  # (chunk, epoch position of its first row)
         if self.readers == 1:
-            for c in self.chunks:
-                yield int(c), *self.gen.read_chunk(int(c), verify=self.verify)
+            for c, g0 in jobs:
+                yield self._prepare(c, g0)
             return
         with ThreadPoolExecutor(self.readers, thread_name_prefix="chunk-reader") as pool:
             pending: deque = deque()
-            order = iter(self.chunks)
-            for c in order:
-                pending.append((int(c), pool.submit(self.gen.read_chunk, int(c), verify=self.verify)))
+            order = iter(jobs)
+            for job in order:
+                pending.append(pool.submit(self._prepare, *job))
                 if len(pending) >= 2 * self.readers:
                     break
             while pending and not self._stop.is_set():
-                c, fut = pending.popleft()
+                fut = pending.popleft()
                 nxt = next(order, None)
                 if nxt is not None:
-                    pending.append((int(nxt), pool.submit(self.gen.read_chunk, int(nxt), verify=self.verify)))
-                yield c, *fut.result()
-            for _, fut in pending:
+                    pending.append(pool.submit(self._prepare, *nxt))
+                yield fut.result()
+            for fut in pending:
                 fut.cancel()
+
+    def _prepare(self, c: int, g0: int):
+        """Chunk c, read and verified, with this rank's rows in epoch order and their hybrid draws:
+        a pinned HostChunk for device assembly; (users, items, batch of each row, hybrid) for the
+        host's batch cutter. Independent of every other chunk, so it runs in any reader thread."""
+        users, pos, neg = self.gen.read_chunk(c, verify=self.verify)
+        perm, bi, where = self.plan.chunk_rows(c, len(users), g0)
+        hyb = None
+        if self.hybrid is not None:
+            hyb = torch.from_numpy(hybrid_mask_np(self.hybrid[0], where, 1 + neg.shape[1], self.hybrid[1]))
+        if self.assemble == "device":  # ship the chunk as stored
+            return self._host_chunk(users, pos, neg, perm, bi, hyb)
+        items = np.empty((len(perm), 1 + neg.shape[1]), dtype=np.int64)  # (n_rank, 1+K)
+        items[:, 0] = pos[perm]
+        items[:, 1:] = neg[perm]
+        return torch.from_numpy(users[perm].astype(np.int64)), torch.from_numpy(items), bi, hyb
 
     def _produce(self) -> None:
         try:
             slot_of = np.full(self.num_items, -1, dtype=np.int64) if self.dedupe else None
             cutter = BatchCutter(self.plan) if self.assemble == "host" else None
-            g0 = 0
-            for c, users, pos, neg in self._read_chunks():
-                n = len(users)
-                perm, bi, where = self.plan.chunk_rows(c, n, g0)
-                g0 += n
-                if cutter is None:  # device assembly: ship the chunk as stored
-                    item = self._host_chunk(users, pos, neg, perm, bi, where)
+            if cutter is not None:
+                cutter.with_hybrid = self.hybrid is not None
+            for prepared in self._prepared_chunks():
+                if cutter is None:  # device assembly: the HostChunk goes as it is
+                    item = prepared
                 else:
-                    items = np.empty((len(perm), 1 + neg.shape[1]), dtype=np.int64)  # (n_rank, 1+K)
-                    items[:, 0] = pos[perm]
-                    items[:, 1:] = neg[perm]
-                    u = torch.from_numpy(users[perm].astype(np.int64))
-                    hyb = None
-                    if self.hybrid is not None:
-                        cutter.with_hybrid = True
-                        hyb = torch.from_numpy(hybrid_mask_np(self.hybrid[0], where, items.shape[1], self.hybrid[1]))
-                    item = cutter.feed(u, torch.from_numpy(items), bi, hyb)
-                    item = [self._finish(b, slot_of) for b in item]
+                    item = [self._finish(b, slot_of) for b in cutter.feed(*prepared)]
                 if (cutter is None or item) and not self._put(item):
                     return
             if cutter is not None:
@@ -192,15 +203,14 @@ class ChunkStream:
             b = b.apply(lambda t: t.pin_memory())
         return b
 
-    def _host_chunk(self, users, pos, neg, perm, bi, where) -> HostChunk:
+    def _host_chunk(self, users, pos, neg, perm, bi, hybrid) -> HostChunk:
         p, unsigned = _as_torch_ids(pos)
         q, _ = _as_torch_ids(neg)
+        # The hybrid draws travel as bytes: the compiled hash does 40M rows/s on one core, where
+        # the same hash in int64 tensor ops is ~20 full-width kernels per chunk on the GPU.
         hc = HostChunk(users=torch.from_numpy(np.ascontiguousarray(users, dtype=np.int32)), pos=p, neg=q,
-                       perm=torch.from_numpy(perm.astype(np.int64, copy=False)), bi=bi, unsigned16=unsigned)
-        if self.hybrid is not None:
-            # Drawn here and shipped as bytes: the compiled hash does 40M rows/s on one core, where
-            # the same hash in int64 tensor ops is ~20 full-width kernels per chunk on the GPU.
-            hc.hybrid = torch.from_numpy(hybrid_mask_np(self.hybrid[0], where, 1 + neg.shape[1], self.hybrid[1]))
+                       perm=torch.from_numpy(perm.astype(np.int64, copy=False)), bi=bi, unsigned16=unsigned,
+                       hybrid=hybrid)
         if self.pin:  # pinned, so the copy to the GPU is a true async DMA
             for f in ("users", "pos", "neg", "perm", "hybrid"):
                 if getattr(hc, f) is not None:

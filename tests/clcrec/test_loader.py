@@ -104,7 +104,8 @@ def test_without_dedupe_batches_carry_no_index(gen, tiny_dataset):
     assert b.uniq is None and b.inverse is None and b.items.dtype == torch.int64
 
 
-def test_corrupt_chunk_surfaces_in_the_consumer_with_its_cause(tiny_cache, tiny_dataset, tmp_path):
+@pytest.mark.parametrize("assemble, readers", [("host", 1), ("host", 3), ("device", 3)])
+def test_corrupt_chunk_surfaces_in_the_consumer_with_its_cause(tiny_cache, tiny_dataset, tmp_path, assemble, readers):
     cache = tmp_path / "cache"
     shutil.copytree(tiny_cache, cache)
     neg_dir = cache / "gen-000000" / "neg" / "c"
@@ -113,14 +114,16 @@ def test_corrupt_chunk_surfaces_in_the_consumer_with_its_cause(tiny_cache, tiny_
     n = int(np.load(tiny_dataset / "item_status.npy").shape[0])
     # a UserError reaches the consumer as itself, so the CLI prints its message, no traceback
     with pytest.raises(CacheError, match="generation 0, chunk 1"):
-        for _ in stream(gen, n):
+        for _ in stream(gen, n, assemble=assemble, readers=readers, dedupe=assemble == "host"):
             pass
 
 
-def test_breaking_out_early_stops_the_producer(gen, tiny_dataset):
+@pytest.mark.parametrize("assemble, readers", [("host", 1), ("host", 3), ("device", 3)])
+def test_breaking_out_early_stops_the_producer(gen, tiny_dataset, assemble, readers):
+    """...and its reader threads: nothing is left running."""
     n = int(np.load(tiny_dataset / "item_status.npy").shape[0])
     before = threading.active_count()
-    s = stream(gen, n, batch_size=8, prefetch=1)
+    s = stream(gen, n, batch_size=8, prefetch=1, assemble=assemble, readers=readers, dedupe=assemble == "host")
     for i, _ in enumerate(s):
         if i == 2:
             break
