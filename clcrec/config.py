@@ -88,7 +88,7 @@ class TrainConfig:
     cuda_graph: str = "auto"  # capture the step in one CUDA graph: auto (when possible) | on | off
     compile: str = "off"  # on: the losses through torch.compile (inductor fuses them; clcrec/step.py)
     assemble: str = "auto"  # where batches are cut: host | device (auto: device on CUDA)
-    readers: int = 0  # chunk-decoding threads (0: 1 on CPU, up to 4 on CUDA)
+    readers: int = 0  # threads reading and preparing chunks (0: 1 on CPU, up to 4 on CUDA)
     prefetch: int = 4  # chunks buffered ahead by the producer thread
     log_every: int = 50  # steps between host syncs for loss logging / divergence checks
     threads: int = 0  # torch intra-op threads (0: leave torch's default)

@@ -36,7 +36,7 @@ class ExecPlan:
     dedupe: bool  # the producer deduplicates item ids (unique encoding)
     assemble: str  # host | device (clcrec.loader)
     graph: bool  # the step is one CUDA graph
-    readers: int  # chunk-decoding threads
+    readers: int  # threads reading and preparing chunks (clcrec.loader)
     compiled: bool = False  # the losses run through torch.compile (clcrec.step)
     encode_all: bool = False  # gather scoring with the whole catalogue encoded once per step
 

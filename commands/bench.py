@@ -57,7 +57,7 @@ def bench_train_cmd(
     compile: str = typer.Option("off", "--compile", help="off or on: the losses through torch.compile; all loops."),
     compare_steps: bool = typer.Option(False, "--compare-steps", help="Also time the step alone in every form "
                                        "(eager, CUDA graph, compiled, compiled + graph), side by side."),
-    readers: int = typer.Option(0, help="Chunk-decoding threads of the streaming loop (0: automatic)."),
+    readers: int = typer.Option(0, help="Threads reading and preparing chunks in the streaming loop (0: automatic)."),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time the reference-style loop."),
 ):
     """Samples/s: the step alone, the streaming trainer and a reference-style DataLoader loop, side by side."""

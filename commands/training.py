@@ -52,7 +52,7 @@ def train(
     cuda_graph: str = typer.Option("auto", "--cuda-graph", help="Replay the training step as one CUDA graph: auto, on, off."),
     compile: str = typer.Option("off", "--compile", help="on: fuse the losses with torch.compile (needs triton on CUDA, a C++ compiler on CPU)."),
     assemble: str = typer.Option("auto", help="Where batches are cut: auto (device on CUDA), host, device."),
-    readers: int = typer.Option(0, help="Threads decoding cache chunks (0: 1 on CPU, up to 4 on CUDA)."),
+    readers: int = typer.Option(0, help="Threads reading and preparing cache chunks (0: 1 on CPU, up to 4 on CUDA)."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch default)."),
     log_every: int = typer.Option(50, help="Steps between host syncs for loss checks."),
 ):
