@@ -75,9 +75,9 @@ section() {  # section CAP_SECONDS TITLE COMMAND...
     section 150 "CUDA tests" "$PY" -m pytest -q -p no:cacheprovider -rs tests/clcrec/test_kernels.py \
         tests/clcrec/test_evaluate.py tests/clcrec/test_step.py tests/clcrec/test_train.py \
         tests/clcrec/test_distributed.py tests/clcrec/test_serve_new_items.py -k cuda
-    section 120 "bench train, paper scale, batch 256, and the step's forms (eager, graph, compiled; dense and gather)" \
+    section 150 "bench train, paper scale, batch 256, and the step's forms (eager, graph, compiled; dense and gather)" \
         "$PY" cli.py bench train --batch-size 256 --steps 300 --compare-steps
-    section 100 "bench train, paper scale, batch 4096, and the step's forms" \
+    section 120 "bench train, paper scale, batch 4096, and the step's forms" \
         "$PY" cli.py bench train --batch-size 4096 --steps 60 --rounds 3 --compare-steps
     section 60 "bench train, paper scale, batch 16384" "$PY" cli.py bench train --batch-size 16384 --steps 60 --rounds 3
     section 45 "bench recommend, paper scale (recommend-all users/s on the GPU)" "$PY" cli.py bench recommend
