@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks, in one command of under 5 minutes on one H100/H200:
+# The GPU checks, in one command of about 5 minutes on one H100/H200 (at most GPU_CHECK_BUDGET, 420 s):
 #   1. every CUDA-only test (CPU vs CUDA training in each execution plan, CUDA graph vs eager
 #      steps, the hybrid hash's bits, loss kernels, evaluation, bf16 resume, ranks vs GPUs);
 #   2. `cli.py bench train` at paper scale, batch 256, 4096 and 16384: the step alone, the
