@@ -283,40 +283,72 @@ class ReplayOnCpu:
         return Replay()
 
 
-def test_the_graph_path_trains_exactly_like_eager_steps_on_cpu(tiny_dataset, tiny_cache):
-    """StepRunner's graph logic (warm-up, capture on a full batch, static inputs refilled per batch,
-    the short last batch eager) with CPU stand-ins for the CUDA calls: bit-for-bit the training
-    of eager steps, over two epochs of device-assembled batches with their hybrid masks."""
+class FailingCapture(ReplayOnCpu):
+    """A capture that fails as an uncapturable op makes CUDA's fail: after recording has begun."""
+
+    def capture(self, fn):
+        self.captures += 1
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+
+def run_steps(tiny_dataset, tiny_cache, graphs_for=None, graph_mode="auto"):
+    """Two epochs of device-assembled batches (hybrid masks included) through one StepRunner:
+    eager, or through a stand-in for the CUDA calls. -> (model, runner, per-epoch sums, graphs)"""
     from cache.store import CacheStore
     from clcrec.loader import ChunkStream
     from clcrec.model import CLCRec, concat_normalised_features
-    from clcrec.step import WARMUP, StepConfig, StepRunner, make_optimizer
+    from clcrec.step import StepConfig, StepRunner, make_optimizer
     from pipeline.dataset import load_dataset
 
     ds = load_dataset(tiny_dataset)
     gen = CacheStore(tiny_cache).open_generation(0)
     feats = concat_normalised_features(list(ds.features.values()))
-    cfg = StepConfig(reg_weight=0.1, num_sample=0.5, amp="fp32", dense=True)
-    runs = {}
-    for name in ("eager", "graph"):
-        torch.manual_seed(0)
-        model = CLCRec(ds.num_users, ds.num_items, feats)
-        opt = make_optimizer(model, 0.01)
-        graphs = ReplayOnCpu(opt) if name == "graph" else None
-        runner = StepRunner(model, model, opt, cfg, torch.device("cpu"), graph=graphs is not None,
-                            full_rows=64, graphs=graphs)
-        sums = []
-        for epoch in range(2):
-            runner.start_epoch(epoch_key(0, epoch))
-            with ChunkStream(gen, num_items=ds.num_items, seed=0, epoch=epoch, batch_size=64, dedupe=False,
-                             assemble="device", hybrid=(epoch_key(0, epoch), 0.5)) as s:
-                for b in s:
-                    runner.step(b)
-            sums.append(runner.sums.tolist())
-        runs[name] = (model, runner, sums, graphs)
-    (m_e, _, sums_e, _), (m_g, r_g, sums_g, graphs) = runs["eager"], runs["graph"]
-    assert sums_g == sums_e
-    assert all(torch.equal(a, b) for a, b in zip(m_e.state_dict().values(), m_g.state_dict().values()))
+    cfg = StepConfig(reg_weight=0.1, num_sample=0.5, amp="fp32", dense=True, graph=graph_mode)
+    torch.manual_seed(0)
+    model = CLCRec(ds.num_users, ds.num_items, feats)
+    opt = make_optimizer(model, 0.01)
+    graphs = graphs_for(opt) if graphs_for else None
+    runner = StepRunner(model, model, opt, cfg, torch.device("cpu"), graph=graphs is not None,
+                        full_rows=64, graphs=graphs)
+    sums = []
+    for epoch in range(2):
+        runner.start_epoch(epoch_key(0, epoch))
+        with ChunkStream(gen, num_items=ds.num_items, seed=0, epoch=epoch, batch_size=64, dedupe=False,
+                         assemble="device", hybrid=(epoch_key(0, epoch), 0.5)) as s:
+            for b in s:
+                runner.step(b)
+        sums.append(runner.sums.tolist())
+    return model, runner, sums, graphs
+
+
+def same_training(a, b) -> bool:
+    return a[2] == b[2] and all(torch.equal(x, y) for x, y in zip(a[0].state_dict().values(), b[0].state_dict().values()))
+
+
+def test_the_graph_path_trains_exactly_like_eager_steps_on_cpu(tiny_dataset, tiny_cache):
+    """StepRunner's graph logic (warm-up, capture on a full batch, static inputs refilled per batch,
+    the short last batch eager) with CPU stand-ins for the CUDA calls: bit-for-bit the training
+    of eager steps, over two epochs of device-assembled batches with their hybrid masks."""
+    from clcrec.step import WARMUP
+
+    eager = run_steps(tiny_dataset, tiny_cache)
+    graph = run_steps(tiny_dataset, tiny_cache, ReplayOnCpu)
+    assert same_training(graph, eager)
+    runner, graphs = graph[1], graph[3]
     # 3701 rows = 57 full batches + 53 per epoch: WARMUP eager, 1 capture, the rest replayed,
     # and each epoch's short batch eager
-    assert graphs.captures == 1 and r_g.eager_steps == WARMUP and r_g.replays == 2 * 57 - WARMUP
+    assert graphs.captures == 1 and runner.eager_steps == WARMUP and runner.replays == 2 * 57 - WARMUP
+
+
+def test_a_failed_capture_trains_on_eagerly_or_stops_under_on(tiny_dataset, tiny_cache):
+    """--cuda-graph auto: the batch whose capture failed and every later one train eagerly, bit
+    for bit the eager run, with the reason kept; --cuda-graph on stops naming the reason."""
+    eager = run_steps(tiny_dataset, tiny_cache)
+    failed = run_steps(tiny_dataset, tiny_cache, FailingCapture)
+    assert same_training(failed, eager)
+    runner, graphs = failed[1], failed[3]
+    assert graphs.captures == 1 and runner.replays == 0 and not runner.use_graph
+    assert runner.graph_failed == "RuntimeError: operation not permitted when stream is capturing"
+    with pytest.raises(UserError, match=r"^--cuda-graph on: capturing the training step failed \(RuntimeError: "
+                                        r"operation not permitted .*\); pass --cuda-graph off$"):
+        run_steps(tiny_dataset, tiny_cache, FailingCapture, graph_mode="on")
