@@ -143,7 +143,7 @@ class ChunkStream:
             for c, g0 in jobs:
                 yield self._prepare(c, g0)
             return
-        with ThreadPoolExecutor(self.readers, thread_name_prefix="chunk-reader") as pool:
+        with ThreadPoolExecutor(self.readers, thread_name_prefix="chunk-reader", initializer=self._bind_device) as pool:
             pending: deque = deque()
             order = iter(jobs)
             for job in order:
@@ -175,8 +175,15 @@ class ChunkStream:
         items[:, 1:] = neg[perm]
         return torch.from_numpy(users[perm].astype(np.int64)), torch.from_numpy(items), bi, hyb
 
+    def _bind_device(self) -> None:
+        """A new thread's current CUDA device is 0. Threads that pin bind to this stream's GPU, so no
+        CUDA call of theirs opens a context (hundreds of MB) on GPU 0 in every rank's process."""
+        if self.pin and self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)
+
     def _produce(self) -> None:
         try:
+            self._bind_device()
             slot_of = np.full(self.num_items, -1, dtype=np.int64) if self.dedupe else None
             cutter = BatchCutter(self.plan) if self.assemble == "host" else None
             if cutter is not None:
