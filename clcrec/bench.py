@@ -208,9 +208,6 @@ def _step_forms(bc, cfg, plan, ds, stream, fresh_model, console) -> dict:
         resident = next(iter(batches_on_device(s, plan.device)))
     res = {}
 
-    def label(p) -> str:
-        return "dense" if p.dense else ("gather, unique" if p.dedupe else "gather, all encoded" if p.encode_all else "gather, slots")
-
     for dense, graph, compiled in forms:
         # the other scoring as `train --scoring` would run it (gather: its encoding choice too)
         try:
@@ -218,7 +215,7 @@ def _step_forms(bc, cfg, plan, ds, stream, fresh_model, console) -> dict:
                 cfg.replace(scoring="dense" if dense else "gather"), plan.device, ds.num_items)
         except UserError:
             continue  # the user's options rule that scoring out
-        name = f"{label(base)}, {'compiled' if compiled else 'eager'}" + (" + CUDA graph" if graph else "")
+        name = f"{base.scoring}, {'compiled' if compiled else 'eager'}" + (" + CUDA graph" if graph else "")
         try:
             if compiled:
                 check_compile(plan.device, dense, base.dedupe, 1)
@@ -236,7 +233,7 @@ def _step_forms(bc, cfg, plan, ds, stream, fresh_model, console) -> dict:
         console.print(f"  batch {cfg.batch_size}, step alone, {name}: "
                       + (f"{res[name]['samples_per_s']:,.0f} samples/s" if "error" not in res[name] else res[name]["error"]),
                       highlight=False)
-    res["_base"] = f"{label(plan)}, eager"
+    res["_base"] = f"{plan.scoring}, eager"
     return res
 
 

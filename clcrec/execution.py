@@ -40,10 +40,13 @@ class ExecPlan:
     compiled: bool = False  # the losses run through torch.compile (clcrec.step)
     encode_all: bool = False  # gather scoring with the whole catalogue encoded once per step
 
+    @property
+    def scoring(self) -> str:
+        return "dense" if self.dense else ("gather, unique items" if self.dedupe else
+                                           "gather, whole catalogue encoded" if self.encode_all else "gather, every slot")
+
     def describe(self) -> str:
-        scoring = "dense" if self.dense else ("gather, unique items" if self.dedupe else
-                                              "gather, whole catalogue encoded" if self.encode_all else "gather, every slot")
-        return (f"device {self.device}, scoring {scoring}, {self.assemble} batch assembly, "
+        return (f"device {self.device}, scoring {self.scoring}, {self.assemble} batch assembly, "
                 f"{'CUDA graph' if self.graph else 'eager steps'}{', compiled losses' if self.compiled else ''}, "
                 f"{self.readers} chunk reader(s)")
 
