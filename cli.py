@@ -5,7 +5,7 @@
 
 The commands live in commands/ (one module per stage); this file registers them and is the entry
 point. Expected failures (bad input, a stale cache, a diverged run) raise
-`pipeline.errors.UserError`; `main()` prints their message and exits 1 without a traceback.
+`common.errors.UserError`; `main()` prints their message and exits 1 without a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 
 from commands import data, negatives, training, serving, bench  # noqa: F401,I001 - registers the commands, in flow order (--help lists them so)
 from commands.apps import app, console
-from pipeline.errors import UserError
+from common.errors import UserError
 
 
 def main() -> None:

@@ -28,7 +28,11 @@ from cache.build import build_generation
 from cache.manifest import NegativeConfig
 from pipeline.dataset import load_dataset
 from pipeline.negatives import (
-    SamplingPlan, generation_key, getitem_original, pair_permutation, sample_negatives_original,
+    SamplingPlan,
+    generation_key,
+    getitem_original,
+    pair_permutation,
+    sample_negatives_original,
 )
 
 

@@ -16,15 +16,27 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from cache.lock import FileLock, lease_path
-from cache.manifest import NegativeConfig, gen_name, published_ids, read_manifest, write_manifest
+from cache.lock import lease_path
+from cache.manifest import (
+    NegativeConfig,
+    gen_name,
+    published_ids,
+    read_manifest,
+    write_manifest,
+)
 from cache.publish import (
-    check_existing, check_generation, generation_entry, publish_as_generation, remove_aside, writing,
+    check_existing,
+    check_generation,
+    generation_entry,
+    publish_as_generation,
+    remove_aside,
+    writing,
 )
 from cache.shards import build_shard, publish_generation  # noqa: F401  (part of this API)
 from cache.write import GenerationSource, create_arrays, write_chunks
-from pipeline.errors import CacheError, InputError
-from pipeline.fsutil import make_tmp_dir
+from common.errors import CacheError, InputError
+from common.fsutil import make_tmp_dir
+from common.lock import FileLock
 
 __all__ = ["build_generation", "build_next", "build_shard", "drop_generations", "format_summary",
            "prune", "publish_generation", "refresh"]
@@ -86,7 +98,7 @@ def _prune_locked(cache_dir: Path, keep: int) -> tuple[list[int], list[int]]:
     ids = published_ids(manifest)
     pruned, in_use = [], []
     for g in ids[: max(0, len(ids) - keep)]:
-        lease = FileLock(lease_path(cache_dir, g))
+        lease = FileLock(lease_path(cache_dir, g), error=CacheError)
         if not lease.acquire(wait=False):  # a reader holds a shared lease: keep it for now
             in_use.append(g)
             continue
@@ -116,7 +128,7 @@ def drop_generations(cache_dir: Path, generations: list[int], *, wait: bool = Fa
     dropped = []
     with writing(cache_dir, None, None, "drop generations", wait) as (manifest, _):
         for g in generations:
-            lease = FileLock(lease_path(cache_dir, g))
+            lease = FileLock(lease_path(cache_dir, g), error=CacheError)
             if str(g) in manifest["generations"] and lease.acquire(wait=False):
                 try:
                     del manifest["generations"][str(g)]

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import CacheError
-from pipeline.integrity import json_digest
-from pipeline.fsutil import atomic_write_json
+from common.errors import CacheError
+from common.fsutil import atomic_write_json
+from common.integrity import json_digest
 
 FORMAT = "clcrec-negative-cache"
 FORMAT_VERSION = 1
@@ -171,7 +171,7 @@ def check_config(manifest: dict, config: NegativeConfig, cache_dir: Path) -> Non
 
 def check_fingerprint(manifest: dict, fingerprint: str, cache_dir: Path, what: str = "the dataset") -> None:
     """DatasetChangedError if the cache was built from other data."""
-    from pipeline.errors import DatasetChangedError
+    from common.errors import DatasetChangedError
 
     have = manifest["dataset"]["fingerprint"]
     if have != fingerprint:

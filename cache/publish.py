@@ -16,15 +16,26 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from cache.lock import FileLock, WriterLock, lease_path
+from cache.lock import WriterLock, lease_path
 from cache.manifest import (
-    ARRAYS, MANIFEST, STAGING, NegativeConfig, check_config, check_fingerprint, gen_name, new_manifest,
-    now_iso, published_ids, read_manifest, write_manifest,
+    ARRAYS,
+    MANIFEST,
+    STAGING,
+    NegativeConfig,
+    check_config,
+    check_fingerprint,
+    gen_name,
+    new_manifest,
+    now_iso,
+    published_ids,
+    read_manifest,
+    write_manifest,
 )
 from cache.write import GenerationSource, dir_bytes
+from common.errors import CacheError
+from common.fsutil import TMP_PREFIX, atomic_write_json, fsync_dir, fsync_tree
+from common.lock import FileLock
 from pipeline.dataset import read_fingerprint
-from pipeline.errors import CacheError
-from pipeline.fsutil import TMP_PREFIX, atomic_write_json, fsync_dir, fsync_tree
 
 
 def check_generation(g: int) -> int:
@@ -51,7 +62,7 @@ _CACHE_NAMES = {"writer.lock", "leases", STAGING}
 def check_new_cache_dir(cache_dir: Path) -> None:
     """Refuse to create a cache in a path that cannot hold one, or in a non-empty directory that
     is not a cache (e.g. a dataset directory: its files would be mixed with generations)."""
-    from pipeline.fsutil import check_output_dir
+    from common.fsutil import check_output_dir
 
     check_output_dir(cache_dir, "cache directory")
     if not cache_dir.is_dir():
@@ -112,7 +123,7 @@ def clean_leftovers(cache_dir: Path, manifest: dict) -> list[str]:
     published = set(published_ids(manifest))
     for p in cache_dir.glob("gen-*"):  # renamed into place but killed before the manifest update
         if p.is_dir() and p.name[4:].isdigit() and int(p.name[4:]) not in published:
-            lease = FileLock(lease_path(cache_dir, int(p.name[4:])))
+            lease = FileLock(lease_path(cache_dir, int(p.name[4:])), error=CacheError)
             if lease.acquire(wait=False):
                 remove_aside(p)
                 lease.release()
@@ -124,7 +135,7 @@ def clean_leftovers(cache_dir: Path, manifest: dict) -> list[str]:
             continue
         for tmp in stage.glob(TMP_PREFIX + "shard-*"):  # a killed shard job's partial output
             name = tmp.name[len(TMP_PREFIX):].split(".")[0]
-            shard_lock = FileLock(stage / f"{name}.lock")
+            shard_lock = FileLock(stage / f"{name}.lock", error=CacheError)
             if shard_lock.acquire(wait=False):
                 shutil.rmtree(tmp, ignore_errors=True)
                 shard_lock.release()

@@ -24,15 +24,38 @@ from pathlib import Path
 
 import numpy as np
 
-from cache.lock import FileLock, is_locked
 from cache.manifest import (
-    ARRAYS, STAGING, NegativeConfig, gen_name, now_iso, read_manifest, shard_chunks, shard_name,
+    ARRAYS,
+    STAGING,
+    NegativeConfig,
+    gen_name,
+    now_iso,
+    read_manifest,
+    shard_chunks,
+    shard_name,
 )
-from cache.publish import check_existing, check_generation, publish_as_generation, writing
+from cache.publish import (
+    check_existing,
+    check_generation,
+    publish_as_generation,
+    writing,
+)
 from cache.store import Generation
-from cache.write import GenerationSource, chunk_key, create_arrays, dir_bytes, write_chunks
-from pipeline.errors import CacheError
-from pipeline.fsutil import atomic_write_json, clean_tmp_leftovers, fsync_dir, make_tmp_dir
+from cache.write import (
+    GenerationSource,
+    chunk_key,
+    create_arrays,
+    dir_bytes,
+    write_chunks,
+)
+from common.errors import CacheError
+from common.fsutil import (
+    atomic_write_json,
+    clean_tmp_leftovers,
+    fsync_dir,
+    make_tmp_dir,
+)
+from common.lock import FileLock, is_locked
 
 
 def build_shard(dataset_dir: Path, cache_dir: Path, generation: int, config: NegativeConfig,
@@ -53,7 +76,7 @@ def build_shard(dataset_dir: Path, cache_dir: Path, generation: int, config: Neg
     stage = cache_dir / STAGING / gen_name(g)
     stage.mkdir(parents=True, exist_ok=True)
     name = shard_name(shard, num_shards)
-    lock = FileLock(stage / f"{name}.lock")
+    lock = FileLock(stage / f"{name}.lock", error=CacheError)
     if not lock.acquire(wait=False):
         raise CacheError(f"shard {shard}/{num_shards} of generation {g} is already being built by another process")
     try:

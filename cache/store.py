@@ -22,7 +22,7 @@ import google_crc32c
 import numpy as np
 import zarr
 
-from cache.lock import FileLock, generation_in_use, lease_path
+from cache.lock import generation_in_use, lease_path
 from cache.manifest import (
     NegativeConfig,
     check_fingerprint,
@@ -30,7 +30,8 @@ from cache.manifest import (
     published_ids,
     read_manifest,
 )
-from pipeline.errors import CacheError
+from common.errors import CacheError
+from common.lock import FileLock
 
 __all__ = ["CacheStore", "Generation", "NegativeConfig", "UnreadableGenerationError", "crc32c"]
 
@@ -171,7 +172,7 @@ class CacheStore:
 
         Raises CacheError if g is not (or no longer) published once the lease is held.
         """
-        lease = FileLock(lease_path(self.cache_dir, g), shared=True)
+        lease = FileLock(lease_path(self.cache_dir, g), shared=True, error=CacheError)
         lease.acquire(wait=True)  # the pruner holds it exclusively only while deleting
         try:
             if int(g) not in self.published():  # checked under the lease: no prune can interleave

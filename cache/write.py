@@ -25,7 +25,12 @@ import zarr
 from cache.manifest import ARRAYS, NegativeConfig
 from cache.store import crc32c
 from pipeline.dataset import load_dataset
-from pipeline.negatives import SamplingPlan, generation_key, item_dtype, pair_permutation
+from pipeline.negatives import (
+    SamplingPlan,
+    generation_key,
+    item_dtype,
+    pair_permutation,
+)
 
 
 class GenerationSource:
@@ -97,7 +102,13 @@ def _progress(enabled: bool, total: int, label: str):
     if not enabled:
         return nullcontext(None)
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cache.manifest import EXCLUSIONS
-from pipeline.errors import UserError
+from common.errors import UserError
 
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
 # Fields a resumed run may change: where and how fast it runs, and how long, but not what it learns.
@@ -23,7 +23,8 @@ ENCODE_MODES = ("auto", "unique", "slots", "all")
 SCORING_MODES = ("auto", "gather", "dense")
 GRAPH_MODES = ("auto", "on", "off")
 COMPILE_MODES = ("off", "on")
-ASSEMBLE_MODES = ("auto", "host", "device")
+ASSEMBLE = ("host", "device")  # where batches are cut (clcrec/data/stream.py)
+ASSEMBLE_MODES = ("auto", *ASSEMBLE)
 # (field, lower bound, upper bound or None, lower bound excluded): checked on every TrainConfig
 NUMERIC_RANGES = [
     ("l_r", 0, None, True), ("reg_weight", 0, None, False), ("num_neg", 1, None, False),
@@ -74,7 +75,7 @@ class TrainConfig:
     select_k: int = 10  # the reference's (and the quality target's) K
     eval_ema: float = 0.9  # evaluate and keep an EMA of epoch-end weights (0: the raw weights)
     # Select on the mean of the last `select_window` validation scores (1: each epoch's own score);
-    # 3 damps one-epoch spikes of small validation sets (README section 5, clcrec/averaging.py).
+    # 3 damps one-epoch spikes of small validation sets (README section 5, clcrec/train/selection.py).
     select_window: int = 3
     ks: tuple[int, ...] = (10, 20, 50)
     eval_block: int = 1024  # users per evaluation block
@@ -84,9 +85,9 @@ class TrainConfig:
     device: str = "auto"  # auto -> cuda if available else cpu
     amp: str = "auto"  # auto -> bf16 on CUDA, fp32 on CPU
     encode: str = "auto"  # unique: each distinct item of a batch once; slots: every slot; all: the catalogue
-    scoring: str = "auto"  # gather | dense (whole-table matmuls); auto: clcrec/execution.py
+    scoring: str = "auto"  # gather | dense (whole-table matmuls); auto: clcrec/train/plan.py
     cuda_graph: str = "auto"  # capture the step in one CUDA graph: auto (when possible) | on | off
-    compile: str = "off"  # on: the losses through torch.compile (inductor fuses them; clcrec/step.py)
+    compile: str = "off"  # on: the losses through torch.compile (inductor fuses them; clcrec/train/step.py)
     assemble: str = "auto"  # where batches are cut: host | device (auto: device on CUDA)
     readers: int = 0  # threads reading and preparing chunks (0: 1 on CPU, up to 4 on CUDA)
     prefetch: int = 4  # chunks buffered ahead by the producer thread

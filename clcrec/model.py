@@ -9,7 +9,7 @@ Faithful to the paper and the reference code, with these deliberate differences:
   39% of slots (1 - e^-0.5) are replaced at num_sample=0.5, not 50%; ours replaces num_sample of
   them in expectation, with no host sync.
 - Each softmax is computed as logsumexp(scores) - score_pos (stable), not log(exp/sum(exp)).
-- Per-item work has four forms, chosen by clcrec/execution.py from `scoring` and `encode`:
+- Per-item work has four forms, chosen by clcrec/train/plan.py from `scoring` and `encode`:
   `unique` encodes each distinct item of the batch once (ids deduplicated by the loader's producer
   thread; the CPU default), `slots` encodes every slot (no dedupe, fixed shapes), `all` encodes the
   whole catalogue once and scores the slots by gathers (fixed shapes; fewer encoder rows than
@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clcrec.kernels import contrastive_loss, dense_contrastive_loss, mean0
+from clcrec.config import TrainConfig
+from clcrec.losses import Losses, contrastive_loss, dense_contrastive_loss, mean0
 
 
 def concat_normalised_features(features: list[np.ndarray]) -> torch.Tensor:
@@ -64,6 +65,17 @@ class CLCRec(nn.Module):
             nn.Linear(features.shape[1], hidden), nn.LeakyReLU(), nn.Linear(hidden, dim_E)
         )
 
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, dataset, modalities: list[str] | None = None) -> "CLCRec":
+        """The model a TrainConfig describes over `dataset` (a pipeline Dataset): its content is
+        `modalities` (default: the config's choice among the dataset's), each normalised per row.
+        Initialised from torch's current RNG state: seed it first for a reproducible model."""
+        if modalities is None:
+            modalities = cfg.select_modalities([m["name"] for m in dataset.meta["modalities"]])
+        feats = concat_normalised_features([dataset.features[m] for m in modalities])
+        return cls(dataset.num_users, dataset.num_items, feats, cfg.dim_E, cfg.hidden, cfg.temp_value,
+                   cfg.lr_lambda, cfg.num_sample)
+
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """Content representation of `items` (any shape) -> (..., D)."""
         return self.encoder(F.embedding(items, self.features))  # index_select: faster than [items] on CPU
@@ -77,8 +89,8 @@ class CLCRec(nn.Module):
         inverse: torch.Tensor | None = None,  # (B, 1+K) index of each slot into uniq
         dense: bool = False,  # score against the whole item table (uniq/inverse unused)
         encode_all: bool = False,  # encode the whole catalogue, score by gathers (uniq/inverse unused)
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (loss_re, loss_ui, reg) as 0-dim tensors; no host sync.
+    ) -> Losses:
+        """Returns the loss terms (Losses: loss_re, loss_ui, reg) as 0-dim tensors; no host sync.
 
         Per-item work (embedding lookup, encoder, normalisation, norms) runs once per row of a
         per-step item table: the batch's distinct items (unique), every slot (slots: each slot its
@@ -120,9 +132,10 @@ class CLCRec(nn.Module):
         slots = emb.new_zeros(q).index_add_(0, flat, torch.ones_like(flat, dtype=emb.dtype))  # (Q,)
         item_reg = (slots * emb.norm(dim=1)).sum() / max(inverse.numel(), 1)
         reg = (mean0(user.norm(dim=1)) + item_reg) / 2
-        return loss_re, loss_ui, reg
+        return Losses(loss_re, loss_ui, reg)
 
     def combine(self, loss_re, loss_ui, reg, reg_weight: float) -> torch.Tensor:
+        """The objective from the Losses terms (pass them as `*losses`)."""
         return self.lr_lambda * loss_re + (1 - self.lr_lambda) * loss_ui + reg_weight * reg
 
     @torch.no_grad()

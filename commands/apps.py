@@ -29,6 +29,6 @@ def _global_options(
     if skip_hash:
         import os
 
-        from pipeline.integrity import SKIP_HASH_ENV
+        from common.integrity import SKIP_HASH_ENV
 
         os.environ[SKIP_HASH_ENV] = "1"

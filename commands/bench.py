@@ -34,7 +34,7 @@ def bench_recommend_cmd(
     user_block: int = typer.Option(0, "--user-block", help="Users per block (0: recommend-all's default)."),
 ):
     """Users/s of recommend-all with a randomly initialised model (the cost does not depend on training)."""
-    from clcrec.bench_recommend import BenchRecommendConfig, run_bench_recommend
+    from clcrec.bench.recommend import BenchRecommendConfig, run_bench_recommend
 
     run_bench_recommend(BenchRecommendConfig(scale=scale, dataset=str(dataset or ""), k=k, candidates=candidates,
                                              device=device, user_block=user_block), console)
@@ -61,7 +61,7 @@ def bench_train_cmd(
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time the reference-style loop."),
 ):
     """Samples/s: the step alone, the streaming trainer and a reference-style DataLoader loop, side by side."""
-    from clcrec.bench import BenchTrainConfig, run_bench_train
+    from clcrec.bench.train import BenchTrainConfig, run_bench_train
 
     run_bench_train(BenchTrainConfig(dataset=str(dataset or ""), scale=scale, steps=steps, rounds=rounds,
                                      batch_sizes=tuple(batch_size), num_neg=num_neg, workers=workers, device=device,

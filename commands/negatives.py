@@ -97,7 +97,8 @@ def refresh(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """The scheduled job: build the next generation from the recorded dataset, publish, prune."""
-    from cache.build import format_summary, refresh as refresh_cache
+    from cache.build import format_summary
+    from cache.build import refresh as refresh_cache
     from cache.store import CacheStore
 
     res = refresh_cache(cache, keep, wait=wait, progress=not quiet)

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from commands.apps import FORCE, app, console
-from pipeline.errors import UserError
+from common.errors import UserError
 
 
 @app.command()
@@ -24,7 +24,7 @@ def recommend(
     """Top-k items for a user (original ids; cold items included)."""
     from rich.table import Table
 
-    from clcrec.serve import recommend as rec
+    from clcrec.serving.run import recommend as rec
 
     df = rec(run_dir, user, k, include_seen, candidates, new_items)
     table = Table(title=f"top {k} for user {user}")
@@ -42,7 +42,7 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace an existing export."),
 ):
     """Export user and item embeddings (ranking tables) with their original ids."""
-    from clcrec.serve import export_embeddings
+    from clcrec.serving.export import export_embeddings
 
     console.print(f"wrote {export_embeddings(run_dir, out, force)}")
 
@@ -59,7 +59,7 @@ def embed_items(
     force: bool = FORCE,
 ):
     """Ranking vectors of items the run has never seen, from their content features (no retraining)."""
-    from clcrec.api import load_run
+    from clcrec.serving.run import load_run
 
     if out.exists() and not force:  # before reading anything
         raise UserError(f"{out} already exists; pass --force to replace it")
@@ -88,7 +88,7 @@ def recommend_all_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Top-k for every user (training items masked) into one Parquet file, in user blocks on the device."""
-    from clcrec.api import load_run
+    from clcrec.serving.run import load_run
 
     if user_block < 0:
         raise typer.BadParameter("--user-block must be >= 0")

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from commands.apps import app, console
-from pipeline.errors import UserError
+from common.errors import UserError
 
 
 @app.command()
@@ -58,14 +58,14 @@ def train(
 ):
     """Train CLCRec. With no --dataset: generate synthetic data, build negatives, train, report."""
     from clcrec.config import TrainConfig
-    from clcrec.flow import run_training
+    from clcrec.train.flow import run_training
 
     if resume is not None:
         if run_dir is not None and run_dir.resolve() != resume.resolve():
             raise UserError(f"--resume {resume} continues that run in place; --run-dir {run_dir} cannot move it. "
                             "Drop --run-dir (or copy the run directory first)")
-        from clcrec.checkpoint import RunDir
-        from clcrec.train import train as train_run
+        from clcrec.rundir import RunDir
+        from clcrec.train.trainer import train as train_run
 
         record = RunDir(resume).read_config()
         # Options typed with --resume override the run's config; the trainer then refuses those
@@ -79,12 +79,12 @@ def train(
         cfg = TrainConfig.from_dict({**record["config"], **given, "run_dir": str(resume)})
         results = train_run(cfg, resume=True, console=console)
         if results:
-            from clcrec.flow import report
+            from clcrec.train.flow import report
 
             report(cfg.run_dir, results, console)
         return
     # Options left unset take the reference defaults, or the demo preset when no dataset is given.
-    from clcrec.flow import DEMO_PRESET
+    from clcrec.train.flow import DEMO_PRESET
 
     preset = DEMO_PRESET if dataset is None else {}
     cfg = TrainConfig(
@@ -106,8 +106,7 @@ def evaluate(
     k: list[int] = typer.Option([10, 20, 50], help="Cut-offs to show (repeatable); must be among the run's ks."),
 ):
     """Evaluate a run's best checkpoint on validation and test (all / warm / cold)."""
-    from clcrec.evaluate import format_table
-    from clcrec.serve import evaluate_run
+    from clcrec.evaluation.report import evaluate_run, format_table
 
     results = evaluate_run(run_dir, ks=tuple(k))
     for kk in k:

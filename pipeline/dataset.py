@@ -20,7 +20,7 @@ Users and items are re-indexed to 0..n-1; the parquet tables map back to the ori
 The fingerprint is a SHA-256 of the interaction arrays, the item status and the features; caches
 and checkpoints record it and refuse to run against a dataset that changed under them.
 `load_dataset` re-hashes every file and checks shapes, dtypes, id ranges and finiteness before any
-stage sees the arrays (pipeline/integrity.py; CLCREC_SKIP_HASH=1 skips only the hashing).
+stage sees the arrays (common/integrity.py; CLCREC_SKIP_HASH=1 skips only the hashing).
 Writing is atomic (built in a temporary directory beside the target, fsynced, then renamed); a
 `--force` rewrite killed between its two renames is undone by the next write (fsutil.recover_aside).
 """
@@ -35,11 +35,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline import integrity
-from pipeline.errors import InputError
-from pipeline.fsutil import (
+from common import integrity
+from common.errors import InputError
+from common.fsutil import (
+    aside_path,
+    atomic_write_json,
     check_new_target,
-    aside_path, atomic_write_json, clean_tmp_leftovers, fsync_tree, make_tmp_dir, publish_dir, recover_aside,
+    clean_tmp_leftovers,
+    fsync_tree,
+    make_tmp_dir,
+    publish_dir,
+    recover_aside,
 )
 
 FORMAT = "clcrec-dataset"
@@ -286,7 +292,7 @@ def write_dataset(
                 np.save(tmp / "extras" / f"{name}.npy", np.asarray(arr))
         user_ids.with_row_index("user").write_parquet(tmp / "users.parquet")
         item_ids.with_row_index("item").write_parquet(tmp / "items.parquet")
-        meta["files"] = integrity.record_files(tmp)  # checked on every open (pipeline/integrity.py)
+        meta["files"] = integrity.record_files(tmp)  # checked on every open (common/integrity.py)
         meta["digest"] = integrity.json_digest(meta)  # meta.json's own content, checked on open
         atomic_write_json(tmp / "meta.json", meta)  # last: its presence marks completeness
         fsync_tree(tmp)  # on disk before the rename, so a power loss cannot publish empty files
@@ -301,7 +307,7 @@ def write_dataset(
 
 
 def load_dataset(root: Path, *, mmap: bool = True, modalities: list[str] | None = None) -> Dataset:
-    """Open and verify a dataset directory (pipeline/integrity.py). `modalities` selects feature
+    """Open and verify a dataset directory (common/integrity.py). `modalities` selects feature
     files (default: all). InputError names the file that is missing, changed or malformed."""
     root = Path(root)
     meta = _read_meta_checked(root)

@@ -19,9 +19,9 @@ import numpy as np
 import polars as pl
 from rich.console import Console
 
+from common.errors import InputError
+from common.fsutil import check_new_target
 from pipeline.dataset import write_dataset
-from pipeline.fsutil import check_new_target
-from pipeline.errors import InputError
 from pipeline.split import SplitConfig, map_cold_items, split_cold_items
 
 console = Console(stderr=True)

@@ -25,9 +25,14 @@ import numpy as np
 import polars as pl
 from rich.console import Console
 
+from common.errors import InputError
 from pipeline.dataset import Dataset
-from pipeline.errors import InputError
-from pipeline.features import genre_multi_hot, hashed_title_words, scaled_year, title_year
+from pipeline.features import (
+    genre_multi_hot,
+    hashed_title_words,
+    scaled_year,
+    title_year,
+)
 from pipeline.ingest_common import IngestConfig, assemble, integer_ids, require_file
 from pipeline.movielens_tags import tag_modalities
 

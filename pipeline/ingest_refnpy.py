@@ -34,9 +34,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.dataset import check_float32_range, COLD_TEST, COLD_VAL, validate_features, write_dataset
-from pipeline.fsutil import check_new_target
-from pipeline.errors import InputError
+from common.errors import InputError
+from common.fsutil import check_new_target
+from pipeline.dataset import (
+    COLD_TEST,
+    COLD_VAL,
+    check_float32_range,
+    validate_features,
+    write_dataset,
+)
 from pipeline.ingest_common import IngestConfig, console, require_file
 
 MODALITIES = ("v", "a", "t")

@@ -21,10 +21,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from common.errors import InputError
+from common.fsutil import check_new_target
 from pipeline.dataset import validate_features
-from pipeline.fsutil import check_new_target
-from pipeline.errors import InputError
-from pipeline.ingest_common import FeatureSpec, IngestConfig, assemble, console, integer_ids, require_file
+from pipeline.ingest_common import (
+    FeatureSpec,
+    IngestConfig,
+    assemble,
+    console,
+    integer_ids,
+    require_file,
+)
 
 
 def parse_feature_spec(text: str) -> FeatureSpec:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.errors import InputError
+from common.errors import InputError
 from pipeline.features import genome_matrix, hashed_tags
 
 GENOME = "genome-scores.csv"

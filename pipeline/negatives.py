@@ -34,7 +34,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from pipeline.errors import InputError
+from common.errors import InputError
 
 ON_SHORT = ("error", "repeat")
 PARALLEL_MIN_NEGATIVES = 1 << 16  # below this many negatives per call, sample on one thread

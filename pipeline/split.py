@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import InputError
 from pipeline.dataset import COLD_TEST, COLD_VAL, WARM
-from pipeline.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,9 @@ import numpy as np
 import polars as pl
 from numba import njit, prange
 
+from common.errors import InputError
+from common.fsutil import check_new_target
 from pipeline.dataset import write_dataset
-from pipeline.fsutil import check_new_target
-from pipeline.errors import InputError
 from pipeline.split import SplitConfig, split_cold_items
 
 # Sizes per scale name. `interactions` is a target; the actual count is reported in meta.

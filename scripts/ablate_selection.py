@@ -6,7 +6,7 @@ Per seed, one run of `--epochs` epochs (no early stopping) that records, at ever
 validation and test metrics of the raw weights and of an EMA of the epoch-end weights for each
 `--decays` value (averaging at evaluation does not change training, so one run
 serves every decay). Every selection rule (select mode and K, `--select-window`, `--patience`)
-is then replayed on the recorded validation curves with `clcrec.averaging.select_epoch`, exactly
+is then replayed on the recorded validation curves with `clcrec.train.selection.select_epoch`, exactly
 as the trainer applies it, and the test metrics of the epoch it picks are tabulated as mean and
 sd across seeds. Writes OUT/seed-S/ (run directories with a `curves` entry per epoch in
 metrics.jsonl) and OUT/ablation.json; prints the table.
@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clcrec.averaging import EpochAverage, first_selectable, select_epoch  # noqa: E402
+from clcrec.train.selection import EpochAverage, first_selectable, select_epoch  # noqa: E402
 from clcrec.config import TrainConfig  # noqa: E402
-from clcrec.train import Trainer  # noqa: E402
+from clcrec.train.trainer import Trainer  # noqa: E402
 
 
 class RecordingTrainer(Trainer):
@@ -46,7 +46,7 @@ class RecordingTrainer(Trainer):
 
 
 def run_seed(dataset: Path, out: Path, seed: int, epochs: int, decays: list[float], **kw) -> list[dict]:
-    from clcrec.flow import ensure_cache
+    from clcrec.train.flow import ensure_cache
     from rich.console import Console
 
     run = out / f"seed-{seed}"

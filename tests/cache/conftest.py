@@ -1,4 +1,4 @@
-"""Fixtures of the cache tests (helpers live in cache_test_helpers.py)."""
+"""Fixtures of the cache tests (helpers live in tests/support.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cache_test_helpers import make_dataset
+from tests.support import make_dataset
 
 
 @pytest.fixture

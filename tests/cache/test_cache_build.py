@@ -10,12 +10,24 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cache.build import build_generation, build_next, build_shard, publish_generation, refresh
+from cache.build import (
+    build_generation,
+    build_next,
+    build_shard,
+    publish_generation,
+    refresh,
+)
 from cache.manifest import NegativeConfig
 from cache.store import CacheStore
+from common.errors import CacheError, DatasetChangedError
 from pipeline.dataset import WARM, load_dataset, write_dataset
-from pipeline.errors import CacheError, DatasetChangedError
-from cache_test_helpers import assert_generation_valid, make_dataset, read_generation, run_cli, start_cli
+from tests.support import (
+    assert_generation_valid,
+    make_dataset,
+    read_generation,
+    run_cli,
+    start_cli,
+)
 
 CFG = NegativeConfig(num_neg=16, seed=3, chunk_rows=256)
 

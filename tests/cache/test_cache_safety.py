@@ -17,10 +17,16 @@ import pytest
 from cache.build import build_generation, build_next, prune, refresh
 from cache.manifest import NegativeConfig
 from cache.store import CacheStore
-from cache_test_helpers import (
-    REPO, assert_generation_valid, cli_env, make_dataset, read_generation, run_cli, start_cli,
+from common.errors import CacheError
+from tests.support import (
+    REPO,
+    assert_generation_valid,
+    cli_env,
+    make_dataset,
+    read_generation,
+    run_cli,
+    start_cli,
 )
-from pipeline.errors import CacheError
 
 # Tiny chunks make a build take a couple of seconds (hundreds of chunk writes), long enough to be
 # killed or overlapped mid-build without any test hook in the code.

@@ -11,9 +11,9 @@ import pytest
 from cache.build import build_generation
 from cache.manifest import NegativeConfig, read_manifest
 from cache.store import CacheStore
-from cache_test_helpers import assert_generation_valid, read_generation, run_cli
+from common.errors import CacheError
 from pipeline.dataset import load_dataset
-from pipeline.errors import CacheError
+from tests.support import assert_generation_valid, read_generation, run_cli
 
 NUM_NEG = 32
 

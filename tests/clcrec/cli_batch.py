@@ -71,11 +71,12 @@ def main(spec: str, out: str) -> None:
     os.environ["COLUMNS"] = "400"  # rich must not wrap messages
     os.chdir(REPO)
     sys.path.insert(0, str(REPO))
-    import cli  # noqa: F401
     import cache.build  # noqa: F401  (what the commands import lazily, imported once here)
-    import clcrec.flow  # noqa: F401
-    import clcrec.serve  # noqa: F401
-    import clcrec.train  # noqa: F401
+    import clcrec.evaluation.report  # noqa: F401
+    import clcrec.serving.export  # noqa: F401
+    import clcrec.train.flow  # noqa: F401
+    import clcrec.train.trainer  # noqa: F401
+    import cli  # noqa: F401
     import pipeline.ingest_movielens  # noqa: F401
     import pipeline.ingest_table  # noqa: F401
     import pipeline.synthetic  # noqa: F401

@@ -7,8 +7,7 @@ import pytest
 from cache.build import build_generation
 from cache.store import NegativeConfig
 from pipeline.synthetic import SynthConfig, write_synthetic
-
-NUM_NEG = 16
+from tests.support import NUM_NEG
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,14 @@ import polars as pl
 import pytest
 import torch
 
-from clcrec.baselines import (
+from clcrec.evaluation.baselines import (
     baseline_results,
     content_baseline,
     item_content_vectors,
     oracle_baseline,
     random_baseline,
 )
-from clcrec.evaluate import EvalConfig, evaluate_ranking
+from clcrec.evaluation.ranking import EvalConfig, evaluate_ranking
 from pipeline.dataset import load_dataset, write_dataset
 
 CATS, USERS = 3, 12  # user u likes category u % 3; one more user (12) has no interactions

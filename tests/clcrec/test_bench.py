@@ -1,9 +1,8 @@
 """`bench train` accounting: every timed loop counts exactly the steps it ran, and
 `--compare-steps` times each form of the step the device allows (on CPU: eager and compiled)."""
 
-from clcrec.bench import BenchTrainConfig, run_bench_train
-from conftest import NUM_NEG
-from tests.clcrec.test_train import quiet
+from clcrec.bench.train import BenchTrainConfig, run_bench_train
+from tests.support import NUM_NEG, quiet
 
 
 def test_bench_train_counts_every_step_and_compares_the_step_forms(tiny_dataset, tmp_path, monkeypatch):

@@ -16,11 +16,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 
-from cache.lock import OwnedLock
-from conftest import NUM_NEG
+from common.lock import OwnedLock
+from tests.support import NUM_NEG
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,7 +48,7 @@ def assert_refused(case: dict, res: dict) -> None:
 def world(tiny_dataset, tiny_cache, tmp_path_factory) -> dict:
     """A dataset copy, its cache, a one-epoch run, and the bad inputs the cases need."""
     from clcrec.config import TrainConfig
-    from clcrec.train import train
+    from clcrec.train.trainer import train
     from pipeline.ingest_common import IngestConfig
     from pipeline.ingest_table import ingest_table, parse_feature_spec
     from pipeline.split import SplitConfig

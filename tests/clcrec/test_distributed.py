@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clcrec.conftest import NUM_NEG
+from tests.support import NUM_NEG
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,7 +82,7 @@ def test_divergence_stops_every_rank_instead_of_hanging(tiny_dataset, tiny_cache
     assert proc.returncode != 0
     assert proc.stderr.count("non-finite loss at epoch 0, step 0") == 2  # both ranks, same answer
     # torchrun prints its own report of failed children; no traceback comes from our code
-    assert "clcrec/train.py\", line" not in proc.stderr and "cli.py\", line" not in proc.stderr
+    assert "clcrec/train/trainer.py\", line" not in proc.stderr and "cli.py\", line" not in proc.stderr
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")

@@ -1,4 +1,4 @@
-"""Contract tests for clcrec.evaluate: the vectorised evaluator against a slow, obvious reference."""
+"""Contract tests for clcrec.evaluation.ranking: the vectorised evaluator against a slow, obvious reference."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from clcrec.evaluate import EvalConfig, RankingEvaluator, evaluate_ranking, format_table, topk_items
-from pipeline.errors import TrainingDivergedError
+from clcrec.evaluation.ranking import EvalConfig, RankingEvaluator, evaluate_ranking
+from clcrec.evaluation.report import format_table
+from clcrec.evaluation.topk import topk_items
+from common.errors import TrainingDivergedError
 
 # ---------------------------------------------------------------------------------------------
 # The slow reference: per-user Python loop, candidates by exclusion (no mask values), numpy sort

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clcrec.kernels import contrastive_loss, torch_contrastive_loss
+from clcrec.losses import contrastive_loss, torch_contrastive_loss
 
 
 def slow_loss_and_grads(table, idx, vec, temp):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cache.store import CacheStore
-from clcrec.loader import ChunkStream, DevicePrefetcher
-from pipeline.errors import CacheError
+from clcrec.data.stream import ChunkStream, DevicePrefetcher
+from common.errors import CacheError
 
 
 def generation_rows(gen) -> np.ndarray:
@@ -165,7 +165,7 @@ def test_row0_is_each_slice_position_in_the_epoch(gen, tiny_dataset):
 
 
 def test_device_assembly_refuses_dedupe(gen, tiny_dataset):
-    from pipeline.errors import UserError
+    from common.errors import UserError
 
     with pytest.raises(UserError, match="does not deduplicate"):
         stream(gen, 10, assemble="device", dedupe=True)
@@ -176,9 +176,10 @@ def test_device_assembly_widens_ids_past_int16_and_int32_ids_exactly(tmp_path, n
     """Item ids above 32,767 travel as the int16 bits of uint16 (and must not come back
     sign-extended), and catalogues past 65,535 travel as int32: both serve exactly the host
     path's batches, and every id is the one stored."""
+    from tests.cache.cache_test_helpers import make_dataset
+
     from cache.build import build_generation
     from cache.store import NegativeConfig
-    from tests.cache.cache_test_helpers import make_dataset
 
     data = make_dataset(tmp_path / "d", num_users=30, num_items=num_items, pairs=600)
     build_generation(data, tmp_path / "c", 0, NegativeConfig(num_neg=8, chunk_rows=128), progress=False)

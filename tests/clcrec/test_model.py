@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clcrec.kernels import info_nce
+from clcrec.losses import info_nce
 from clcrec.model import CLCRec, concat_normalised_features
 
 

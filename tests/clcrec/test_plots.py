@@ -1,4 +1,4 @@
-"""clcrec.plots writes valid PNGs atomically, whatever keys the metric records lack."""
+"""clcrec.train.plots writes valid PNGs atomically, whatever keys the metric records lack."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from clcrec.plots import plot_run
+from clcrec.train.plots import plot_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAMES = ["loss.png", "val_metrics.png", "warm_vs_cold.png"]

@@ -18,7 +18,7 @@ from rich.console import Console
 from cache.build import build_generation
 from cache.store import NegativeConfig
 from clcrec.config import TrainConfig
-from clcrec.train import train
+from clcrec.train.trainer import train
 from pipeline.synthetic import SynthConfig, write_synthetic
 
 

@@ -16,9 +16,9 @@ import torch
 
 from cache.build import build_generation
 from cache.store import NegativeConfig
-from clcrec.train import Trainer, train
-from pipeline.errors import UserError
-from tests.clcrec.conftest import NUM_NEG
+from clcrec.train.trainer import Trainer, train
+from common.errors import UserError
+from tests.support import NUM_NEG
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,8 +77,8 @@ def test_with_replacement_hybrid_draw_replaces_one_minus_exp_minus_num_sample_of
     """int(n * p) draws with replacement over n slots cover 1 - (1 - 1/n)^int(np) ~ 1 - exp(-p) of
     them; the run draws each slot at that rate (rank- and device-independent, like bernoulli)."""
     from clcrec.config import TrainConfig
-    from clcrec.execution import hybrid_rate
-    from clcrec.step import epoch_key, hybrid_mask
+    from clcrec.data.hybrid import epoch_key, hybrid_mask
+    from clcrec.train.plan import hybrid_rate
 
     rows, width = 256, 129
     for num_sample in (0.5, 0.2):

@@ -1,6 +1,6 @@
 """Robust selection: a smoothed validation curve, and an EMA of epoch-end weights evaluated and kept.
 
-The rule (clcrec/averaging.py): epoch e's selection score is the mean of the validation scores of
+The rule (clcrec/train/selection.py): epoch e's selection score is the mean of the validation scores of
 epochs e-W+1..e (epochs before 0 count as 0); the best is the first epoch with the highest smoothed score; training stops
 after `patience` epochs without a new best. Tested on a recorded curve with a planted one-epoch
 spike, and on real short runs whose logged curves must give the epoch the trainer picked."""
@@ -13,10 +13,15 @@ import os
 import pytest
 import torch
 
-from clcrec.averaging import EpochAverage, first_selectable, select_epoch, smoothed_score
-from clcrec.checkpoint import load_checkpoint
-from clcrec.train import Trainer, train
-from tests.clcrec.conftest import NUM_NEG
+from clcrec.rundir import load_checkpoint
+from clcrec.train.selection import (
+    EpochAverage,
+    first_selectable,
+    select_epoch,
+    smoothed_score,
+)
+from clcrec.train.trainer import Trainer, train
+from tests.support import NUM_NEG
 
 # A validation curve that climbs to a plateau, with a one-epoch spike at epoch 3.
 SPIKED = [0.10, 0.20, 0.30, 0.60, 0.30, 0.38, 0.42, 0.45, 0.46, 0.47, 0.45, 0.44]

@@ -11,11 +11,14 @@ import pytest
 from rich.console import Console
 
 from clcrec.config import TrainConfig
-from clcrec.serve import evaluate_run, export_embeddings, load_run, recommend
-from clcrec.train import train
+from clcrec.evaluation.report import evaluate_run
+from clcrec.rundir import open_run as load_run
+from clcrec.serving.export import export_embeddings
+from clcrec.serving.run import recommend
+from clcrec.train.trainer import train
+from common.errors import UserError
 from pipeline.dataset import load_dataset
-from pipeline.errors import UserError
-from tests.clcrec.conftest import NUM_NEG
+from tests.support import NUM_NEG
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,13 +19,13 @@ from rich.console import Console
 from cache.build import build_generation
 from cache.store import NegativeConfig
 from clcrec.config import TrainConfig
-from clcrec.serve import recommend as serve_recommend
-from clcrec.train import train
+from clcrec.serving.run import recommend as serve_recommend
+from clcrec.train.trainer import train
+from common.errors import UserError
 from pipeline.dataset import load_dataset
-from pipeline.errors import UserError
 from pipeline.ingest_common import FeatureSpec, IngestConfig
 from pipeline.ingest_table import ingest_table
-from tests.clcrec.conftest import NUM_NEG
+from tests.support import NUM_NEG
 
 REPO = Path(__file__).resolve().parents[2]
 NEW_BASE = 90000  # new item ids: NEW_BASE + k for a copy of the k-th cold item

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from clcrec.config import TrainConfig
-from clcrec.execution import DENSE_ITEMS_PER_SLOT, plan_execution
-from clcrec.step import epoch_key, hybrid_hash, hybrid_mask, mix32
-from clcrec.train import train
-from pipeline.errors import UserError
-from tests.clcrec.test_train import config, quiet
+from clcrec.data.hybrid import epoch_key, hybrid_hash, hybrid_mask, mix32
+from clcrec.train.plan import DENSE_ITEMS_PER_SLOT, plan_execution
+from clcrec.train.trainer import train
+from common.errors import UserError
+from tests.support import config, quiet
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -138,7 +138,7 @@ def test_cuda_graph_trains_like_eager_steps(tiny_dataset, tiny_cache, tmp_path, 
 def test_the_numpy_hybrid_hash_has_the_torch_bits():
     import numpy as np
 
-    from clcrec.step import hybrid_mask_np
+    from clcrec.data.hybrid import hybrid_mask_np
 
     rows = np.array([0, 1, 5, 2**31, 2**32 + 3, 10**12], dtype=np.int64)
     for key, p in [(epoch_key(0, 0), 0.5), (epoch_key(3, 7), 0.3935), (0xFFFFFFFF, 0.9)]:
@@ -152,7 +152,7 @@ def test_masks_drawn_per_chunk_equal_masks_drawn_per_step(tiny_cache, tiny_datas
     import numpy as np
 
     from cache.store import CacheStore
-    from clcrec.loader import ChunkStream
+    from clcrec.data.stream import ChunkStream
 
     gen = CacheStore(tiny_cache).open_generation(0)
     n = int(np.load(tiny_dataset / "item_status.npy").shape[0])
@@ -168,7 +168,7 @@ def test_compiled_losses_train_like_eager_losses(tiny_dataset, tiny_cache, tmp_p
     """--compile on runs the full batches' losses through torch.compile (inductor's C++ code on
     CPU, triton on CUDA): the same model up to rounding, each full batch compiled, the epoch's
     short last batch (3701 = 57 x 64 + 53 rows) eager, and one compile serving every full step."""
-    from clcrec import train as train_mod
+    from clcrec.train import trainer as train_mod
 
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()  # earlier tests compiled too
@@ -229,12 +229,12 @@ def test_a_step_that_cannot_be_captured_falls_back_to_eager_steps(tiny_dataset, 
     """--cuda-graph auto: a step torch cannot capture (here one that syncs the host) trains on
     eagerly, the batch whose capture failed included, with the reason in the epoch's record;
     --cuda-graph on stops with that reason."""
-    from clcrec import train as train_mod
-    from pipeline.errors import UserError as UE
+    from clcrec.train import trainer as train_mod
+    from common.errors import UserError as UE
 
     class Syncing(train_mod.StepRunner):  # the real runner, plus a host sync in its forward
-        def _losses(self, *a):
-            out = super()._losses(*a)
+        def forward_losses(self, *a):
+            out = super().forward_losses(*a)
             float(out[0])  # host sync: illegal while a stream captures
             return out
 
@@ -256,7 +256,7 @@ def test_a_step_that_cannot_be_captured_falls_back_to_eager_steps(tiny_dataset, 
 
 
 class ReplayOnCpu:
-    """clcrec.step.CudaGraphs' stand-in, so the graph path's logic runs on CPU: warm-up and sync
+    """clcrec.train.step.CudaGraphs' stand-in, so the graph path's logic runs on CPU: warm-up and sync
     are plain calls, `capture` runs nothing (a capture records without running) and a replay
     re-runs the captured function on the tensors bound at capture (the static inputs the runner
     refills in place, as a CUDA graph reads fixed addresses). A CUDA replay recomputes the
@@ -295,9 +295,9 @@ def run_steps(tiny_dataset, tiny_cache, graphs_for=None, graph_mode="auto"):
     """Two epochs of device-assembled batches (hybrid masks included) through one StepRunner:
     eager, or through a stand-in for the CUDA calls. -> (model, runner, per-epoch sums, graphs)"""
     from cache.store import CacheStore
-    from clcrec.loader import ChunkStream
+    from clcrec.data.stream import ChunkStream
     from clcrec.model import CLCRec, concat_normalised_features
-    from clcrec.step import StepConfig, StepRunner, make_optimizer
+    from clcrec.train.step import StepConfig, StepRunner, make_optimizer
     from pipeline.dataset import load_dataset
 
     ds = load_dataset(tiny_dataset)
@@ -329,7 +329,7 @@ def test_the_graph_path_trains_exactly_like_eager_steps_on_cpu(tiny_dataset, tin
     """StepRunner's graph logic (warm-up, capture on a full batch, static inputs refilled per batch,
     the short last batch eager) with CPU stand-ins for the CUDA calls: bit-for-bit the training
     of eager steps, over two epochs of device-assembled batches with their hybrid masks."""
-    from clcrec.step import WARMUP
+    from clcrec.train.step import WARMUP
 
     eager = run_steps(tiny_dataset, tiny_cache)
     graph = run_steps(tiny_dataset, tiny_cache, ReplayOnCpu)

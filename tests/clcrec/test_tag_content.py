@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clcrec.baselines import baseline_results
 from clcrec.config import TrainConfig
-from clcrec.evaluate import EvalConfig
-from clcrec.flow import ensure_cache
-from clcrec.train import train
+from clcrec.evaluation.baselines import baseline_results
+from clcrec.evaluation.ranking import EvalConfig
+from clcrec.train.flow import ensure_cache
+from clcrec.train.trainer import train
 from pipeline.dataset import load_dataset
 from pipeline.ingest_common import IngestConfig
 from pipeline.ingest_movielens import ingest_movielens

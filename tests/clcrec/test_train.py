@@ -13,27 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from clcrec.checkpoint import load_checkpoint
 from clcrec.config import TrainConfig
-from clcrec.train import Trainer, train
-from pipeline.errors import DatasetChangedError, TrainingDivergedError, UserError
-from tests.clcrec.conftest import NUM_NEG
+from clcrec.rundir import load_checkpoint
+from clcrec.train.trainer import Trainer, train
+from common.errors import DatasetChangedError, TrainingDivergedError, UserError
+from tests.support import NUM_NEG, config, quiet
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def config(dataset, cache, run_dir, **kw) -> TrainConfig:
-    base = dict(dataset=str(dataset), cache=str(cache), run_dir=str(run_dir), num_neg=NUM_NEG,
-                batch_size=64, epochs=3, patience=10, l_r=0.01, log_every=5,
-                select_window=1, select_k=20, eval_ema=0)  # the per-epoch rule on raw weights; test_selection.py the others
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def quiet():
-    from rich.console import Console
-
-    return Console(file=open(os.devnull, "w"))
 
 
 def test_run_directory_holds_config_metrics_checkpoints_results_and_plots(tiny_dataset, tiny_cache, tmp_path):
@@ -136,7 +122,7 @@ def test_refresh_every_moves_to_new_generations_built_in_the_background(tiny_dat
 
 
 def test_generations_are_built_up_to_two_ahead_within_the_run():
-    from clcrec.generations import upcoming_generations
+    from clcrec.train.generations import upcoming_generations
 
     every1 = TrainConfig(epochs=6, refresh_every=1)
     assert upcoming_generations(every1, 0, 2) == [1, 2]

@@ -5,7 +5,13 @@ import hashlib
 import numpy as np
 import polars as pl
 
-from pipeline.features import genre_multi_hot, hashed_title_words, scaled_year, title_year, token_bucket
+from pipeline.features import (
+    genre_multi_hot,
+    hashed_title_words,
+    scaled_year,
+    title_year,
+    token_bucket,
+)
 
 
 def test_hashed_titles_same_words_same_vector():

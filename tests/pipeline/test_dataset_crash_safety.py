@@ -15,9 +15,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+from common.errors import InputError
+from common.fsutil import aside_path, clean_tmp_leftovers
 from pipeline.dataset import load_dataset, write_dataset
-from pipeline.errors import InputError
-from pipeline.fsutil import aside_path, clean_tmp_leftovers
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from common.errors import InputError
 from pipeline.dataset import WARM, load_dataset
-from pipeline.errors import InputError
 from pipeline.ingest_common import IngestConfig
 from pipeline.ingest_table import ingest_table, parse_feature_spec
 from pipeline.split import SplitConfig

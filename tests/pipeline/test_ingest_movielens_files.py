@@ -72,7 +72,7 @@ def test_csv_layout(mlcsv_small, tmp_path):
 
 
 def test_detect_release_refuses_other_dirs(tmp_path):
-    from pipeline.errors import InputError
+    from common.errors import InputError
 
     (tmp_path / "ratings.csv").write_text("userId,movieId\n1,1\n")
     with pytest.raises(InputError, match=r"is not a MovieLens release: expected one of the file pairs u.data \+ u.item"):
@@ -93,7 +93,7 @@ def test_real_ml100k(tmp_path):
 
 
 def test_bad_movielens_inputs(ml1m_small, mlcsv_small, tmp_path):
-    from pipeline.errors import InputError
+    from common.errors import InputError
 
     with open(ml1m_small / "ratings.dat", "a") as f:
         f.write("10::99::5::978300760\n")  # movie 99 is not in movies.dat

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from common.errors import InputError
 from pipeline.dataset import COLD_TEST, COLD_VAL, WARM, load_dataset
-from pipeline.errors import InputError
 from pipeline.ingest_common import IngestConfig
 from pipeline.ingest_refnpy import infer_num_users, ingest_refnpy
 

@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from common.errors import InputError
 from pipeline.dataset import load_dataset
-from pipeline.errors import InputError
 from pipeline.features import genome_matrix, hashed_tags, token_bucket
 from pipeline.ingest_common import IngestConfig
 from pipeline.ingest_movielens import ingest_movielens

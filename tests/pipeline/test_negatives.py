@@ -10,11 +10,16 @@ import numba
 import numpy as np
 import pytest
 
+from common.errors import InputError
 from pipeline.dataset import interactions_to_csr
-from pipeline.errors import InputError
 from pipeline.negatives import (
-    SamplingPlan, generation_key, item_dtype, pair_permutation, sample_negatives,
-    sample_negatives_original, sample_negatives_reference,
+    SamplingPlan,
+    generation_key,
+    item_dtype,
+    pair_permutation,
+    sample_negatives,
+    sample_negatives_original,
+    sample_negatives_reference,
 )
 
 SAMPLERS = {"numba": sample_negatives, "reference": sample_negatives_reference}

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
+from common.errors import InputError
 from pipeline.dataset import load_dataset
-from pipeline.errors import InputError
 from pipeline.ingest_common import IngestConfig
 from pipeline.ingest_movielens import fit_year_scaling, movie_rows_features
 from pipeline.split import SplitConfig

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.errors import InputError
 from pipeline.dataset import COLD_TEST, COLD_VAL, WARM
-from pipeline.errors import InputError
 from pipeline.split import SplitConfig, map_cold_items, split_cold_items
 
 

@@ -6,9 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.errors import InputError
 from pipeline.dataset import WARM, load_dataset
-from pipeline.errors import InputError
-from pipeline.synthetic import SynthConfig, plant_factors, sample_interactions, write_synthetic
+from pipeline.synthetic import (
+    SynthConfig,
+    plant_factors,
+    sample_interactions,
+    write_synthetic,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Benchmarks (`cli.py bench train|recommend`) and the reference-style loop they compare against."""

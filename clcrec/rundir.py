@@ -1,0 +1,237 @@
+"""Checkpoints and the run directory.
+
+    RUN_DIR/
+      config.json            the full TrainConfig plus dataset fingerprint and cache config
+      metrics.jsonl          one JSON record per finished epoch
+      checkpoints/last.pt    model, optimizer, scaler, RNG states, epoch, generation, early-stop state
+      checkpoints/best.pt    the same, at the best validation epoch (the reported model)
+      results.json           final validation/test metrics of the best checkpoint (+ baselines)
+      *.png                  loss, validation metrics, warm vs cold plots
+      embeddings/            exported user/item tables (cli.py export)
+
+`open_run` opens a finished run (config, dataset, model) for evaluation and serving.
+
+Every file is written atomically, so a kill at any moment leaves the previous version readable.
+Checkpoints hold only tensors and plain types and load with `torch.load(weights_only=True)`: a
+file that needs anything else (a planted pickle that would run code) is refused. Each also records
+a SHA-256 over its whole content (`digest`), so a flipped byte anywhere is named, not trained on.
+A run directory is locked (RUN_DIR/run.lock, common/lock.py's flock) while a trainer writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from clcrec.config import TrainConfig
+from clcrec.model import CLCRec
+from common.errors import DatasetChangedError, UserError
+from common.fsutil import atomic_write_bytes, atomic_write_json
+from pipeline.dataset import Dataset, load_dataset
+
+RUN_LOCK = "run.lock"
+# key -> required type of a checkpoint's entries (what resume, evaluate and serve read)
+CHECKPOINT_KEYS = {"model": dict, "optimizer": dict, "scaler": dict, "rng": dict, "epoch": int,
+                   "generation": int, "best_score": float, "best_epoch": int, "bad_epochs": int,
+                   "config": dict, "dataset_fingerprint": str, "modalities": list}
+
+
+def state_digest(obj, h=None) -> str:
+    """SHA-256 over a checkpoint's content in a fixed order: keys, values, tensor dtypes, shapes
+    and bytes. Stored in the file and recomputed on load, because torch.load does not check the
+    integrity of tensor data (a flipped byte in a weight loads silently)."""
+    top = h is None
+    h = h or hashlib.sha256()
+    if isinstance(obj, dict):
+        h.update(b"{%d" % len(obj))
+        for k in sorted(obj, key=repr):
+            state_digest(k, h)
+            state_digest(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[%d" % len(obj))
+        for v in obj:
+            state_digest(v, h)
+    elif isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    return h.hexdigest() if top else ""
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save({**state, "digest": state_digest(state)}, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """A verified checkpoint dict, or UserError naming the file: missing, not weights-only (could
+    run code), truncated, corrupt, or with content that does not match its recorded digest."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"no checkpoint at {path}; the run has not finished an epoch yet, start it again")
+    fix = "restore it from a backup or train again (checkpoints/last.pt and best.pt are written atomically)"
+    try:
+        # weights_only=True: tensors, dicts, lists and numbers only; nothing in the file can run code
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise UserError(
+                f"refusing to load {path}: it holds objects other than tensors and plain values, and "
+                f"loading those could run code; this is not a checkpoint this program wrote. {fix}"
+            ) from None
+        raise UserError(f"checkpoint {path} is corrupt ({_first_line(e)}); {fix}") from None
+    except Exception as e:  # truncated / empty / garbage: RuntimeError, EOFError, zip errors...
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({_first_line(e)}); {fix}") from None
+    if not isinstance(ck, dict):
+        raise UserError(f"checkpoint {path} is not a checkpoint of this program (a {type(ck).__name__}); {fix}")
+    for key, kind in CHECKPOINT_KEYS.items():
+        ok = isinstance(ck.get(key), kind) or (kind is float and isinstance(ck.get(key), int))
+        if not ok:
+            raise UserError(f"checkpoint {path} lacks a valid {key!r} entry; {fix}")
+    digest = ck.pop("digest", None)
+    if digest is not None and digest != state_digest(ck):  # None: written before digests existed
+        raise UserError(f"checkpoint {path} is corrupt: its content does not match its recorded digest; {fix}")
+    return ck
+
+
+def check_model_state(ck: dict, model: torch.nn.Module, path: Path) -> None:
+    """Refuse a checkpoint whose weights do not fit `model` (names and shapes), naming the first."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in ck["model"].items()}
+    for k in sorted(set(want) | set(have)):
+        if want.get(k) != have.get(k):
+            raise UserError(
+                f"checkpoint {path} does not fit the run's model: {k} is {have.get(k)} in the file, "
+                f"{want.get(k)} in the model of its config.json and dataset; the run directory is inconsistent"
+            )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()  # torch's messages run to several lines of advice: keep the first sentence
+    return text.splitlines()[0].split(". ")[0][:200] if text else type(e).__name__
+
+
+def rng_state() -> dict:
+    # Only the CPU generator: the one random draw of training (the hybrid mask) comes from a
+    # generator reseeded per epoch, and nothing draws from the default CUDA generators. Saving
+    # those (one per visible GPU) would make a resume on fewer visible GPUs fail for nothing.
+    return {"torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])  # a "cuda" entry from older checkpoints is ignored
+
+
+class RunDir:
+    """Paths and record-keeping of one run directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.ckpt_dir = self.root / "checkpoints"
+        self.config_path = self.root / "config.json"
+        self.metrics_path = self.root / "metrics.jsonl"
+        self.results_path = self.root / "results.json"
+        self.last = self.ckpt_dir / "last.pt"
+        self.best = self.ckpt_dir / "best.pt"
+
+    def create(self, record: dict, *, exist_ok: bool = False) -> None:
+        if self.config_path.exists() and not exist_ok:
+            raise UserError(
+                f"{self.root} already holds a run; pass --resume {self.root} to continue it "
+                "or choose another --run-dir"
+            )
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.config_path, record)
+
+    def read_config(self) -> dict:
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"{self.root} is a file, not a run directory; pass a run directory")
+        if not self.config_path.exists():
+            raise UserError(f"{self.root} is not a run directory (no config.json)")
+        try:
+            record = json.loads(self.config_path.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{self.config_path} is unreadable or truncated ({e}); the run cannot be used: "
+                            "start a new run") from None
+        if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+            raise UserError(f"{self.config_path} lacks the run's 'config'; the run cannot be used: start a new run")
+        return record
+
+    def lock(self):
+        """The run's writer lock (cache.lock's flock: released by the kernel if the trainer dies).
+        Raises UserError naming the holder if another trainer has this run directory."""
+        from common.lock import OwnedLock
+
+        lock = OwnedLock(self.root / RUN_LOCK, f"trainer of {self.root}", busy=(
+            "another trainer is running on {path} ({holder}); two trainers on one run directory would "
+            "overwrite each other's checkpoints. Wait for it to finish, or use another --run-dir"))
+        lock.acquire(wait=False)
+        return lock
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        out = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a torn last line from a kill mid-append
+                break
+        return out
+
+    def write_metrics(self, records: list[dict]) -> None:
+        atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+    def append_metrics(self, records: list[dict], record: dict) -> list[dict]:
+        """Rewrite metrics.jsonl atomically with `record` appended (a few KB per epoch)."""
+        records = [*records, record]
+        self.write_metrics(records)
+        return records
+
+
+@dataclass
+class TrainedRun:
+    """A finished run opened for use: its config, dataset and model (eval mode, on the CPU)."""
+
+    cfg: TrainConfig
+    dataset: Dataset
+    model: CLCRec
+    checkpoint: dict
+
+    @torch.no_grad()
+    def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user vectors (U, D), ranking table (I, D)) in float32."""
+        status = torch.as_tensor(self.dataset.item_status)
+        return self.model.user_table(), self.model.ranking_table(status)
+
+
+def open_run(run_dir: Path, which: str = "best") -> TrainedRun:
+    """Open run_dir's `best` or `last` checkpoint with its config and dataset, each checked: the
+    dataset's fingerprint must be the checkpoint's, and the weights must fit the config's model."""
+    run = RunDir(run_dir)
+    record = run.read_config()
+    try:
+        cfg = TrainConfig.from_dict(record["config"])
+    except TypeError as e:  # an unknown-typed or mangled field in a hand-edited config.json
+        raise UserError(f"{run.config_path} holds an invalid config ({e}); start a new run") from None
+    ck = load_checkpoint(run.best if which == "best" else run.last)
+    dataset = load_dataset(cfg.dataset)
+    if ck["dataset_fingerprint"] != dataset.fingerprint:
+        raise DatasetChangedError(
+            f"dataset {cfg.dataset} changed since run {run_dir} was trained (fingerprints differ); "
+            "re-train, or point the run at the original data"
+        )
+    model = CLCRec.from_config(cfg, dataset, list(ck["modalities"]))
+    check_model_state(ck, model, run.best if which == "best" else run.last)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return TrainedRun(cfg, dataset, model, ck)

@@ -1,0 +1,46 @@
+"""Export a finished run's ranking tables for other systems.
+
+    python cli.py export runs/RUN [--out DIR]
+
+Reads the run (clcrec/rundir.py); writes DIR (default RUN/embeddings/): users.npy, items.npy
+(float32 ranking vectors: ID embeddings for warm items, content representations for cold ones),
+user_ids.parquet and item_ids.parquet (original ids, item status), built beside DIR and renamed in.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from clcrec.rundir import open_run
+from common.errors import UserError
+from common.fsutil import check_output_dir, fsync_tree, make_tmp_dir, publish_dir
+from pipeline.dataset import STATUS_NAMES
+
+
+def export_embeddings(run_dir: Path, out_dir: Path | None = None, force: bool = False) -> Path:
+    """Write users.npy / items.npy (the ranking tables) and their id tables under out_dir, built
+    beside it and renamed into place; an existing out_dir is replaced only with `force`."""
+    out_dir = Path(out_dir) if out_dir else Path(run_dir) / "embeddings"
+    check_output_dir(out_dir, "--out")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise UserError(f"--out {out_dir} already holds files (an earlier export?); pass --force to replace it")
+    lr = open_run(run_dir)
+    users, items = lr.tables()
+    tmp = make_tmp_dir(out_dir)
+    try:
+        np.save(tmp / "users.npy", users.numpy().astype(np.float32))
+        np.save(tmp / "items.npy", items.numpy().astype(np.float32))
+        lr.dataset.user_ids().write_parquet(tmp / "user_ids.parquet")
+        lr.dataset.item_ids().with_columns(
+            pl.Series("status", [STATUS_NAMES[int(s)] for s in lr.dataset.item_status])
+        ).write_parquet(tmp / "item_ids.parquet")
+        fsync_tree(tmp)
+        publish_dir(tmp, out_dir, force=out_dir.exists())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

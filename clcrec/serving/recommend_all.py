@@ -1,0 +1,97 @@
+"""Top-k recommendations for every user as one Parquet file (`cli.py recommend-all`).
+
+    python cli.py recommend-all runs/RUN --k 50 --out recs.parquet [--candidates cold] [--new-items DIR]
+
+Reads user and item vectors already on the device and the training pairs; `clcrec.evaluation.ranking.
+iter_topk` scores users in blocks (training items masked), and each block is appended to the
+output as a Parquet row group, so memory stays one block deep at any scale. Writes OUT with
+columns user, rank (1..k), item (original ids) and score (float32), one row per recommendation;
+a user with fewer than k unmasked candidates gets fewer rows. OUT is written under a temporary
+name beside it and renamed when complete: a failed or killed run leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from common.errors import UserError
+
+
+def default_block(num_items: int, device: torch.device) -> int:
+    """Users per block: a (block, items) float32 score matrix of ~128 MiB on CPU, ~1 GiB on a GPU."""
+    budget = 2**28 if device.type == "cuda" else 2**25
+    return int(max(16, min(16384, budget // max(num_items, 1))))
+
+
+def block_columns(start: int, vals: torch.Tensor, idx: torch.Tensor, user_ids: np.ndarray, item_ids: np.ndarray):
+    """One block's rows as numpy columns (user, rank, item, score), padding (item -1) dropped."""
+    vals, idx = vals.cpu().numpy(), idx.cpu().numpy()  # the block's one device->host copy
+    b, k = idx.shape
+    keep = (idx >= 0).ravel()
+    return {
+        "user": np.repeat(user_ids[start : start + b], k)[keep],
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), b)[keep],
+        "item": item_ids[idx.ravel()[keep]],
+        "score": vals.ravel()[keep].astype(np.float32),
+    }
+
+
+def write_topk_parquet(out: Path, blocks, user_ids: np.ndarray, item_ids: np.ndarray, *, force: bool = False,
+                       progress: bool = False) -> int:
+    """Stream `blocks` ((start, scores, items) from iter_topk over all of `user_ids`) into OUT
+    atomically; returns the number of rows written."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; pass --force to replace it")
+    if out.is_dir():
+        raise UserError(f"{out} is a directory; --out needs a file name such as recs.parquet")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}.{os.getpid()}")
+    schema = pa.schema([("user", pa.from_numpy_dtype(user_ids.dtype)), ("rank", pa.int32()),
+                        ("item", pa.from_numpy_dtype(item_ids.dtype)), ("score", pa.float32())])
+    rows = 0
+    bar = _Bar(len(user_ids), progress)
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for start, vals, idx in blocks:
+                cols = block_columns(start, vals, idx, user_ids, item_ids)
+                writer.write_table(pa.table(cols, schema=schema))
+                rows += len(cols["item"])
+                bar.advance(idx.shape[0])
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    return rows
+
+
+class _Bar:
+    """A rich progress bar over users on stderr, or nothing."""
+
+    def __init__(self, total: int, enabled: bool):
+        self._p = None
+        if enabled and total > 0:
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self._p = Progress(console=Console(stderr=True), transient=True)
+            self._p.start()
+            self._task = self._p.add_task("recommending", total=total)
+
+    def advance(self, n: int) -> None:
+        if self._p is not None:
+            self._p.advance(self._task, n)
+
+    def close(self) -> None:
+        if self._p is not None:
+            self._p.stop()
