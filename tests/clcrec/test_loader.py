@@ -176,7 +176,7 @@ def test_device_assembly_widens_ids_past_int16_and_int32_ids_exactly(tmp_path, n
     """Item ids above 32,767 travel as the int16 bits of uint16 (and must not come back
     sign-extended), and catalogues past 65,535 travel as int32: both serve exactly the host
     path's batches, and every id is the one stored."""
-    from tests.cache.cache_test_helpers import make_dataset
+    from tests.support import make_dataset
 
     from cache.build import build_generation
     from cache.store import NegativeConfig
