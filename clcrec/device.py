@@ -44,6 +44,15 @@ def resolve_device(name: str, local_rank: int = 0, distributed: bool = False) ->
     return dev
 
 
+def bind_device(device: torch.device, set_device=None) -> None:
+    """Make a CUDA `device` this thread's current device. A CUDA graph captures on the current
+    device's streams: with cuda:1 resolved but device 0 current, the capture stream would belong
+    to GPU 0 while the step's kernels run on GPU 1, outside the capture, and every replay would do
+    nothing. (`set_device` is torch.cuda.set_device; the tests pass a recorder.)"""
+    if device.type == "cuda":
+        (set_device or torch.cuda.set_device)(device)
+
+
 def amp_mode(amp: str, device: torch.device) -> str:
     """The precision `--amp` means on `device`: bf16, fp16 or fp32."""
     return amp if amp != "auto" else ("bf16" if device.type == "cuda" else "fp32")

@@ -108,17 +108,19 @@ def mean0(x: torch.Tensor) -> torch.Tensor:
     return x.sum() / max(x.numel(), 1)
 
 
-def info_nce(scores: torch.Tensor) -> torch.Tensor:
-    """Mean softmax cross-entropy with the positive in column 0. scores: (B, 1+K)."""
-    if scores.dtype in (torch.float16, torch.bfloat16):  # AMP scores: the softmax in fp32
+def info_nce(scores: torch.Tensor, temp: float = 1.0) -> torch.Tensor:
+    """Mean softmax cross-entropy of scores / temp with the positive in column 0. scores: (B, 1+K).
+    AMP scores are upcast before the division: a bf16 quotient would keep 8 bits of each logit."""
+    if scores.dtype in (torch.float16, torch.bfloat16):
         scores = scores.float()
+    scores = scores / temp
     return mean0(torch.logsumexp(scores, dim=1) - scores[:, 0])
 
 
 def torch_contrastive_loss(table, idx, vec, temp: float) -> torch.Tensor:
     """The loss in torch ops: stable log-sum-exp over gathered scores (used on CUDA, and by the
     tests as the second implementation)."""
-    return info_nce(torch_gather_dot(table, idx, vec) / temp)
+    return info_nce(torch_gather_dot(table, idx, vec), temp)
 
 
 def dense_contrastive_loss(table: torch.Tensor, idx: torch.Tensor, vec: torch.Tensor, temp: float) -> torch.Tensor:
@@ -127,7 +129,7 @@ def dense_contrastive_loss(table: torch.Tensor, idx: torch.Tensor, vec: torch.Te
     (B, R) and two matmuls, with no sort-based embedding backward: the fast form on a GPU when R is
     small next to the batch's slots. (gather's backward is a scatter-add, so repeated ids, as with
     `--on-short repeat`, are summed correctly.)"""
-    return info_nce(torch.gather(vec @ table.t(), 1, idx) / temp)
+    return info_nce(torch.gather(vec @ table.t(), 1, idx), temp)
 
 
 def contrastive_loss(table: torch.Tensor, idx: torch.Tensor, vec: torch.Tensor, temp: float) -> torch.Tensor:

@@ -142,7 +142,7 @@ def time_data(batches, steps: int | None, warmup: int, device: torch.device) -> 
 def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
     from cache.store import CacheStore
     from clcrec.data.hybrid import epoch_key
-    from clcrec.device import amp_mode, resolve_device
+    from clcrec.device import amp_mode, bind_device, resolve_device
     from clcrec.train.flow import default_paths, ensure_cache, ensure_synthetic
     from clcrec.train.plan import plan_execution
     from pipeline.dataset import load_dataset
@@ -159,6 +159,7 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
     ensure_cache(Path(base.dataset), Path(base.cache), bc.num_neg, bc.seed, console)
     ds = load_dataset(base.dataset)
     device = resolve_device(base.device)
+    bind_device(device)
     plan = plan_execution(base, device, ds.num_items)
     workers = bc.workers or (4 if device.type == "cuda" else 1)
     gen = CacheStore(base.cache).open_generation(0, expect_fingerprint=ds.fingerprint)

@@ -148,21 +148,29 @@ class ChunkStream:
             for c, g0 in jobs:
                 yield self._prepare(c, g0)
             return
-        with ThreadPoolExecutor(self.readers, thread_name_prefix="chunk-reader", initializer=self._bind_device) as pool:
+        pool = ThreadPoolExecutor(self.readers, thread_name_prefix="chunk-reader", initializer=self._bind_device)
+        try:
             pending: deque = deque()
             order = iter(jobs)
             for job in order:
-                pending.append(pool.submit(self._prepare, *job))
+                pending.append(pool.submit(self._read, *job))
                 if len(pending) >= 2 * self.readers:
                     break
             while pending and not self._stop.is_set():
                 fut = pending.popleft()
                 nxt = next(order, None)
                 if nxt is not None:
-                    pending.append(pool.submit(self._prepare, *nxt))
+                    pending.append(pool.submit(self._read, *nxt))
                 yield fut.result()
-            for fut in pending:
-                fut.cancel()
+        finally:
+            # Also when the consumer stops early (the generator is closed at its yield): queued
+            # reads are cancelled, and only those already running are waited for.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _read(self, c: int, g0: int):
+        """A reader thread's job: `_prepare`, unless the consumer has stopped meanwhile (a read
+        that starts after close() would only be thrown away)."""
+        return None if self._stop.is_set() else self._prepare(c, g0)
 
     def _prepare(self, c: int, g0: int):
         """Chunk c, read and verified, with this rank's rows in epoch order and their hybrid draws:
@@ -193,12 +201,14 @@ class ChunkStream:
             cutter = BatchCutter(self.plan) if self.assemble == "host" else None
             if cutter is not None:
                 cutter.with_hybrid = self.hybrid is not None
-            for prepared in self._prepared_chunks():
+            chunks = self._prepared_chunks()
+            for prepared in chunks:
                 if cutter is None:  # device assembly: the HostChunk goes as it is
                     item = prepared
                 else:
                     item = [self._finish(b, slot_of) for b in cutter.feed(*prepared)]
                 if (cutter is None or item) and not self._put(item):
+                    chunks.close()  # stop the readers now, not when the generator is collected
                     return
             if cutter is not None:
                 tail = cutter.tail(torch.empty((0, 1 + self.gen.num_neg), dtype=torch.int64))

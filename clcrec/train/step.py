@@ -50,6 +50,21 @@ def make_optimizer(model: torch.nn.Module, lr: float, capturable: bool = False) 
         return torch.optim.Adam(model.parameters(), lr=lr, capturable=capturable)
 
 
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """Load a checkpoint's optimizer state under this run's own execution flags. A state saved on
+    CPU or with --cuda-graph off says capturable=False, and loading restores that, so the CUDA
+    graph's capture would fail (or fall back to eager steps); the run's flags win, and the step
+    counters move to the parameters' device as capturable and fused Adam need them."""
+    keep = [{k: g[k] for k in ("capturable", "fused", "foreach", "differentiable") if k in g} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, flags in zip(opt.param_groups, keep):
+        group.update(flags)
+    on_device = any(g.get("capturable") or g.get("fused") for g in opt.param_groups)
+    for p, st in opt.state.items():
+        if on_device and torch.is_tensor(st.get("step")):
+            st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------------
@@ -88,7 +103,9 @@ class CudaGraphs:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.side = torch.cuda.Stream(device)
+        self.side = torch.cuda.Stream(device)  # warm-up steps
+        self.capture_stream = torch.cuda.Stream(device)  # on this device (torch.cuda.graph's own
+        # default stream is made on the current device, which need not be this one)
 
     def warm_up(self, fn) -> None:
         cur = torch.cuda.current_stream(self.device)
@@ -100,12 +117,53 @@ class CudaGraphs:
     def sync(self) -> None:
         torch.cuda.synchronize(self.device)
 
-    def capture(self, fn) -> torch.cuda.CUDAGraph:
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: the producer thread keeps pinning host memory while this thread captures.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            fn()
-        return graph
+    def capture(self, fn):
+        """Capture fn() into a new graph and return it; on failure raise the first error, with
+        the thread back on its own stream and the graph's memory pool released. (By hand rather
+        than `with torch.cuda.graph(...)`: when capture_end raises there, the stream is never
+        restored and the allocator keeps routing this stream's frees to the capture's pool, so
+        every block freed after record_stream is held for good, and the error reported is the
+        secondary one.)"""
+        graph, pool = self._new_graph(), self._new_pool()
+        first = None
+        ended = False
+        with self._on_capture_stream():  # restores the current stream however the capture ends
+            # thread_local: the producer thread keeps pinning host memory while this thread captures.
+            graph.capture_begin(pool, capture_error_mode="thread_local")
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001 - re-raised below, after the cleanup
+                first = e
+            try:
+                graph.capture_end()
+                ended = True
+            except BaseException as e:  # noqa: BLE001
+                first = first or e
+        if first is None:
+            return graph
+        if ended:
+            graph.reset()  # a completed capture of a failed step: its graph and pool go
+        else:
+            self._release(pool)  # capture_end never got to end the pool's use
+        raise first
+
+    # The CUDA primitives capture() uses; the tests replace them to run its logic on CPU.
+    def _new_graph(self):
+        return torch.cuda.CUDAGraph()
+
+    def _new_pool(self):
+        return torch.cuda.graph_pool_handle()
+
+    def _on_capture_stream(self):
+        return torch.cuda.stream(self.capture_stream)
+
+    def _release(self, pool) -> None:
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        for release in (torch._C._cuda_endAllocateToPool, torch._C._cuda_releasePool):
+            try:
+                release(index, pool)
+            except RuntimeError:  # that step already ran before capture_end failed
+                pass
 
 
 class StepRunner:

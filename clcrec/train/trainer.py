@@ -21,7 +21,7 @@ from clcrec.config import TrainConfig
 from clcrec.data.batches import check_batch_split
 from clcrec.data.hybrid import epoch_key
 from clcrec.data.stream import ChunkStream, batches_on_device
-from clcrec.device import resolve_device, wants_cuda
+from clcrec.device import bind_device, resolve_device, wants_cuda
 from clcrec.evaluation.ranking import EvalConfig, RankingEvaluator
 from clcrec.model import CLCRec
 from clcrec.rundir import (
@@ -32,6 +32,7 @@ from clcrec.rundir import (
     save_checkpoint,
     set_rng_state,
 )
+from clcrec.train import distributed as dist
 from clcrec.train.generations import (
     AHEAD,
     HELD_OUT_NOTE,
@@ -48,8 +49,12 @@ from clcrec.train.selection import (
     select_score,
     smoothed_score,
 )
-from clcrec.train.step import SUM_NAMES, StepRunner, make_optimizer
-from clcrec.train import distributed as dist
+from clcrec.train.step import (
+    SUM_NAMES,
+    StepRunner,
+    load_optimizer_state,
+    make_optimizer,
+)
 from common.errors import DatasetChangedError, TrainingDivergedError
 from common.fsutil import clean_tmp_leftovers
 from pipeline.dataset import load_dataset
@@ -77,6 +82,7 @@ class Trainer:
 
         # --- model, optimizer, AMP ---
         self.device = resolve_device(cfg.device, self.ctx.local_rank, self.ctx.enabled)
+        bind_device(self.device)  # before any stream or graph is made on it
         self.modalities = cfg.select_modalities([m["name"] for m in self.dataset.meta["modalities"]])
         torch.manual_seed(cfg.seed)
         self.model = CLCRec.from_config(cfg, self.dataset, self.modalities).to(self.device)
@@ -163,7 +169,7 @@ class Trainer:
             ck = load_checkpoint(self.run.last, map_location="cpu")  # checked by rank 0 above
             self.cfg.check_resumable(ck["config"])
             self.model.load_state_dict(ck["model"])
-            self.opt.load_state_dict(ck["optimizer"])
+            load_optimizer_state(self.opt, ck["optimizer"])  # this run's capturable/fused flags kept
             if ck["scaler"]:  # a disabled scaler (fp32/bf16) saved {}: resuming with fp16 starts it fresh
                 self.scaler.load_state_dict(ck["scaler"])
             set_rng_state(ck["rng"])

@@ -176,10 +176,9 @@ def test_device_assembly_widens_ids_past_int16_and_int32_ids_exactly(tmp_path, n
     """Item ids above 32,767 travel as the int16 bits of uint16 (and must not come back
     sign-extended), and catalogues past 65,535 travel as int32: both serve exactly the host
     path's batches, and every id is the one stored."""
-    from tests.support import make_dataset
-
     from cache.build import build_generation
     from cache.store import NegativeConfig
+    from tests.support import make_dataset
 
     data = make_dataset(tmp_path / "d", num_users=30, num_items=num_items, pairs=600)
     build_generation(data, tmp_path / "c", 0, NegativeConfig(num_neg=8, chunk_rows=128), progress=False)
@@ -191,3 +190,27 @@ def test_device_assembly_widens_ids_past_int16_and_int32_ids_exactly(tmp_path, n
     served = served_rows(stream(g, num_items, batch_size=50, dedupe=False, assemble="device"))
     assert served[:, 1:].max() >= 32_768 and served[:, 1:].min() >= 0
     assert np.array_equal(sort_rows(served), sort_rows(generation_rows(g)))
+
+
+def test_an_early_stop_drops_the_reads_not_yet_started(gen, tiny_dataset):
+    """With several readers, stopping after the first chunk waits only for the reads already
+    running: the queued ones are cancelled, not read (and decoded, and pinned) for nothing."""
+    n = int(np.load(tiny_dataset / "item_status.npy").shape[0])
+    assert gen.num_chunks >= 6
+    gate, started = threading.Event(), []
+
+    class Gated(ChunkStream):
+        def _prepare(self, c, g0):
+            started.append(c)
+            if c != self.chunks[0]:
+                gate.wait(10)  # every read but the first is still running when the consumer stops
+            return super()._prepare(c, g0)
+
+    s = Gated(gen, num_items=n, seed=0, epoch=0, batch_size=8, prefetch=1, readers=2)
+    batches = iter(s)
+    next(batches)
+    threading.Timer(0.3, gate.set).start()  # let the running reads finish once close() is waiting
+    s.close()
+    # Chunks 0..3 were queued at the start and 4, 5 as 0 and 1 were taken; two reader threads
+    # had started 0, 1 and 2. Nothing queued behind them may start after the stop.
+    assert sorted(started) == sorted(s.chunks[:3].tolist()), started

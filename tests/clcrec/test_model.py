@@ -139,3 +139,30 @@ def test_dense_scoring_equals_gather_scoring_in_float64(small_model):
     # and the item table's gradient is dense (no sparse rows skipped): untouched items get exactly 0
     untouched = sorted(set(range(30)) - set(items.flatten().tolist()))
     assert untouched and dense[1][1][untouched].abs().max() == 0
+
+
+@pytest.mark.parametrize("loss", ["gather", "dense"])
+def test_bf16_scores_are_divided_by_the_temperature_in_fp32(loss):
+    """Under bf16 autocast the scores arrive in bf16; the temperature divides them after the
+    upcast, so the loss is the fp32 loss of the bf16 scores (a bf16 quotient rounds every logit
+    to 8 bits a second time)."""
+    from clcrec.losses import (
+        dense_contrastive_loss,
+        torch_contrastive_loss,
+        torch_gather_dot,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(50, 16, generator=g).bfloat16()  # (R, D)
+    vec = torch.randn(8, 16, generator=g).bfloat16()  # (B, D)
+    idx = torch.randint(0, 50, (8, 9), generator=g)  # (B, 1+K)
+    fn = torch_contrastive_loss if loss == "gather" else dense_contrastive_loss
+    temp = 3.0
+    scores = torch_gather_dot(table, idx, vec) if loss == "gather" else torch.gather(vec @ table.t(), 1, idx)  # bf16
+    s = scores.float() / temp
+    expected = (torch.logsumexp(s, 1) - s[:, 0]).mean()
+    got = fn(table, idx, vec, temp)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    s16 = (scores / temp).float()  # the old order: divided in bf16, then upcast
+    assert abs(float((torch.logsumexp(s16, 1) - s16[:, 0]).mean() - expected)) > 1e-4

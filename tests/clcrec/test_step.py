@@ -352,3 +352,94 @@ def test_a_failed_capture_trains_on_eagerly_or_stops_under_on(tiny_dataset, tiny
     with pytest.raises(UserError, match=r"^--cuda-graph on: capturing the training step failed \(RuntimeError: "
                                         r"operation not permitted .*\); pass --cuda-graph off$"):
         run_steps(tiny_dataset, tiny_cache, FailingCapture, graph_mode="on")
+
+
+def test_a_resumed_optimizer_keeps_this_runs_capturable_flag():
+    """A checkpoint saved on CPU (or with --cuda-graph off) holds capturable=False; resuming it
+    where the step is a CUDA graph must keep the run's capturable=True, or the capture fails. The
+    Adam state itself (moments, step count) is the checkpoint's."""
+    from clcrec.train.step import load_optimizer_state
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    saved = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    saved.step()
+    resumed = torch.optim.Adam(model.parameters(), lr=0.1, capturable=True)
+    load_optimizer_state(resumed, saved.state_dict())
+    assert all(g["capturable"] for g in resumed.param_groups)
+    st = resumed.state[model.weight]
+    assert st["step"].dtype == torch.float32 and float(st["step"]) == 1.0
+    torch.testing.assert_close(st["exp_avg"], saved.state[model.weight]["exp_avg"])
+    plain = torch.optim.Adam(model.parameters(), lr=0.1)
+    load_optimizer_state(plain, resumed.state_dict())  # and the other way: eager stays eager
+    assert not any(g["capturable"] for g in plain.param_groups)
+
+
+class FakeCudaCalls:
+    """Records what CudaGraphs.capture does with the CUDA primitives it is given (on CPU)."""
+
+    def __init__(self, fail_end: bool):
+        self.log, self.fail_end = [], fail_end
+
+    def graphs(self):
+        from contextlib import contextmanager
+
+        from clcrec.train.step import CudaGraphs
+
+        log, fail_end = self.log, self.fail_end
+
+        class Graph:
+            def capture_begin(self, pool, capture_error_mode):
+                log.append(("begin", pool, capture_error_mode))
+
+            def capture_end(self):
+                log.append("end")
+                if fail_end:
+                    raise RuntimeError("operation failed due to a previous error during capture")
+
+            def reset(self):
+                log.append("reset")
+
+        class Fake(CudaGraphs):
+            def __init__(self):
+                self.device = torch.device("cpu")
+
+            def _new_graph(self):
+                return Graph()
+
+            def _new_pool(self):
+                return (0, 7)
+
+            @contextmanager
+            def _on_capture_stream(self):
+                log.append("stream on")
+                try:
+                    yield
+                finally:
+                    log.append("stream off")
+
+            def _release(self, pool):
+                log.append(("release", pool))
+
+        return Fake()
+
+
+@pytest.mark.parametrize("fail_end", [True, False])
+def test_a_failed_capture_restores_the_stream_releases_the_pool_and_names_the_first_error(fail_end):
+    """The step raises during capture (an uncapturable op); then capture_end may raise too (CUDA
+    invalidated the capture). Whatever fails, the thread leaves the capture stream, the graph's
+    pool is released exactly once, and the error raised is the step's, not capture_end's."""
+    calls = FakeCudaCalls(fail_end)
+    graphs = calls.graphs()
+
+    def step():
+        raise RuntimeError("first: operation not permitted when stream is capturing")
+
+    with pytest.raises(RuntimeError, match="^first: "):
+        graphs.capture(step)
+    cleanup = [("release", (0, 7))] if fail_end else ["reset"]
+    assert calls.log == ["stream on", ("begin", (0, 7), "thread_local"), "end", "stream off", *cleanup]
+    ok = FakeCudaCalls(False)
+    graph = ok.graphs().capture(lambda: None)  # and a capture that works returns its graph, untouched
+    assert graph is not None and ok.log == ["stream on", ("begin", (0, 7), "thread_local"), "end", "stream off"]
