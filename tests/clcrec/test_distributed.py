@@ -37,6 +37,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.trajectory
 def test_two_ranks_agree_with_one_rank_and_serve_every_pair_once(tiny_dataset, tiny_cache, tmp_path):
     common = ["train", "--dataset", tiny_dataset, "--cache", tiny_cache, "--num-neg", NUM_NEG,
               "--batch-size", 64, "--epochs", 4, "--patience", 10, "--l-r", 0.01, "--threads", 1, "--device", "cpu"]

@@ -13,6 +13,7 @@ from clcrec.step import epoch_key, hybrid_hash, hybrid_mask, mix32
 from clcrec.train import train
 from pipeline.errors import UserError
 from tests.clcrec.test_train import config, quiet
+from tests.trajectory import skip_compile_under_forced_capability
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -63,6 +64,7 @@ def test_device_assembly_trains_exactly_like_host_assembly(tiny_dataset, tiny_ca
     assert out["host"] == out["device"]
 
 
+@pytest.mark.trajectory
 def test_whole_catalogue_encoding_trains_like_slot_encoding(tiny_dataset, tiny_cache, tmp_path):
     """--encode all (the catalogue encoded once, slots scored by gathers) is the same loss and
     gradient as encoding every slot (float64: test_model.py); in float32 training, rounding only."""
@@ -72,6 +74,7 @@ def test_whole_catalogue_encoding_trains_like_slot_encoding(tiny_dataset, tiny_c
     assert losses(tmp_path / "all") == pytest.approx(losses(tmp_path / "slots"), rel=1e-4)
 
 
+@pytest.mark.trajectory
 def test_dense_scoring_trains_like_gather_scoring(tiny_dataset, tiny_cache, tmp_path):
     """Whole-table scoring is the same loss and gradient (float64 equality: test_model.py); in
     float32 training the two differ by rounding only."""
@@ -164,12 +167,14 @@ def test_masks_drawn_per_chunk_equal_masks_drawn_per_step(tiny_cache, tiny_datas
             assert torch.equal(b.hybrid, hybrid_mask(torch.tensor(key), rows, b.items.shape[1], 0.5))
 
 
+@pytest.mark.trajectory
 def test_compiled_losses_train_like_eager_losses(tiny_dataset, tiny_cache, tmp_path):
     """--compile on runs the full batches' losses through torch.compile (inductor's C++ code on
     CPU, triton on CUDA): the same model up to rounding, each full batch compiled, the epoch's
     short last batch (3701 = 57 x 64 + 53 rows) eager, and one compile serving every full step."""
     from clcrec import train as train_mod
 
+    skip_compile_under_forced_capability()
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()  # earlier tests compiled too
     runners = []
