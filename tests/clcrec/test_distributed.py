@@ -86,6 +86,7 @@ def test_divergence_stops_every_rank_instead_of_hanging(tiny_dataset, tiny_cache
     assert "clcrec/train.py\", line" not in proc.stderr and "cli.py\", line" not in proc.stderr
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_more_ranks_per_node_than_cuda_gpus_is_refused_with_what_to_do(tiny_dataset, tiny_cache, tmp_path):
     import torch

@@ -114,12 +114,14 @@ def test_the_plan_follows_the_device_and_the_catalogue_size():
         plan_execution(cfg.replace(assemble="device"), torch.device("cpu"), 100)
 
 
+@pytest.mark.cuda
 @CUDA
 def test_hybrid_draws_are_the_same_bits_on_cuda():
     key, rows = torch.tensor(epoch_key(5, 2)), torch.arange(3000, 3256)
     assert torch.equal(hybrid_hash(key, rows, 129), hybrid_hash(key.cuda(), rows.cuda(), 129).cpu())
 
 
+@pytest.mark.cuda
 @CUDA
 @pytest.mark.parametrize("scoring", ["dense", "gather"])
 def test_cuda_graph_trains_like_eager_steps(tiny_dataset, tiny_cache, tmp_path, scoring):
@@ -212,6 +214,7 @@ def test_compile_is_refused_where_it_cannot_work(tiny_dataset, tiny_cache, tmp_p
     assert why in str(e.value)
 
 
+@pytest.mark.cuda
 @CUDA
 def test_compiled_losses_inside_the_cuda_graph_train_like_eager_steps(tiny_dataset, tiny_cache, tmp_path):
     """The fastest form the bench compares: inductor's kernels for the losses, captured with the
@@ -229,6 +232,7 @@ def test_compiled_losses_inside_the_cuda_graph_train_like_eager_steps(tiny_datas
     assert losses(tmp_path / "fast") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
 
 
+@pytest.mark.cuda
 @CUDA
 def test_a_step_that_cannot_be_captured_falls_back_to_eager_steps(tiny_dataset, tiny_cache, tmp_path):
     """--cuda-graph auto: a step torch cannot capture (here one that syncs the host) trains on
