@@ -1,7 +1,7 @@
 # The two quickstart commands: `make demo` and `make test`. Each sets up .venv first.
 PY := .venv/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-portable-trajectory constraints bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -11,6 +11,16 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The tests whose figures move with the CPU's kernels, under torch's baseline kernels and numba's
+# generic x86-64 code: what a CPU unlike this one computes (.ci/run runs it after `make test`).
+PORTABLE := ATEN_CPU_CAPABILITY=default NUMBA_CPU_NAME=generic
+test-portable-trajectory: setup
+	$(PORTABLE) $(PY) -m pytest -q -m trajectory
+
+# Re-resolve and pin the dependencies (after changing pyproject.toml's, or to move to newer ones).
+constraints:
+	bash scripts/lock_deps.sh
 
 bench: setup
 	$(PY) cli.py bench negatives

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install the project with the right torch build.
+# Create .venv (if missing) and install the project with the right torch build and the pinned
+# versions of everything else (constraints.txt).
 # Without an NVIDIA GPU, torch==2.13.0 resolves to the local CPU wheel on these machines; a bare
 # `torch` requirement would pull several GB of CUDA packages instead.
 set -euo pipefail
@@ -19,5 +20,6 @@ if ! python -c "import torch" >/dev/null 2>&1; then
         python -m pip install --quiet "torch==${TORCH_VERSION:-2.13.0}"
     fi
 fi
-python -m pip install --quiet -e ".[dev]"
+# every other package at the exact version of constraints.txt (refresh it with `make constraints`)
+python -m pip install --quiet -c constraints.txt -e ".[dev]"
 python -c "import torch, zarr, polars, numba; print(f'setup: torch {torch.__version__}, zarr {zarr.__version__}, polars {polars.__version__}, numba {numba.__version__}')"

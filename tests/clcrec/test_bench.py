@@ -3,6 +3,7 @@
 
 from clcrec.bench.train import BenchTrainConfig, run_bench_train
 from tests.support import NUM_NEG, quiet
+from tests.trajectory import forced_aten_capability
 
 
 def test_bench_train_counts_every_step_and_compares_the_step_forms(tiny_dataset, tmp_path, monkeypatch):
@@ -15,5 +16,9 @@ def test_bench_train_counts_every_step_and_compares_the_step_forms(tiny_dataset,
     forms = r["step_forms"]
     assert forms.pop("_base") == "dense, eager"
     assert sorted(forms) == ["dense, compiled", "dense, eager"]
-    assert [f["samples"] for f in forms.values()] == [6 * 64, 6 * 64]
+    if forced_aten_capability() and "error" in forms["dense, compiled"]:
+        # inductor's C++ code does not build under an emulated ATen capability (tests/trajectory.py):
+        # the bench names the failure in the compiled form's row and times the rest
+        forms.pop("dense, compiled")
+    assert [f["samples"] for f in forms.values()] == [6 * 64] * len(forms)
     assert r["ratio"] == r["streaming"]["samples_per_s"] / r["reference"]["samples_per_s"]

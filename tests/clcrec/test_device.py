@@ -24,9 +24,9 @@ def test_auto_and_cpu_resolve_and_amp_follows_the_device():
     ("bogus", r"^--device 'bogus' is not a device; use auto, cpu, cuda or cuda:N$"),
     ("meta", r"^--device 'meta': only cpu and cuda devices are supported"),
     pytest.param("cuda", r"^--device cuda was asked for but no CUDA device is available; use --device cpu$",
-                 marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")),
+                 marks=pytest.mark.skipif(not NO_CUDA, reason="checks the refusal where no GPU is present")),
     pytest.param("cuda:3", r"no CUDA device is available",
-                 marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")),
+                 marks=pytest.mark.skipif(not NO_CUDA, reason="checks the refusal where no GPU is present")),
 ])
 def test_bad_device_names_are_one_line_that_says_what_to_pass(name, says):
     with pytest.raises(UserError, match=says):
@@ -42,6 +42,7 @@ def test_a_cuda_device_is_bound_before_the_step_uses_it():
     assert bound == [torch.device("cuda", 1)]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_a_captured_step_on_a_second_gpu_trains(tiny_dataset, tiny_cache, tmp_path):
     """--device cuda:1 in one process: the CUDA graph records the step on GPU 1 and its replays

@@ -37,6 +37,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.trajectory
 def test_two_ranks_agree_with_one_rank_and_serve_every_pair_once(tiny_dataset, tiny_cache, tmp_path):
     common = ["train", "--dataset", tiny_dataset, "--cache", tiny_cache, "--num-neg", NUM_NEG,
               "--batch-size", 64, "--epochs", 4, "--patience", 10, "--l-r", 0.01, "--threads", 1, "--device", "cpu"]
@@ -85,6 +86,7 @@ def test_divergence_stops_every_rank_instead_of_hanging(tiny_dataset, tiny_cache
     assert "clcrec/train/trainer.py\", line" not in proc.stderr and "cli.py\", line" not in proc.stderr
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_more_ranks_per_node_than_cuda_gpus_is_refused_with_what_to_do(tiny_dataset, tiny_cache, tmp_path):
     import torch

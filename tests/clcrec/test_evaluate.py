@@ -243,6 +243,7 @@ def test_format_table_lists_split_mode_rows():
     assert text.count("cold") == 2 and f"{res['cold']['recall@20']:.4f}" in text
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     users, items, train, pos, status = random_case(5, num_users=300, num_items=500)

@@ -88,6 +88,7 @@ def test_bf16_inputs_get_a_float32_loss_and_gradients_in_their_dtype():
     torch.testing.assert_close(loss, torch_contrastive_loss(tb.float(), idx, vb.float(), 2.0))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_torch_path_equals_the_cpu_kernels():
     table, idx, vec = inputs(5, R=50, B=16, K=65, D=32)

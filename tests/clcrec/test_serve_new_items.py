@@ -304,6 +304,7 @@ def test_movielens_rows_become_vectors_the_way_training_movies_did(tmp_path):
     assert recs.columns == ["user", "rank", "item", "score", "status", "title"] and set(recs["status"]) == {"new"}
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_recommend_all_on_cuda_equals_cpu(env, tmp_path):
     from clcrec import load_run

@@ -13,6 +13,7 @@ from clcrec.train.plan import DENSE_ITEMS_PER_SLOT, plan_execution
 from clcrec.train.trainer import train
 from common.errors import UserError
 from tests.support import config, quiet
+from tests.trajectory import skip_compile_under_forced_capability
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -63,6 +64,7 @@ def test_device_assembly_trains_exactly_like_host_assembly(tiny_dataset, tiny_ca
     assert out["host"] == out["device"]
 
 
+@pytest.mark.trajectory
 def test_whole_catalogue_encoding_trains_like_slot_encoding(tiny_dataset, tiny_cache, tmp_path):
     """--encode all (the catalogue encoded once, slots scored by gathers) is the same loss and
     gradient as encoding every slot (float64: test_model.py); in float32 training, rounding only."""
@@ -72,6 +74,7 @@ def test_whole_catalogue_encoding_trains_like_slot_encoding(tiny_dataset, tiny_c
     assert losses(tmp_path / "all") == pytest.approx(losses(tmp_path / "slots"), rel=1e-4)
 
 
+@pytest.mark.trajectory
 def test_dense_scoring_trains_like_gather_scoring(tiny_dataset, tiny_cache, tmp_path):
     """Whole-table scoring is the same loss and gradient (float64 equality: test_model.py); in
     float32 training the two differ by rounding only."""
@@ -111,12 +114,14 @@ def test_the_plan_follows_the_device_and_the_catalogue_size():
         plan_execution(cfg.replace(assemble="device"), torch.device("cpu"), 100)
 
 
+@pytest.mark.cuda
 @CUDA
 def test_hybrid_draws_are_the_same_bits_on_cuda():
     key, rows = torch.tensor(epoch_key(5, 2)), torch.arange(3000, 3256)
     assert torch.equal(hybrid_hash(key, rows, 129), hybrid_hash(key.cuda(), rows.cuda(), 129).cpu())
 
 
+@pytest.mark.cuda
 @CUDA
 @pytest.mark.parametrize("scoring", ["dense", "gather"])
 def test_cuda_graph_trains_like_eager_steps(tiny_dataset, tiny_cache, tmp_path, scoring):
@@ -164,12 +169,14 @@ def test_masks_drawn_per_chunk_equal_masks_drawn_per_step(tiny_cache, tiny_datas
             assert torch.equal(b.hybrid, hybrid_mask(torch.tensor(key), rows, b.items.shape[1], 0.5))
 
 
+@pytest.mark.trajectory
 def test_compiled_losses_train_like_eager_losses(tiny_dataset, tiny_cache, tmp_path):
     """--compile on runs the full batches' losses through torch.compile (inductor's C++ code on
     CPU, triton on CUDA): the same model up to rounding, each full batch compiled, the epoch's
     short last batch (3701 = 57 x 64 + 53 rows) eager, and one compile serving every full step."""
     from clcrec.train import trainer as train_mod
 
+    skip_compile_under_forced_capability()
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()  # earlier tests compiled too
     runners = []
@@ -207,6 +214,7 @@ def test_compile_is_refused_where_it_cannot_work(tiny_dataset, tiny_cache, tmp_p
     assert why in str(e.value)
 
 
+@pytest.mark.cuda
 @CUDA
 def test_compiled_losses_inside_the_cuda_graph_train_like_eager_steps(tiny_dataset, tiny_cache, tmp_path):
     """The fastest form the bench compares: inductor's kernels for the losses, captured with the
@@ -224,6 +232,7 @@ def test_compiled_losses_inside_the_cuda_graph_train_like_eager_steps(tiny_datas
     assert losses(tmp_path / "fast") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
 
 
+@pytest.mark.cuda
 @CUDA
 def test_a_step_that_cannot_be_captured_falls_back_to_eager_steps(tiny_dataset, tiny_cache, tmp_path):
     """--cuda-graph auto: a step torch cannot capture (here one that syncs the host) trains on

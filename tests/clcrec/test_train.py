@@ -222,6 +222,7 @@ def test_bad_config_values_are_refused_with_a_message(tiny_dataset, tiny_cache, 
         config(tiny_dataset, tiny_cache, tmp_path / "run", **{field: value})
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("encode,scoring", [("unique", "gather"), ("slots", "gather"), ("all", "gather"), ("auto", "dense")])
 def test_cuda_fp32_training_matches_cpu(tiny_dataset, tiny_cache, tmp_path, encode, scoring):
@@ -244,6 +245,7 @@ def test_cuda_fp32_training_matches_cpu(tiny_dataset, tiny_cache, tmp_path, enco
         assert out["cuda"][2]["test"][mode]["recall@20"] == pytest.approx(out["cpu"][2]["test"][mode]["recall@20"], abs=0.02)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_run_resumes_and_ends_like_an_uninterrupted_run(tiny_dataset, tiny_cache, tmp_path):
     full = train(config(tiny_dataset, tiny_cache, tmp_path / "full", epochs=3, device="cuda"), console=quiet())
