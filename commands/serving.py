@@ -60,9 +60,9 @@ def embed_items(
 ):
     """Ranking vectors of items the run has never seen, from their content features (no retraining)."""
     from clcrec.serving.run import load_run
+    from common.fsutil import check_output
 
-    if out.exists() and not force:  # before reading anything
-        raise UserError(f"{out} already exists; pass --force to replace it")
+    check_output(out, "--out", "new-items", force)  # before reading anything
     run = load_run(run_dir, device="cpu")
     new = run.embed_items(files=features or (), movielens=movielens, replace=replace)
     new.save(out, force=force)

@@ -61,6 +61,7 @@ class NewItems:
         """Write DIR atomically (built beside it, then renamed); an existing DIR only with force."""
         from common.fsutil import (
             atomic_write_json,
+            check_output,
             clean_tmp_leftovers,
             fsync_tree,
             make_tmp_dir,
@@ -68,8 +69,7 @@ class NewItems:
         )
 
         out = Path(out)
-        if out.exists() and not force:
-            raise UserError(f"{out} already exists; pass --force to replace it")
+        check_output(out, "--out", "new-items", force)  # only an earlier embed-items output is replaced
         clean_tmp_leftovers(out.parent, out.name)
         tmp = make_tmp_dir(out)
         try:
@@ -81,7 +81,7 @@ class NewItems:
                 "replaced": [int(i) for i in self.replaced], **self.meta,
             })  # fmt: skip
             fsync_tree(tmp)
-            publish_dir(tmp, out, force=force)
+            publish_dir(tmp, out, force=out.exists())
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

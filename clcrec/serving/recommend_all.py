@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from common.errors import UserError
+from common.fsutil import RECOMMEND_ALL_KEY, TMP_PREFIX, check_output
 
 
 def default_block(num_items: int, device: torch.device) -> int:
@@ -47,14 +47,14 @@ def write_topk_parquet(out: Path, blocks, user_ids: np.ndarray, item_ids: np.nda
     """Stream `blocks` ((start, scores, items) from iter_topk over all of `user_ids`) into OUT
     atomically; returns the number of rows written."""
     out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists; pass --force to replace it")
-    if out.is_dir():
-        raise UserError(f"{out} is a directory; --out needs a file name such as recs.parquet")
+    check_output(out, "--out", "recommend-all", force)  # only an earlier recommend-all file is replaced
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}.{os.getpid()}")
+    clean_dead_tmp(out)
+    tmp = out.with_name(f"{TMP_PREFIX}{out.name}.{os.getpid()}")
+    # The key marks the file as recommend-all's, so that --force may replace it (common/fsutil.py).
     schema = pa.schema([("user", pa.from_numpy_dtype(user_ids.dtype)), ("rank", pa.int32()),
-                        ("item", pa.from_numpy_dtype(item_ids.dtype)), ("score", pa.float32())])
+                        ("item", pa.from_numpy_dtype(item_ids.dtype)), ("score", pa.float32())],
+                       metadata={RECOMMEND_ALL_KEY: b"1"})
     rows = 0
     bar = _Bar(len(user_ids), progress)
     try:
@@ -73,6 +73,20 @@ def write_topk_parquet(out: Path, blocks, user_ids: np.ndarray, item_ids: np.nda
     finally:
         bar.close()
     return rows
+
+
+def clean_dead_tmp(out: Path) -> None:
+    """Remove `.tmp-<out>.<pid>` files of killed runs (a live writer's, named by its pid, stays)."""
+    for p in out.parent.glob(f"{TMP_PREFIX}{out.name}.*"):
+        pid = p.name.rsplit(".", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except PermissionError:  # a live process of another user
+            pass
 
 
 class _Bar:

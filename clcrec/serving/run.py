@@ -256,9 +256,10 @@ class Run:
         """Top-k for every user into the Parquet file `out` (clcrec.serving.recommend_all); returns a summary."""
         from clcrec.evaluation.topk import iter_topk
 
+        from common.fsutil import check_output
+
         out = Path(out)
-        if out.exists() and not force:  # before any work: nothing is computed for a refused output
-            raise UserError(f"{out} already exists; pass --force to replace it")
+        check_output(out, "--out", "recommend-all", force)  # before any work: nothing computed for a refusal
         cat = self.catalogue(new_items)
         pool = self.pool(cat, candidates, k)
         user_vecs, _ = self.tables()
