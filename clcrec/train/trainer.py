@@ -27,6 +27,7 @@ from clcrec.model import CLCRec
 from clcrec.rundir import (
     RunDir,
     check_model_state,
+    check_own_checkpoint,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -128,6 +129,7 @@ class Trainer:
             "dataset_fingerprint": self.dataset.fingerprint,
             "modalities": self.modalities,
             "ema": self.average.state_dict() if self.average is not None else None,
+            "run_id": self.run.run_id(),  # binds the checkpoint to config.json (rundir.check_own_checkpoint)
         }
 
     def claim_run_dir(self) -> None:
@@ -139,6 +141,7 @@ class Trainer:
                 if path == self.run.best and not path.exists():
                     continue  # killed before the first selectable epoch (an average's memory)
                 ck = load_checkpoint(path, map_location="cpu")
+                check_own_checkpoint(ck, self.run.read_config(), path, self.run.root)
                 self.cfg.check_resumable(ck["config"])
                 if ck["dataset_fingerprint"] != self.dataset.fingerprint:
                     raise DatasetChangedError(
