@@ -25,7 +25,7 @@ def train(
     batch_size: int = typer.Option(256),
     l_r: Optional[float] = typer.Option(None, "--l-r", help="Learning rate (reference default 0.001; the synthetic demo uses 0.005)."),
     reg_weight: float = typer.Option(0.1),
-    num_neg: int = typer.Option(128),
+    num_neg: Optional[int] = typer.Option(None, help="Negatives per pair [the --cache's, else 128]."),
     lr_lambda: float = typer.Option(0.5, help="Weight of the R-E loss (U-I gets 1 - lr_lambda)."),
     temp_value: float = typer.Option(2.0),
     num_sample: float = typer.Option(0.5, help="Fraction of U-I item slots that use the content encoder."),
@@ -87,6 +87,10 @@ def train(
     from clcrec.train.flow import DEMO_PRESET
 
     preset = DEMO_PRESET if dataset is None else {}
+    if num_neg is None:  # an existing --cache decides, as build-negatives does
+        from cache.manifest import MANIFEST, read_manifest
+
+        num_neg = read_manifest(cache)["config"]["num_neg"] if cache and (cache / MANIFEST).is_file() else 128
     cfg = TrainConfig(
         dataset=str(dataset or ""), cache=str(cache or ""), run_dir=str(run_dir or ""),
         l_r=l_r if l_r is not None else preset.get("l_r", 0.001), reg_weight=reg_weight, num_neg=num_neg, lr_lambda=lr_lambda, temp_value=temp_value,

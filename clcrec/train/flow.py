@@ -48,6 +48,10 @@ def ensure_cache(dataset: Path, cache: Path, num_neg: int, seed: int, console: C
         check_cache(store, dataset, read_fingerprint(dataset), num_neg, exclude)
         if store.published():
             return cache
+    else:
+        from cache.publish import check_new_cache_dir
+
+        check_new_cache_dir(cache)  # refused (a file, a dataset...) before saying it builds there
     console.print(f"building negative generation 0 in {cache}")
     build_generation(dataset, cache, 0, NegativeConfig(num_neg=num_neg, seed=seed, exclusion=exclude), progress=True)
     return cache
@@ -71,14 +75,17 @@ def run_training(cfg: TrainConfig, *, scale: str = "default", console: Console |
     console = console or Console(stderr=True)
     synthetic = not cfg.dataset
     cfg = default_paths(cfg, scale)
-    from clcrec.device import wants_cuda
+    from clcrec.device import resolve_device, wants_cuda
 
+    resolve_device(cfg.device)  # `--device bogus`, or cuda without CUDA: refused before anything is made
     ctx = dist.init(wants_cuda(cfg.device))  # under torchrun: rank 0 prepares data and cache, the others wait
 
     def prepare() -> None:
-        from common.fsutil import check_output_dir
+        from common.fsutil import check_output
 
-        check_output_dir(Path(cfg.run_dir), "--run-dir")  # before any data or cache is made
+        # before any data or cache is made; an existing run is continued with --resume, never replaced
+        check_output(Path(cfg.run_dir), "--run-dir", "run", False,
+                     exists=f"pass --resume {cfg.run_dir} to continue it, or choose another --run-dir", forceable=False)
         if synthetic:
             ensure_synthetic(Path(cfg.dataset), scale, cfg.seed, console)
         elif not (Path(cfg.dataset) / "meta.json").exists():
