@@ -5,7 +5,8 @@
 Reads user and item vectors already on the device and the training pairs; `clcrec.evaluation.ranking.
 iter_topk` scores users in blocks (training items masked), and each block is appended to the
 output as a Parquet row group, so memory stays one block deep at any scale. Writes OUT with
-columns user, rank (1..k), item (original ids) and score (float32), one row per recommendation;
+columns user, rank (1..k), item (original ids), score (float32), status (warm, cold-val, cold-test,
+new) and, when the items have titles, title (both dictionary-encoded), one row per recommendation;
 a user with fewer than k unmasked candidates gets fewer rows. OUT is written under a temporary
 name beside it and renamed when complete: a failed or killed run leaves no partial file.
 """
@@ -29,23 +30,29 @@ def default_block(num_items: int, device: torch.device) -> int:
     return int(max(16, min(16384, budget // max(num_items, 1))))
 
 
-def block_columns(start: int, vals: torch.Tensor, idx: torch.Tensor, user_ids: np.ndarray, item_ids: np.ndarray):
-    """One block's rows as numpy columns (user, rank, item, score), padding (item -1) dropped."""
+def block_columns(start: int, vals: torch.Tensor, idx: torch.Tensor, user_ids: np.ndarray, item_ids: np.ndarray,
+                  labels: dict[str, tuple[np.ndarray, list]] | None = None):
+    """One block's rows as numpy columns (user, rank, item, score), padding (item -1) dropped.
+    `labels`: name -> (per-item codes, their values), added as dictionary-encoded columns."""
     vals, idx = vals.cpu().numpy(), idx.cpu().numpy()  # the block's one device->host copy
     b, k = idx.shape
     keep = (idx >= 0).ravel()
-    return {
+    rows = idx.ravel()[keep]
+    cols = {
         "user": np.repeat(user_ids[start : start + b], k)[keep],
         "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), b)[keep],
-        "item": item_ids[idx.ravel()[keep]],
+        "item": item_ids[rows],
         "score": vals.ravel()[keep].astype(np.float32),
     }
+    for name, (codes, values) in (labels or {}).items():
+        cols[name] = pa.DictionaryArray.from_arrays(pa.array(codes[rows], pa.int32()), pa.array(values, pa.string()))
+    return cols
 
 
 def write_topk_parquet(out: Path, blocks, user_ids: np.ndarray, item_ids: np.ndarray, *, force: bool = False,
-                       progress: bool = False) -> int:
+                       progress: bool = False, labels: dict[str, tuple[np.ndarray, list]] | None = None) -> int:
     """Stream `blocks` ((start, scores, items) from iter_topk over all of `user_ids`) into OUT
-    atomically; returns the number of rows written."""
+    atomically, with `labels` columns (block_columns); returns the number of rows written."""
     out = Path(out)
     check_output(out, "--out", "recommend-all", force)  # only an earlier recommend-all file is replaced
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -53,14 +60,15 @@ def write_topk_parquet(out: Path, blocks, user_ids: np.ndarray, item_ids: np.nda
     tmp = out.with_name(f"{TMP_PREFIX}{out.name}.{os.getpid()}")
     # The key marks the file as recommend-all's, so that --force may replace it (common/fsutil.py).
     schema = pa.schema([("user", pa.from_numpy_dtype(user_ids.dtype)), ("rank", pa.int32()),
-                        ("item", pa.from_numpy_dtype(item_ids.dtype)), ("score", pa.float32())],
+                        ("item", pa.from_numpy_dtype(item_ids.dtype)), ("score", pa.float32()),
+                        *[(name, pa.dictionary(pa.int32(), pa.string())) for name in (labels or {})]],
                        metadata={RECOMMEND_ALL_KEY: b"1"})
     rows = 0
     bar = _Bar(len(user_ids), progress)
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
             for start, vals, idx in blocks:
-                cols = block_columns(start, vals, idx, user_ids, item_ids)
+                cols = block_columns(start, vals, idx, user_ids, item_ids, labels)
                 writer.write_table(pa.table(cols, schema=schema))
                 rows += len(cols["item"])
                 bar.advance(idx.shape[0])
