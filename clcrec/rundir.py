@@ -80,7 +80,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     run code), truncated, corrupt, or with content that does not match its recorded digest."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"no checkpoint at {path}; the run has not finished an epoch yet, start it again")
+        raise UserError(f"no checkpoint at {path}; the run has not finished an epoch yet: start it again "
+                        f"(`cli.py train --resume {path.parent.parent}` starts it from epoch 0)")
     fix = "restore it from a backup or train again (checkpoints/last.pt and best.pt are written atomically)"
     try:
         # weights_only=True: tensors, dicts, lists and numbers only; nothing in the file can run code
@@ -256,6 +257,11 @@ def open_run(run_dir: Path, which: str = "best") -> TrainedRun:
     except TypeError as e:  # an unknown-typed or mangled field in a hand-edited config.json
         raise UserError(f"{run.config_path} holds an invalid config ({e}); start a new run") from None
     path = run.best if which == "best" else run.last
+    if which == "best" and not path.exists() and run.last.exists():  # a run from before provisional best.pt
+        done = len(run.read_metrics())
+        raise UserError(f"run {run_dir} has no best checkpoint yet: it finished {done} epoch(s), none of them "
+                        f"selectable yet (averaged weights need their memory); continue it with "
+                        f"`cli.py train --resume {run_dir}`")
     ck = load_checkpoint(path)
     check_own_checkpoint(ck, record, path, run.root)  # before the dataset: a foreign file is named as such
     dataset = load_dataset(cfg.dataset)

@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 
 from commands.apps import FORCE, app, console
-from common.errors import UserError
 
 
 @app.command()

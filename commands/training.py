@@ -55,6 +55,8 @@ def train(
     readers: int = typer.Option(0, help="Threads reading and preparing cache chunks (0: 1 on CPU, up to 4 on CUDA)."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch default)."),
     log_every: int = typer.Option(50, help="Steps between host syncs for loss checks."),
+    eval_block: int = typer.Option(1024, "--eval-block", help="Users per block of the validation/test ranking "
+                                   "(memory: block x items scores; any size gives the same metrics)."),
 ):
     """Train CLCRec. With no --dataset: generate synthetic data, build negatives, train, report."""
     from clcrec.config import TrainConfig
@@ -99,7 +101,7 @@ def train(
         modalities=tuple(modality), epochs=epochs if epochs is not None else preset.get("epochs", 30), patience=patience, select_mode=select_mode,
         select_k=select_k, eval_ema=eval_ema, select_window=select_window, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
         encode=encode, scoring=scoring, cuda_graph=cuda_graph, compile=compile, assemble=assemble, readers=readers,
-        threads=threads, log_every=log_every,
+        threads=threads, log_every=log_every, eval_block=eval_block,
     )
     run_training(cfg, scale=scale, console=console)
 
@@ -112,6 +114,9 @@ def evaluate(
     """Evaluate a run's best checkpoint on validation and test (all / warm / cold)."""
     from clcrec.evaluation.report import evaluate_run, format_table
 
-    results = evaluate_run(run_dir, ks=tuple(k))
+    notes: list[str] = []
+    results = evaluate_run(run_dir, ks=tuple(k), notes=notes)
+    for note in notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
     for kk in k:
         Console().print(format_table(results, ks=(kk,), title=f"{run_dir} @{kk}"))

@@ -48,6 +48,9 @@ LAYOUTS = (
 def detect_release(source: Path) -> tuple[str, Path, Path]:
     """(release, ratings file, movies file) of a MovieLens directory, by the files it holds."""
     source = Path(source)
+    if source.exists() and not source.is_dir():
+        raise InputError(f"{source} is a file; ingest movielens takes the release's directory "
+                         f"(here {source.parent}, which holds {source.name})")
     if not source.is_dir():
         raise InputError(f"MovieLens directory {source} does not exist")
     for release, ratings, movies in LAYOUTS:

@@ -111,7 +111,7 @@ def report(run_dir: str, results: dict, console: Console) -> None:
     base = results.get("baselines", {}).get("test")
     if base:
         rows = {"CLCRec": results["test"], **base}
-        console.print(format_table(rows, ks=(20,), title="test split: CLCRec vs reference points"))
+        console.print(format_table(rows, ks=(20,), title="test split: CLCRec vs reference points", first="Model"))
     if results.get("uses_held_out_data"):
         console.print(f"[yellow]note:[/yellow] {results['note']}")
     console.print(f"run directory: {run_dir}")

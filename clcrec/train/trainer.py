@@ -325,9 +325,12 @@ class Trainer:
             # Order matters for resume: metrics, then best, then last (the resume point).
             self.metrics = self.run.append_metrics(self.metrics, record)
             state = self.state(epoch, generation)
-            if improved:  # best.pt's model is the one evaluated: the averaged weights, if any
+            # Before the first selectable epoch best.pt is provisional (not selected, only so that a
+            # run killed early can be evaluated); the first selectable epoch always replaces it.
+            provisional = not selectable and self.best_epoch < 0
+            if improved or provisional:  # best.pt's model is the one evaluated: the averaged weights, if any
                 best = state if self.average is None else {**state, "model": self.average.averaged_state(self.model)}
-                save_checkpoint(self.run.best, best)
+                save_checkpoint(self.run.best, {**best, "provisional": True} if provisional else best)
             save_checkpoint(self.run.last, state)
             key = f"recall@{cfg.select_k}"
             self.console.print(
