@@ -145,6 +145,11 @@ class Run:
                             f"(e.g. item {ids[known][0]}); give new items new ids, or pass --replace to "
                             "replace their stored vectors")
         vectors = encode_features(self.loaded.model, [feats[m] for m in self.modalities])
+        bad = ~np.isfinite(vectors).all(axis=1)
+        if bad.any():  # finite features the encoder cannot take (e.g. values near float32's limit)
+            raise InputError(f"{int(bad.sum())} new item(s) get non-finite vectors from the run's encoder, e.g. "
+                             f"item {ids[int(np.argmax(bad))]}: their features are finite but out of the range "
+                             "the encoder was trained on; scale them like the training features")
         meta["run_dir"] = str(self.loaded.cfg.run_dir)
         return NewItems(ids, vectors, self.encoder, titles, ids[known].tolist(), meta)
 
