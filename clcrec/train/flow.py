@@ -84,8 +84,11 @@ def run_training(cfg: TrainConfig, *, scale: str = "default", console: Console |
         from common.fsutil import check_output
 
         # before any data or cache is made; an existing run is continued with --resume, never replaced
-        check_output(Path(cfg.run_dir), "--run-dir", "run", False,
-                     exists=f"pass --resume {cfg.run_dir} to continue it, or choose another --run-dir", forceable=False)
+        stub = not (Path(cfg.run_dir) / "checkpoints" / "last.pt").exists()  # a run that failed at its start
+        exists = (f"it never finished an epoch (no checkpoint), so nothing in it is worth keeping: remove it to "
+                  f"start again with other options, or pass --resume {cfg.run_dir} to restart it with its own"
+                  if stub else f"pass --resume {cfg.run_dir} to continue it, or choose another --run-dir")
+        check_output(Path(cfg.run_dir), "--run-dir", "run", False, exists=exists, forceable=False)
         if synthetic:
             ensure_synthetic(Path(cfg.dataset), scale, cfg.seed, console)
         elif not (Path(cfg.dataset) / "meta.json").exists():
