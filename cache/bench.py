@@ -26,6 +26,7 @@ from rich.table import Table
 
 from cache.build import build_generation
 from cache.manifest import NegativeConfig
+from common.errors import UserError
 from pipeline.dataset import load_dataset
 from pipeline.negatives import (
     SamplingPlan,
@@ -82,6 +83,10 @@ def _codec_table(neg: np.ndarray) -> Table:
 
 
 def run_negatives_bench(cfg: BenchConfig) -> dict:
+    if cfg.ref_rows < 1:
+        raise UserError(f"--ref-rows must be >= 1 (pairs timed for the reference algorithm), got {cfg.ref_rows}")
+    if cfg.num_neg < 1:
+        raise UserError(f"--num-neg must be >= 1, got {cfg.num_neg}")
     out = Console()
     path = _dataset(cfg, out)
     ds = load_dataset(path)

@@ -53,6 +53,9 @@ CNAMES = ("lz4", "zstd", "blosclz", "lz4hc", "zlib")
 EXCLUSIONS = ("train", "all-known")
 
 
+MAX_CHUNK_BYTES = 2**30  # one chunk's negatives as int32: built, compressed and read whole
+
+
 @dataclass(frozen=True)
 class NegativeConfig:
     """How a cache's generations are sampled and stored; recorded in and checked against the manifest."""
@@ -72,6 +75,11 @@ class NegativeConfig:
             raise CacheError(f"seed must be an integer in 0..2^63-1, got {self.seed!r}")
         if not isinstance(self.chunk_rows, int) or self.chunk_rows < 1:
             raise CacheError(f"chunk_rows must be a positive integer, got {self.chunk_rows!r}")
+        if self.chunk_rows * self.num_neg * 4 > MAX_CHUNK_BYTES:  # a chunk is held in memory whole
+            most = MAX_CHUNK_BYTES // (4 * self.num_neg)
+            raise CacheError(f"--chunk-rows {self.chunk_rows} at --num-neg {self.num_neg} makes chunks of "
+                             f"{self.chunk_rows * self.num_neg * 4 / 2**30:,.1f} GiB, past the {MAX_CHUNK_BYTES >> 30} "
+                             f"GiB a chunk may take in memory; use --chunk-rows {most} or less (default 16384)")
         if self.exclusion not in EXCLUSIONS:
             raise CacheError(
                 f"exclusion must be one of {EXCLUSIONS}, got {self.exclusion!r} ('all-known' leaks "

@@ -70,6 +70,9 @@ def build_shard(dataset_dir: Path, cache_dir: Path, generation: int, config: Neg
     if manifest is not None and str(g) in manifest["generations"]:
         return {"status": "published", "generation": g}
     source = GenerationSource(dataset_dir, config)
+    if num_shards > source.num_chunks:  # before anything is written: a shard past the last chunk is empty
+        raise CacheError(f"--shard {shard}/{num_shards}: generation {g} has only {source.num_chunks} chunk(s) of "
+                         f"{config.chunk_rows} pairs, so n can be at most {source.num_chunks}")
     if manifest is None:  # the first shard job creates the cache (under the writer lock)
         with writing(cache_dir, dataset_dir, config, "create cache", True, source) as (manifest, _):
             pass

@@ -27,14 +27,14 @@ ASSEMBLE = ("host", "device")  # where batches are cut (clcrec/data/stream.py)
 ASSEMBLE_MODES = ("auto", *ASSEMBLE)
 # (field, lower bound, upper bound or None, lower bound excluded): checked on every TrainConfig
 NUMERIC_RANGES = [
-    ("l_r", 0, None, True), ("reg_weight", 0, None, False), ("num_neg", 1, None, False),
+    ("l_r", 0, None, True), ("reg_weight", 0, None, False), ("num_neg", 1, 65535, False),
     ("lr_lambda", 0, 1, False), ("temp_value", 0, None, True), ("num_sample", 0, 1, False),
-    ("batch_size", 1, None, False), ("dim_E", 1, None, False), ("hidden", 1, None, False),
-    ("epochs", 1, None, False), ("patience", 1, None, False), ("select_k", 1, None, False),
-    ("eval_block", 1, None, False), ("refresh_every", 0, None, False), ("seed", 0, 2**63 - 1, False),
-    ("prefetch", 1, None, False), ("log_every", 1, None, False), ("threads", 0, None, False),
-    ("readers", 0, 64, False), ("select_window", 1, None, False), ("eval_ema", 0, 0.99, False),
-]
+    ("batch_size", 1, 2**20, False), ("dim_E", 1, 8192, False), ("hidden", 1, 65536, False),
+    ("epochs", 1, 100_000, False), ("patience", 1, 100_000, False), ("select_k", 1, None, False),
+    ("eval_block", 1, 2**20, False), ("refresh_every", 0, 100_000, False), ("seed", 0, 2**63 - 1, False),
+    ("prefetch", 1, 64, False), ("log_every", 1, 10**9, False), ("threads", 0, 4096, False),
+    ("readers", 0, 64, False), ("select_window", 1, 1000, False), ("eval_ema", 0, 0.99, False),
+]  # upper bounds: far past any useful value, short of an allocation that fails or a loop that never ends
 _OPTION_NAMES = {"dim_E": "--dim-e"}
 
 

@@ -23,6 +23,7 @@ Faithful to the paper and the reference code, with these deliberate differences:
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -31,12 +32,26 @@ from torch import nn
 
 from clcrec.config import TrainConfig
 from clcrec.losses import Losses, contrastive_loss, dense_contrastive_loss, mean0
+from common.errors import UserError
 
 
 def concat_normalised_features(features: list[np.ndarray]) -> torch.Tensor:
     """Each modality L2-normalised per row (as the reference does), then concatenated."""
     parts = [F.normalize(torch.from_numpy(np.array(f, dtype=np.float32)), dim=1) for f in features]  # copies the mmap
     return torch.cat(parts, dim=1).contiguous()  # (I, F)
+
+
+def check_fits_memory(rows: int, dim: int) -> None:
+    """Refuse embedding tables that cannot be trained in this machine's memory (16 bytes per
+    parameter: weight, gradient, two Adam moments), before torch tries to allocate them."""
+    need = rows * dim * 16
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return
+    if need > have:
+        raise UserError(f"--dim-e {dim}: the embedding tables of {rows:,} users and items need {need / 2**30:,.1f} "
+                        f"GiB to train, past this machine's {have / 2**30:,.1f} GiB of memory; use a smaller --dim-e")
 
 
 class CLCRec(nn.Module):
@@ -72,6 +87,7 @@ class CLCRec(nn.Module):
         Initialised from torch's current RNG state: seed it first for a reproducible model."""
         if modalities is None:
             modalities = cfg.select_modalities([m["name"] for m in dataset.meta["modalities"]])
+        check_fits_memory(dataset.num_users + dataset.num_items, cfg.dim_E)
         feats = concat_normalised_features([dataset.features[m] for m in modalities])
         return cls(dataset.num_users, dataset.num_items, feats, cfg.dim_E, cfg.hidden, cfg.temp_value,
                    cfg.lr_lambda, cfg.num_sample)

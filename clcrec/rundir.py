@@ -14,7 +14,9 @@
 Every file is written atomically, so a kill at any moment leaves the previous version readable.
 Checkpoints hold only tensors and plain types and load with `torch.load(weights_only=True)`: a
 file that needs anything else (a planted pickle that would run code) is refused. Each also records
-a SHA-256 over its whole content (`digest`), so a flipped byte anywhere is named, not trained on.
+a SHA-256 over its whole content (`digest`), so a flipped byte anywhere is named, not trained on,
+and the `run_id` that config.json was given at creation, so a checkpoint copied or linked in from
+another run is refused by name (runs from before run ids: its config must be the run's).
 A run directory is locked (RUN_DIR/run.lock, common/lock.py's flock) while a trainer writes it.
 """
 
@@ -24,12 +26,13 @@ import hashlib
 import io
 import json
 import pickle
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from clcrec.config import TrainConfig
+from clcrec.config import RESUMABLE_CHANGES, TrainConfig
 from clcrec.model import CLCRec
 from common.errors import DatasetChangedError, UserError
 from common.fsutil import atomic_write_bytes, atomic_write_json
@@ -77,7 +80,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     run code), truncated, corrupt, or with content that does not match its recorded digest."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"no checkpoint at {path}; the run has not finished an epoch yet, start it again")
+        raise UserError(f"no checkpoint at {path}; the run has not finished an epoch yet: start it again "
+                        f"(`cli.py train --resume {path.parent.parent}` starts it from epoch 0)")
     fix = "restore it from a backup or train again (checkpoints/last.pt and best.pt are written atomically)"
     try:
         # weights_only=True: tensors, dicts, lists and numbers only; nothing in the file can run code
@@ -115,6 +119,27 @@ def check_model_state(ck: dict, model: torch.nn.Module, path: Path) -> None:
             )
 
 
+def check_own_checkpoint(ck: dict, record: dict, path: Path, run_root: Path) -> None:
+    """Refuse a checkpoint that is not this run's: another run id than config.json's, or (runs from
+    before ids) a config that differs from config.json's in what the model learns."""
+    fix = (f"Restore this run's own {Path(path).name}, or use the run it came from "
+           f"({ck['config'].get('run_dir', '?')})")
+    how = "linked" if Path(path).is_symlink() else "copied"
+    mine, theirs = record.get("run_id"), ck.get("run_id")
+    if mine and theirs:
+        if mine != theirs:
+            raise UserError(f"checkpoint {path} belongs to another run (run id {theirs[:12]}, this run's is "
+                            f"{mine[:12]}): it was {how} in from another run directory. {fix}")
+        return
+    saved, now = ck["config"], record["config"]
+    diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and k in saved and saved[k] != now[k]
+                  and not (isinstance(saved[k], (list, tuple)) and list(saved[k]) == list(now[k] or [])))
+    if diff:
+        raise UserError(f"checkpoint {path} was not written by run {run_root}: its config differs from "
+                        f"{Path(run_root) / 'config.json'} in {', '.join(diff[:4])}; it was {how} in from "
+                        f"another run directory. {fix}")
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()  # torch's messages run to several lines of advice: keep the first sentence
     return text.splitlines()[0].split(". ")[0][:200] if text else type(e).__name__
@@ -142,6 +167,7 @@ class RunDir:
         self.results_path = self.root / "results.json"
         self.last = self.ckpt_dir / "last.pt"
         self.best = self.ckpt_dir / "best.pt"
+        self._run_id: str | None = None
 
     def create(self, record: dict, *, exist_ok: bool = False) -> None:
         if self.config_path.exists() and not exist_ok:
@@ -150,7 +176,14 @@ class RunDir:
                 "or choose another --run-dir"
             )
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.config_path, record)
+        atomic_write_json(self.config_path, {**record, "run_id": uuid.uuid4().hex})  # binds its checkpoints
+        self._run_id = None
+
+    def run_id(self) -> str | None:
+        """The id config.json was created with (None for runs from before ids); read once."""
+        if self._run_id is None:
+            self._run_id = self.read_config().get("run_id")
+        return self._run_id
 
     def read_config(self) -> dict:
         if self.root.exists() and not self.root.is_dir():
@@ -223,7 +256,14 @@ def open_run(run_dir: Path, which: str = "best") -> TrainedRun:
         cfg = TrainConfig.from_dict(record["config"])
     except TypeError as e:  # an unknown-typed or mangled field in a hand-edited config.json
         raise UserError(f"{run.config_path} holds an invalid config ({e}); start a new run") from None
-    ck = load_checkpoint(run.best if which == "best" else run.last)
+    path = run.best if which == "best" else run.last
+    if which == "best" and not path.exists() and run.last.exists():  # a run from before provisional best.pt
+        done = len(run.read_metrics())
+        raise UserError(f"run {run_dir} has no best checkpoint yet: it finished {done} epoch(s), none of them "
+                        f"selectable yet (averaged weights need their memory); continue it with "
+                        f"`cli.py train --resume {run_dir}`")
+    ck = load_checkpoint(path)
+    check_own_checkpoint(ck, record, path, run.root)  # before the dataset: a foreign file is named as such
     dataset = load_dataset(cfg.dataset)
     if ck["dataset_fingerprint"] != dataset.fingerprint:
         raise DatasetChangedError(
@@ -231,7 +271,7 @@ def open_run(run_dir: Path, which: str = "best") -> TrainedRun:
             "re-train, or point the run at the original data"
         )
     model = CLCRec.from_config(cfg, dataset, list(ck["modalities"]))
-    check_model_state(ck, model, run.best if which == "best" else run.last)
+    check_model_state(ck, model, path)
     model.load_state_dict(ck["model"])
     model.eval()
     return TrainedRun(cfg, dataset, model, ck)

@@ -21,7 +21,20 @@ def synth(
     from pipeline.synthetic import SynthConfig, write_synthetic
 
     path = write_synthetic(target, SynthConfig(scale=scale, seed=seed), force=force, progress=True)
-    console.print(f"wrote {path}")
+    _wrote(path)
+
+
+def _wrote(path: Path) -> None:
+    """`wrote DIR` with the counts and the split that the dataset's meta.json records."""
+    import json
+
+    m = json.loads((path / "meta.json").read_text())
+    c = m["counts"]
+    console.print(f"wrote {path}: {m['num_users']:,} users, {m['num_items']:,} items, "
+                  f"{c['train'] + c['val'] + c['test']:,} interactions; split train / validation / test "
+                  f"{c['train']:,} / {c['val']:,} / {c['test']:,}; items {c['warm_items']:,} warm, "
+                  f"{c['cold_val_items']:,} cold in validation, {c['cold_test_items']:,} cold in test",
+                  highlight=False, soft_wrap=True)
 
 
 _SEED = typer.Option(0, "--seed", help="Seed of the cold-item split.")
@@ -54,7 +67,7 @@ def ingest_movielens_cmd(
     from pipeline.ingest_movielens import ingest_movielens
 
     split = _split_config(seed, cold_fraction, cold_val_share, val_fraction, test_fraction, cold_items)
-    console.print(f"wrote {ingest_movielens(source, target, IngestConfig(split=split, title_dim=title_dim, tag_dim=tag_dim), force)}")
+    _wrote(ingest_movielens(source, target, IngestConfig(split=split, title_dim=title_dim, tag_dim=tag_dim), force))
 
 
 @ingest_app.command("refnpy")
@@ -69,8 +82,7 @@ def ingest_refnpy_cmd(
     from pipeline.ingest_common import IngestConfig
     from pipeline.ingest_refnpy import ingest_refnpy
 
-    path = ingest_refnpy(source, target, IngestConfig(allow_pickle=allow_pickle), force, num_users=num_users)
-    console.print(f"wrote {path}")
+    _wrote(ingest_refnpy(source, target, IngestConfig(allow_pickle=allow_pickle), force, num_users=num_users))
 
 
 @ingest_app.command("table")
@@ -96,4 +108,4 @@ def ingest_table_cmd(
         item_col=item_col,
         features=tuple(parse_feature_spec(f) for f in feature),
     )
-    console.print(f"wrote {ingest_table(interactions, target, config, force)}")
+    _wrote(ingest_table(interactions, target, config, force))

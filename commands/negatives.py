@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from commands.apps import app, console
+from common.errors import UserError
 
 
 def _negative_config(cache: Path, **given):
@@ -143,6 +144,9 @@ def cache_verify(
 
     store = CacheStore(cache)
     ids = [generation] if generation is not None else store.published()
+    if not ids:
+        raise UserError(f"cache {cache} has no published generation, so there is nothing to verify; "
+                        f"build one with `cli.py build-negatives DATASET {cache}`")
     bad_gens = []
     for g in ids:
         with store.reader_lease(g):

@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 
 from commands.apps import FORCE, app, console
-from common.errors import UserError
 
 
 @app.command()
@@ -27,12 +26,24 @@ def recommend(
     from clcrec.serving.run import recommend as rec
 
     df = rec(run_dir, user, k, include_seen, candidates, new_items)
-    table = Table(title=f"top {k} for user {user}")
+    if df.height < k:  # fewer candidates than --k (the user's training items are skipped)
+        seen = "" if include_seen else ", after the user's training items are skipped"
+        pool = "candidate" if candidates == "all" else f"--candidates {candidates}"
+        console.print(f"note: --k {k} is more than the {df.height} {pool} item(s) left for user {user}{seen}; "
+                      f"showing all {df.height}", highlight=False)
+    table = Table(title=f"top {df.height} for user {user}")
     for col in df.columns:
-        table.add_column(col)
-    for row in df.iter_rows():
-        table.add_row(*[str(v) for v in row])
+        table.add_column(col, justify="right" if col in ("rank", "original_id", "score") else "left")
+    for row in df.iter_rows(named=True):
+        table.add_row(*[_cell(c, v) for c, v in row.items()])
     Console().print(table)
+
+
+def _cell(col: str, v) -> str:
+    """One table cell: scores with 4 decimals, an untitled item blank (not "None")."""
+    if v is None:
+        return ""
+    return f"{v:.4f}" if col == "score" else str(v)
 
 
 @app.command()
@@ -60,9 +71,9 @@ def embed_items(
 ):
     """Ranking vectors of items the run has never seen, from their content features (no retraining)."""
     from clcrec.serving.run import load_run
+    from common.fsutil import check_output
 
-    if out.exists() and not force:  # before reading anything
-        raise UserError(f"{out} already exists; pass --force to replace it")
+    check_output(out, "--out", "new-items", force)  # before reading anything
     run = load_run(run_dir, device="cpu")
     new = run.embed_items(files=features or (), movielens=movielens, replace=replace)
     new.save(out, force=force)

@@ -25,7 +25,7 @@ def train(
     batch_size: int = typer.Option(256),
     l_r: Optional[float] = typer.Option(None, "--l-r", help="Learning rate (reference default 0.001; the synthetic demo uses 0.005)."),
     reg_weight: float = typer.Option(0.1),
-    num_neg: int = typer.Option(128),
+    num_neg: Optional[int] = typer.Option(None, help="Negatives per pair [the --cache's, else 128]."),
     lr_lambda: float = typer.Option(0.5, help="Weight of the R-E loss (U-I gets 1 - lr_lambda)."),
     temp_value: float = typer.Option(2.0),
     num_sample: float = typer.Option(0.5, help="Fraction of U-I item slots that use the content encoder."),
@@ -55,6 +55,8 @@ def train(
     readers: int = typer.Option(0, help="Threads reading and preparing cache chunks (0: 1 on CPU, up to 4 on CUDA)."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch default)."),
     log_every: int = typer.Option(50, help="Steps between host syncs for loss checks."),
+    eval_block: int = typer.Option(1024, "--eval-block", help="Users per block of the validation/test ranking "
+                                   "(memory: block x items scores; any size gives the same metrics)."),
 ):
     """Train CLCRec. With no --dataset: generate synthetic data, build negatives, train, report."""
     from clcrec.config import TrainConfig
@@ -87,6 +89,10 @@ def train(
     from clcrec.train.flow import DEMO_PRESET
 
     preset = DEMO_PRESET if dataset is None else {}
+    if num_neg is None:  # an existing --cache decides, as build-negatives does
+        from cache.manifest import MANIFEST, read_manifest
+
+        num_neg = read_manifest(cache)["config"]["num_neg"] if cache and (cache / MANIFEST).is_file() else 128
     cfg = TrainConfig(
         dataset=str(dataset or ""), cache=str(cache or ""), run_dir=str(run_dir or ""),
         l_r=l_r if l_r is not None else preset.get("l_r", 0.001), reg_weight=reg_weight, num_neg=num_neg, lr_lambda=lr_lambda, temp_value=temp_value,
@@ -95,7 +101,7 @@ def train(
         modalities=tuple(modality), epochs=epochs if epochs is not None else preset.get("epochs", 30), patience=patience, select_mode=select_mode,
         select_k=select_k, eval_ema=eval_ema, select_window=select_window, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
         encode=encode, scoring=scoring, cuda_graph=cuda_graph, compile=compile, assemble=assemble, readers=readers,
-        threads=threads, log_every=log_every,
+        threads=threads, log_every=log_every, eval_block=eval_block,
     )
     run_training(cfg, scale=scale, console=console)
 
@@ -108,6 +114,9 @@ def evaluate(
     """Evaluate a run's best checkpoint on validation and test (all / warm / cold)."""
     from clcrec.evaluation.report import evaluate_run, format_table
 
-    results = evaluate_run(run_dir, ks=tuple(k))
+    notes: list[str] = []
+    results = evaluate_run(run_dir, ks=tuple(k), notes=notes)
+    for note in notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
     for kk in k:
         Console().print(format_table(results, ks=(kk,), title=f"{run_dir} @{kk}"))

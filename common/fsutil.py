@@ -83,7 +83,10 @@ def _delete_tree(path: Path) -> None:
     under a name that means something (the `.old` copy must be complete or absent)."""
     doomed = path.with_name(f"{path.name}.del-{os.getpid()}")
     os.rename(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
+    if doomed.is_dir() and not doomed.is_symlink():
+        shutil.rmtree(doomed, ignore_errors=True)
+    else:  # never reached through check_output, which refuses a file where a directory goes
+        doomed.unlink(missing_ok=True)
 
 
 def publish_dir(tmp: Path, target: Path, *, force: bool = False) -> None:
@@ -141,11 +144,114 @@ def clean_tmp_leftovers(parent: Path, name: str) -> int:
     return n
 
 
+# What each kind of output is recognised by: the marker file its writer leaves and the "format"
+# that file names (None: the file's presence). `--force` replaces only an output of the kind the
+# command writes; anything else is refused by name, with or without --force.
+OUTPUT_KINDS = {
+    "dataset": ("a dataset directory (ingest, synth)", "meta.json", "clcrec-dataset"),
+    "new-items": ("a new-items directory (embed-items)", "meta.json", "clcrec-new-items"),
+    "export": ("an export directory (export)", "export.json", "clcrec-export"),
+    "cache": ("a negative cache (build-negatives)", "manifest.json", "clcrec-negative-cache"),
+    "run": ("a run directory (train)", "config.json", None),
+}
+FILE_KINDS = {"recommend-all": "a recommend-all Parquet file"}
+RECOMMEND_ALL_KEY = b"clcrec-recommend-all"  # key of the Parquet metadata recommend-all writes
+_LEGACY_EXPORT = {"users.npy", "items.npy", "user_ids.parquet", "item_ids.parquet"}  # before export.json
+_LEGACY_RECS = (b"user", b"rank", b"item", b"score")  # recommend-all's columns, before its key
+
+
+def _json_format(path: Path):
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj.get("format") if isinstance(obj, dict) else None
+
+
+def _parquet_footer(path: Path) -> bytes:
+    """The metadata footer of a Parquet file (b"" if it is not one): holds column names and keys."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PAR1":
+                return b""
+            size = f.seek(0, os.SEEK_END)
+            f.seek(size - 8)
+            tail = f.read(8)
+            n = int.from_bytes(tail[:4], "little")
+            if tail[4:] != b"PAR1" or n > size - 12:
+                return b""
+            f.seek(size - 8 - n)
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def output_kind(path: Path) -> tuple[str | None, str]:
+    """(kind, description) of what is at `path`: a key of OUTPUT_KINDS or FILE_KINDS, "empty" (an
+    empty directory), None with a description (anything else), or (None, "") if nothing is there."""
+    p = Path(path)
+    if not os.path.lexists(p):
+        return None, ""
+    if p.is_symlink():
+        return None, f"a symbolic link (to {os.readlink(p)})"
+    if not p.is_dir():
+        footer = _parquet_footer(p) if p.is_file() else b""
+        if RECOMMEND_ALL_KEY in footer or (footer and all(c in footer for c in _LEGACY_RECS)):
+            return "recommend-all", FILE_KINDS["recommend-all"]
+        return None, "a file" if p.is_file() else "not a regular file or directory"
+    try:
+        names = sorted(q.name for q in p.iterdir())
+    except OSError as e:
+        return None, f"a directory that cannot be listed ({e.strerror})"
+    if not names:
+        return "empty", "an empty directory"
+    for kind, (desc, marker, fmt) in OUTPUT_KINDS.items():
+        if marker in names and (fmt is None or _json_format(p / marker) == fmt):
+            return kind, desc
+    if set(names) == _LEGACY_EXPORT:
+        return "export", OUTPUT_KINDS["export"][0]
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return None, f"a directory that no command of this program wrote (it holds {shown})"
+
+
+def check_output(path: Path, what: str, kind: str, force: bool, *,
+                 exists: str = "pass --force to replace it", error: type | None = None,
+                 forceable: bool = True) -> None:
+    """The one check of an output path, before any work is done. The path must be creatable
+    (check_output_dir; for a file kind, its directory) and, if something is there already, an
+    output of `kind` (OUTPUT_KINDS, FILE_KINDS), replaced only with `force` (else UserError ending
+    in `exists`). Anything else -- another command's output, a file where a directory goes, a
+    directory the program did not write, a link -- is refused by name, `force` or not."""
+    from common.errors import UserError
+
+    error = error or UserError
+    p = Path(path)
+    is_file = kind in FILE_KINDS
+    want = FILE_KINDS[kind] if is_file else OUTPUT_KINDS[kind][0]
+    if is_file:
+        if p.is_dir() and not p.is_symlink():
+            raise UserError(f"{what} {p} is a directory; {what} needs a file name such as recs.parquet")
+        if p.is_symlink():
+            raise UserError(f"{what} {p} is a symbolic link (to {os.readlink(p)}); pass the path of a new file")
+        check_output_dir(p.parent if str(p.parent) else Path("."), f"{what} {p}: its directory")
+    else:
+        check_output_dir(p, what)
+    found, desc = output_kind(p)
+    if found is None and not desc or found == "empty":
+        return
+    if found == kind:
+        if not force:
+            raise error(f"{what} {p} already exists; {exists} (it is {desc})")
+        return
+    raise error(f"{what} {p} is {desc}, not {want}; nothing was changed: choose another path"
+                + (f" (--force only ever replaces {want})" if forceable else ""))
+
+
 def check_output_dir(path: Path, what: str) -> None:
     """Refuse an output directory that cannot work, before any work is done: a path that is a file
     or a dangling symlink, one under a file, or one whose nearest existing ancestor cannot be
-    written (permissions, an immutable or read-only directory: probed by creating a file there).
-    UserError names `what` (the option or argument) and the path."""
+    written (permissions, an immutable or read-only directory, /proc or /sys: probed by creating
+    a file there). UserError names `what` (the option or argument) and the path."""
     from common.errors import UserError
 
     p = Path(path)
@@ -171,10 +277,8 @@ def check_output_dir(path: Path, what: str) -> None:
                         "or fix its permissions") from None
 
 
-def check_new_target(target: Path, force: bool, what: str = "target") -> None:
-    """A dataset (or export) directory about to be written: writable, and new unless `force`."""
+def check_new_target(target: Path, force: bool, what: str = "target", kind: str = "dataset") -> None:
+    """A directory about to be written by a command whose output is `kind`: check_output."""
     from common.errors import InputError
 
-    check_output_dir(target, what)
-    if Path(target).exists() and not force:
-        raise InputError(f"{target} already exists; pass --force to replace it")
+    check_output(target, what, kind, force, error=InputError)

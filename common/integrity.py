@@ -91,24 +91,26 @@ def tell_skip(root: Path) -> None:
               "their sizes, shapes, dtypes, id ranges and finite features goes unnoticed", file=sys.stderr)
 
 
-def check_files(root: Path, files: dict) -> None:
-    """Every recorded file present with its size, and (unless skipped) its SHA-256."""
+def check_files(root: Path, files: dict, what: str = "dataset file", remake: str = "re-run the ingest",
+                since: str = "ingest") -> None:
+    """Every recorded file present with its size, and (unless skipped) its SHA-256. `what` names
+    the files in messages, `since` what wrote them, and `remake` how to write them again."""
     root = Path(root)
     skip = hashing_skipped()
     for rel, rec in sorted(files.items()):
         path = root / rel
         if not path.is_file():
-            raise InputError(f"dataset file {path} is missing (meta.json lists it); restore it or re-run the ingest")
+            raise InputError(f"{what} {path} is missing (meta.json lists it); restore it or {remake}")
         size = path.stat().st_size
         if size != rec.get("bytes"):
             raise InputError(
-                f"dataset file {path} changed since ingest: {size} bytes, meta.json recorded {rec.get('bytes')}; "
-                "restore it or re-run the ingest"
+                f"{what} {path} changed since {since}: {size} bytes, meta.json recorded {rec.get('bytes')}; "
+                f"restore it or {remake}"
             )
         if not skip and file_sha256(path) != rec.get("sha256"):
             raise InputError(
-                f"dataset file {path} changed since ingest (its SHA-256 differs from the one in meta.json); "
-                f"restore it or re-run the ingest (or set {SKIP_HASH_ENV}=1 to skip hashing, at your risk)"
+                f"{what} {path} changed since {since} (its SHA-256 differs from the one in meta.json); "
+                f"restore it or {remake} (or set {SKIP_HASH_ENV}=1 to skip hashing, at your risk)"
             )
 
 

@@ -4,7 +4,9 @@ Used by a cache directory (cache/lock.py: the writer lock and the reader leases)
 run directory (clcrec/rundir.py: run.lock). `flock` locks are released by the kernel when their
 process dies (no stale lock ever blocks a later writer) and work across processes and threads
 (each holder opens its own file description). On NFS, Linux maps flock onto POSIX byte-range
-locks, which NFSv4 supports. Reads and writes only the lock file itself.
+locks, which NFSv4 supports. Reads and writes only the lock file itself: it is opened without
+following a symbolic link (O_NOFOLLOW) and must be a regular file with one name, so a link planted
+at its path (e.g. `run.lock -> ~/.bashrc` on a shared filesystem) is refused, never truncated.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -31,12 +34,19 @@ class FileLock:
         """True once held; False if `wait` is off and another process holds a conflicting lock."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
         except OSError as e:
+            if os.path.islink(self.path):
+                raise self.error(self._planted("a symbolic link (to " + os.readlink(self.path) + ")")) from None
             raise self.error(
                 f"cannot open the lock file {self.path} ({e.strerror}); whoever locks it needs write "
                 "access to its directory"
             ) from e
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"a file with {st.st_nlink} hard links"
+            raise self.error(self._planted(what))
         mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         try:
             fcntl.flock(fd, mode if wait else mode | fcntl.LOCK_NB)
@@ -45,6 +55,10 @@ class FileLock:
             return False
         self.fd = fd
         return True
+
+    def _planted(self, what: str) -> str:
+        return (f"the lock file {self.path} is {what}; a lock file is written, so it would overwrite "
+                "what it points to. Nothing was changed: remove it (the program creates its own)")
 
     def release(self) -> None:
         if self.fd is not None:

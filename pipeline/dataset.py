@@ -195,6 +195,9 @@ def validate_features(features: dict[str, np.ndarray], num_items: int, where: st
                 f"feature {name!r}{where} has {arr.shape[0]} rows but the dataset has {num_items} items; "
                 "rows must be aligned to the item index"
             )
+        if arr.dtype.kind not in "biuf":  # complex would drop its imaginary part; strings would not convert
+            raise InputError(f"feature {name!r}{where} holds {arr.dtype} values; features must be real numbers "
+                             "(integer or float): convert the file")
         check_float32_range(arr, f"feature {name!r}{where}")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         bad = ~np.isfinite(arr)

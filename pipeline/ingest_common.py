@@ -95,11 +95,13 @@ def assemble(
     label: str,
     extra: dict | None = None,
     force: bool = False,
+    items_label: str | None = None,
 ) -> Path:
     """Write a dataset from original-id `interactions` (columns user, item: Int64) and `items`.
 
     `items` has an Int64 `original_id` column (unique) and optional `title`; `features[name]`
-    rows are aligned to `items` rows. `label` names the source in messages.
+    rows are aligned to `items` rows. `label` names the interactions' source in messages,
+    `items_label` the item table's (default: `label`).
     """
     t0 = time.perf_counter()
     target = Path(target)
@@ -113,7 +115,8 @@ def assemble(
     known = items["original_id"]
     if known.is_duplicated().any():
         dup = known.filter(known.is_duplicated())[0]
-        raise InputError(f"{label}: item id {dup} is listed more than once in the item table")
+        raise InputError(f"{items_label or label}: item id {dup} is listed more than once in the item table; "
+                         "each item needs exactly one row")
     missing = pairs.select("item").unique().join(items.select(item="original_id"), on="item", how="anti")
     if missing.height:
         ex = missing["item"].sort()[0]

@@ -48,6 +48,9 @@ LAYOUTS = (
 def detect_release(source: Path) -> tuple[str, Path, Path]:
     """(release, ratings file, movies file) of a MovieLens directory, by the files it holds."""
     source = Path(source)
+    if source.exists() and not source.is_dir():
+        raise InputError(f"{source} is a file; ingest movielens takes the release's directory "
+                         f"(here {source.parent}, which holds {source.name})")
     if not source.is_dir():
         raise InputError(f"MovieLens directory {source} does not exist")
     for release, ratings, movies in LAYOUTS:
@@ -119,7 +122,14 @@ def _movies_100k(path: Path) -> tuple[pl.DataFrame, np.ndarray, list[str], pl.Se
     df = pl.read_csv(_utf8_bytes(path), has_header=False, separator="|", quote_char=None, infer_schema=False)
     if df.width < 5 + ML100K_GENRES:
         raise InputError(f"movies file {path} has {df.width} columns; ml-100k u.item has {5 + ML100K_GENRES}")
-    flags = df.select(df.columns[5 : 5 + ML100K_GENRES]).cast(pl.Float32, strict=False).fill_null(0.0)
+    raw = df.select(pl.col(df.columns[5 : 5 + ML100K_GENRES]).str.strip_chars()).to_numpy()
+    ok = np.isin(raw, ["0", "1"])  # a short row reads as nulls: refused, not taken as "no genre"
+    if not ok.all():
+        r, c = (int(x) for x in np.argwhere(~ok)[0])
+        raise InputError(f"movies file {path} line {r + 1}: genre flag {c + 1} of {ML100K_GENRES} is "
+                         f"{'missing' if raw[r, c] is None else repr(raw[r, c])}; u.item rows end in "
+                         f"{ML100K_GENRES} genre flags, each 0 or 1")
+    flags = (raw == "1").astype(np.float32)
     names_path = path.with_name("u.genre")
     names = [f"genre_{k}" for k in range(ML100K_GENRES)]
     if names_path.exists():
@@ -130,7 +140,7 @@ def _movies_100k(path: Path) -> tuple[pl.DataFrame, np.ndarray, list[str], pl.Se
     date_year = df[df.columns[2]].str.extract(r"(\d{4})\s*$", 1).cast(pl.Int32, strict=False)
     years = date_year.fill_null(title_year(titles))  # release date first, then "(1995)" in the title
     items = pl.DataFrame({"original_id": integer_ids(df[df.columns[0]], f"{path} movie ids"), "title": titles})
-    return items, flags.to_numpy().astype(np.float32), names, years
+    return items, flags, names, years
 
 
 def _movies_generic(path: Path, release: str) -> tuple[pl.DataFrame, pl.Series, pl.Series]:
@@ -172,6 +182,7 @@ def ingest_movielens(source: Path, target: Path, config: IngestConfig = IngestCo
         config=config,
         source={"kind": "movielens", "release": release, "path": str(Path(source).resolve())},
         label=str(ratings_path),
+        items_label=str(movies_path),
         extra={"features": {"genres": genre_names, "year": year_stats, "title_dim": config.title_dim, **tag_meta}},
         force=force,
     )
@@ -244,23 +255,36 @@ def fit_year_scaling(dataset: Dataset) -> dict:
     return {"fill": "median", "fill_year": lo + float(np.median(f)) * (hi - lo), "min_year": lo, "max_year": hi}
 
 
+def movies_format(path: Path) -> str:
+    """Which MovieLens movies layout `path` holds, from its first line (not its name): "u.item"
+    (id|title|date|...|19 genre flags), "movies.dat" (id::title::genres) or "movies.csv"."""
+    with open(path, "rb") as f:
+        first = f.read(65536).split(b"\n", 1)[0].decode("latin-1").strip()
+    if "::" in first:
+        return "movies.dat"
+    if first.count("|") >= 5:
+        return "u.item"
+    if first.count(",") >= 2 or first.lower().startswith("movieid"):
+        return "movies.csv"
+    raise InputError(f"movies file {path}: its first line is neither u.item rows (id|title|date|...|genre flags), "
+                     f"movies.dat rows (id::title::genres) nor movies.csv (movieId,title,genres): {first[:80]!r}")
+
+
 def movie_rows_features(path: Path, dataset: Dataset) -> tuple[pl.DataFrame, dict[str, np.ndarray], dict]:
     """(items [original_id, title], {"genre", "year", "title"} float32 matrices, notes) of a
-    MovieLens-style movies file (u.item, movies.dat or movies.csv, by its name), built exactly as
+    MovieLens-style movies file (u.item, movies.dat or movies.csv rows, told apart by their content), built exactly as
     `ingest_movielens` built `dataset`'s features: its genre columns, its year scaling, its title
     hash width. Genres the dataset never had are ignored and listed in notes["unknown_genres"]."""
     params = movielens_feature_params(dataset)
     path = require_file(path, "movies file")
-    name = path.name.lower()
-    if name.endswith(".item"):
+    kind = movies_format(path)
+    if kind == "u.item":
         items, flags, names, years = _movies_100k(path)
         if not path.with_name("u.genre").exists() and len(params["genres"]) == flags.shape[1]:
             names = params["genres"]  # u.item flags are positional: the training release's order
         lists = pl.Series([[names[j] for j in np.flatnonzero(row)] for row in flags], dtype=pl.List(pl.String))
-    elif name.endswith((".dat", ".csv")):
-        items, lists, years = _movies_generic(path, "ml-1m/ml-10m" if name.endswith(".dat") else "csv")
     else:
-        raise InputError(f"movies file {path}: name it like a MovieLens movies file (u.item, movies.dat or movies.csv)")
+        items, lists, years = _movies_generic(path, "ml-1m/ml-10m" if kind == "movies.dat" else "csv")
     if items.height == 0:
         raise InputError(f"movies file {path} has no movies")
     genre, _ = genre_multi_hot(lists, params["genres"])

@@ -149,7 +149,8 @@ def ingest_refnpy(
     t0 = time.perf_counter()
     src, target = Path(source), Path(target)
     if not src.is_dir():
-        raise InputError(f"reference data directory {src} does not exist")
+        raise InputError(f"reference data directory {src} " + ("is a file; pass its directory" if src.exists()
+                                                               else "does not exist"))
     check_new_target(target, force)
     ap = config.allow_pickle
     features = {m: _load(src / f"feat_{m}.npy", ap) for m in MODALITIES if (src / f"feat_{m}.npy").exists()}

@@ -48,6 +48,10 @@ def run_bench_recommend(cfg: BenchRecommendConfig, console: Console) -> dict:
 
     if cfg.candidates not in ("all", "warm", "cold"):
         raise UserError(f"--candidates must be all, warm or cold, got {cfg.candidates!r}")
+    if cfg.user_block < 0:
+        raise UserError(f"--user-block must be >= 0 (0: recommend-all's default), got {cfg.user_block}")
+    if cfg.k < 1:
+        raise UserError(f"--k must be >= 1, got {cfg.k}")
     dev = resolve_device(cfg.device)
     path = Path(cfg.dataset) if cfg.dataset else ensure_synthetic(Path("data") / f"synthetic-{cfg.scale}", cfg.scale,
                                                                   cfg.seed, console)

@@ -151,6 +151,10 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
         raise UserError(f"bench train needs rounds >= 1 and steps >= rounds (got steps {bc.steps}, rounds {bc.rounds})")
     if not bc.batch_sizes or min(bc.batch_sizes) < 1:
         raise UserError(f"--batch-size must be >= 1, got {list(bc.batch_sizes)}")
+    if bc.workers < 0:
+        raise UserError(f"--workers must be >= 0 (0: 4 on CUDA, 1 on CPU), got {bc.workers}")
+    device = resolve_device(bc.device)  # a bad --device is refused before any data is generated
+    bind_device(device)
     base = default_paths(TrainConfig(dataset=bc.dataset, num_neg=bc.num_neg, device=bc.device, amp=bc.amp,
                                      encode=bc.encode, scoring=bc.scoring, cuda_graph=bc.cuda_graph,
                                      compile=bc.compile, readers=bc.readers, seed=bc.seed), bc.scale)
@@ -158,8 +162,6 @@ def run_bench_train(bc: BenchTrainConfig, console: Console) -> dict:
         ensure_synthetic(Path(base.dataset), bc.scale, bc.seed, console)
     ensure_cache(Path(base.dataset), Path(base.cache), bc.num_neg, bc.seed, console)
     ds = load_dataset(base.dataset)
-    device = resolve_device(base.device)
-    bind_device(device)
     plan = plan_execution(base, device, ds.num_items)
     workers = bc.workers or (4 if device.type == "cuda" else 1)
     gen = CacheStore(base.cache).open_generation(0, expect_fingerprint=ds.fingerprint)

@@ -4,7 +4,8 @@
 
 Reads the run (clcrec/rundir.py); writes DIR (default RUN/embeddings/): users.npy, items.npy
 (float32 ranking vectors: ID embeddings for warm items, content representations for cold ones),
-user_ids.parquet and item_ids.parquet (original ids, item status), built beside DIR and renamed in.
+user_ids.parquet and item_ids.parquet (original ids, item status), and export.json (the marker
+that lets `export --force` replace it, and nothing else), built beside DIR and renamed in.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import numpy as np
 import polars as pl
 
 from clcrec.rundir import open_run
-from common.errors import UserError
-from common.fsutil import check_output_dir, fsync_tree, make_tmp_dir, publish_dir
+from common.fsutil import atomic_write_json, check_output, clean_tmp_leftovers, fsync_tree, make_tmp_dir, publish_dir
 from pipeline.dataset import STATUS_NAMES
 
 
@@ -25,11 +25,10 @@ def export_embeddings(run_dir: Path, out_dir: Path | None = None, force: bool = 
     """Write users.npy / items.npy (the ranking tables) and their id tables under out_dir, built
     beside it and renamed into place; an existing out_dir is replaced only with `force`."""
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "embeddings"
-    check_output_dir(out_dir, "--out")
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise UserError(f"--out {out_dir} already holds files (an earlier export?); pass --force to replace it")
+    check_output(out_dir, "--out", "export", force)  # only an earlier export is ever replaced
     lr = open_run(run_dir)
     users, items = lr.tables()
+    clean_tmp_leftovers(out_dir.parent, out_dir.name)
     tmp = make_tmp_dir(out_dir)
     try:
         np.save(tmp / "users.npy", users.numpy().astype(np.float32))
@@ -38,6 +37,9 @@ def export_embeddings(run_dir: Path, out_dir: Path | None = None, force: bool = 
         lr.dataset.item_ids().with_columns(
             pl.Series("status", [STATUS_NAMES[int(s)] for s in lr.dataset.item_status])
         ).write_parquet(tmp / "item_ids.parquet")
+        atomic_write_json(tmp / "export.json", {"format": "clcrec-export", "format_version": 1,
+                                                "run": str(run_dir), "users": int(users.shape[0]),
+                                                "items": int(items.shape[0]), "dim": int(users.shape[1])})
         fsync_tree(tmp)
         publish_dir(tmp, out_dir, force=out_dir.exists())
     except BaseException:

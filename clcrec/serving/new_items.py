@@ -61,27 +61,29 @@ class NewItems:
         """Write DIR atomically (built beside it, then renamed); an existing DIR only with force."""
         from common.fsutil import (
             atomic_write_json,
+            check_output,
             clean_tmp_leftovers,
             fsync_tree,
             make_tmp_dir,
             publish_dir,
         )
+        from common.integrity import record_files
 
         out = Path(out)
-        if out.exists() and not force:
-            raise UserError(f"{out} already exists; pass --force to replace it")
+        check_output(out, "--out", "new-items", force)  # only an earlier embed-items output is replaced
         clean_tmp_leftovers(out.parent, out.name)
         tmp = make_tmp_dir(out)
         try:
             np.save(tmp / "vectors.npy", self.vectors.astype(np.float32))
             self.frame().write_parquet(tmp / "items.parquet")
             atomic_write_json(tmp / "meta.json", {
+                "files": record_files(tmp),  # a SHA-256 per file, checked on load (as a dataset's)
                 "format": FORMAT, "format_version": FORMAT_VERSION, "count": len(self),
                 "dim": int(self.vectors.shape[1]), "encoder_sha256": self.encoder,
                 "replaced": [int(i) for i in self.replaced], **self.meta,
             })  # fmt: skip
             fsync_tree(tmp)
-            publish_dir(tmp, out, force=force)
+            publish_dir(tmp, out, force=out.exists())
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -93,14 +95,22 @@ def load_new_items(path: Path) -> NewItems:
     meta_path = path / "meta.json"
     if not meta_path.is_file():
         raise UserError(f"{path} is not a new-items directory (no meta.json); make one with `cli.py embed-items`")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{meta_path} is unreadable or truncated ({e}); make the directory again with embed-items") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{meta_path} is not a {FORMAT} v{FORMAT_VERSION} directory; make it again with embed-items")
+    if isinstance(meta.get("files"), dict):  # directories from before per-file digests have none
+        from common.integrity import check_files
+
+        check_files(path, meta["files"], what="new-items file", since="embed-items wrote it",
+                    remake="make the directory again with embed-items")
     vectors = np.load(path / "vectors.npy", allow_pickle=False)
     items = pl.read_parquet(path / "items.parquet")
     if vectors.shape != (meta["count"], meta["dim"]) or items.height != meta["count"]:
         raise UserError(f"{path} is inconsistent (vectors {vectors.shape}, {items.height} ids); make it again")
-    own = ("format", "format_version", "count", "dim", "encoder_sha256", "replaced")
+    own = ("format", "format_version", "count", "dim", "encoder_sha256", "replaced", "files")
     rest = {k: v for k, v in meta.items() if k not in own}
     titles = items["title"].to_list() if "title" in items.columns else None
     return NewItems(items["original_id"].to_numpy().astype(np.int64), vectors, meta["encoder_sha256"], titles,

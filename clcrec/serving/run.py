@@ -145,6 +145,11 @@ class Run:
                             f"(e.g. item {ids[known][0]}); give new items new ids, or pass --replace to "
                             "replace their stored vectors")
         vectors = encode_features(self.loaded.model, [feats[m] for m in self.modalities])
+        bad = ~np.isfinite(vectors).all(axis=1)
+        if bad.any():  # finite features the encoder cannot take (e.g. values near float32's limit)
+            raise InputError(f"{int(bad.sum())} new item(s) get non-finite vectors from the run's encoder, e.g. "
+                             f"item {ids[int(np.argmax(bad))]}: their features are finite but out of the range "
+                             "the encoder was trained on; scale them like the training features")
         meta["run_dir"] = str(self.loaded.cfg.run_dir)
         return NewItems(ids, vectors, self.encoder, titles, ids[known].tolist(), meta)
 
@@ -194,8 +199,9 @@ class Run:
 
     # --- ranking --------------------------------------------------------------------------------
 
-    def pool(self, cat: Catalogue, candidates: str, k: int) -> torch.Tensor | None:
-        """(C,) candidate item indices of `cat` (None: all), with k checked against their count."""
+    def pool(self, cat: Catalogue, candidates: str, k: int, clamp: bool = False) -> torch.Tensor | None:
+        """(C,) candidate item indices of `cat` (None: all), with k checked against their count
+        (`clamp`: a k past the count is allowed; the caller ranks min(k, count))."""
         if candidates not in CANDIDATES:
             raise UserError(f"--candidates must be one of {', '.join(CANDIDATES)}, got {candidates!r}")
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
@@ -205,19 +211,21 @@ class Run:
         keep = {"all": None, "warm": cat.status == 0, "cold": (cat.status == 1) | (cat.status == 2),
                 "new": cat.status == NEW}[candidates]
         n = len(cat.status) if keep is None else int(keep.sum())
-        if k > n:
+        if k > n and not clamp:
             raise UserError(f"--k {k} is larger than the {n} candidate items (--candidates {candidates}); "
                             f"choose --k <= {n}")
         return None if keep is None else torch.as_tensor(np.flatnonzero(keep), device=cat.table.device)
 
     def recommend(self, user_ids, k: int = 10, candidates: str = "all", new_items=None,
-                  include_seen: bool = False) -> pl.DataFrame:
+                  include_seen: bool = False, clamp: bool = False) -> pl.DataFrame:
         """Top-k per user: columns user, rank, item, score, status [, title]; best first, users in
-        the order given. Training items are skipped unless include_seen."""
+        the order given. Training items are skipped unless include_seen. A k past the number of
+        candidates is an error, or with `clamp` ranks them all (a user then gets fewer than k rows)."""
         from clcrec.evaluation.topk import topk_items
 
         cat = self.catalogue(new_items)
-        pool = self.pool(cat, candidates, k)
+        pool = self.pool(cat, candidates, k, clamp)
+        k = min(k, len(cat.ids) if pool is None else int(pool.numel()))
         users = self.user_index(user_ids)
         user_vecs, _ = self.tables()
         scores, idx = topk_items(user_vecs, cat.table, torch.as_tensor(users), self.dataset.train, k,
@@ -256,16 +264,21 @@ class Run:
         """Top-k for every user into the Parquet file `out` (clcrec.serving.recommend_all); returns a summary."""
         from clcrec.evaluation.topk import iter_topk
 
+        from common.fsutil import check_output
+
         out = Path(out)
-        if out.exists() and not force:  # before any work: nothing is computed for a refused output
-            raise UserError(f"{out} already exists; pass --force to replace it")
+        check_output(out, "--out", "recommend-all", force)  # before any work: nothing computed for a refusal
         cat = self.catalogue(new_items)
         pool = self.pool(cat, candidates, k)
         user_vecs, _ = self.tables()
         block = user_block or default_block(len(cat.ids), self.device)
         users = torch.arange(user_vecs.shape[0])
         blocks = iter_topk(user_vecs, cat.table, users, self.dataset.train, k, candidates=pool, user_block=block)
-        rows = write_topk_parquet(out, blocks, self.user_ids, cat.ids, force=force, progress=progress)
+        codes = sorted(STATUS)  # the columns `recommend` shows: status, and title when items have one
+        labels = {"status": (cat.status.astype(np.int32), [STATUS[c] for c in codes])}
+        if cat.titles is not None:
+            labels["title"] = (np.arange(len(cat.ids), dtype=np.int32), [t or "" for t in cat.titles])
+        rows = write_topk_parquet(out, blocks, self.user_ids, cat.ids, force=force, progress=progress, labels=labels)
         return {"out": str(out), "users": int(user_vecs.shape[0]), "rows": rows, "k": k, "candidates": candidates,
                 "items": len(cat.ids) if pool is None else int(pool.numel()), "device": str(self.device)}
 
@@ -273,8 +286,8 @@ class Run:
 def recommend(run_dir: Path, user: str, k: int = 10, include_seen: bool = False, candidates: str = "all",
               new_items: Path | None = None) -> pl.DataFrame:
     """Top-k items for one user (original id) as `cli.py recommend` shows them: rank, original_id
-    [, title], score (rounded), status. A wrapper over Run.recommend (see there)."""
-    df = load_run(run_dir, device="cpu").recommend([user], k, candidates, new_items, include_seen)
+    [, title], score (rounded), status; k clamped to the candidates. A wrapper over Run.recommend."""
+    df = load_run(run_dir, device="cpu").recommend([user], k, candidates, new_items, include_seen, clamp=True)
     return df.select(
         "rank", pl.col("item").alias("original_id"), *(["title"] if "title" in df.columns else []),
         pl.col("score").cast(pl.Float64).round(4), "status",

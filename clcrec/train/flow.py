@@ -48,6 +48,10 @@ def ensure_cache(dataset: Path, cache: Path, num_neg: int, seed: int, console: C
         check_cache(store, dataset, read_fingerprint(dataset), num_neg, exclude)
         if store.published():
             return cache
+    else:
+        from cache.publish import check_new_cache_dir
+
+        check_new_cache_dir(cache)  # refused (a file, a dataset...) before saying it builds there
     console.print(f"building negative generation 0 in {cache}")
     build_generation(dataset, cache, 0, NegativeConfig(num_neg=num_neg, seed=seed, exclusion=exclude), progress=True)
     return cache
@@ -71,14 +75,20 @@ def run_training(cfg: TrainConfig, *, scale: str = "default", console: Console |
     console = console or Console(stderr=True)
     synthetic = not cfg.dataset
     cfg = default_paths(cfg, scale)
-    from clcrec.device import wants_cuda
+    from clcrec.device import resolve_device, wants_cuda
 
+    resolve_device(cfg.device)  # `--device bogus`, or cuda without CUDA: refused before anything is made
     ctx = dist.init(wants_cuda(cfg.device))  # under torchrun: rank 0 prepares data and cache, the others wait
 
     def prepare() -> None:
-        from common.fsutil import check_output_dir
+        from common.fsutil import check_output
 
-        check_output_dir(Path(cfg.run_dir), "--run-dir")  # before any data or cache is made
+        # before any data or cache is made; an existing run is continued with --resume, never replaced
+        stub = not (Path(cfg.run_dir) / "checkpoints" / "last.pt").exists()  # a run that failed at its start
+        exists = (f"it never finished an epoch (no checkpoint), so nothing in it is worth keeping: remove it to "
+                  f"start again with other options, or pass --resume {cfg.run_dir} to restart it with its own"
+                  if stub else f"pass --resume {cfg.run_dir} to continue it, or choose another --run-dir")
+        check_output(Path(cfg.run_dir), "--run-dir", "run", False, exists=exists, forceable=False)
         if synthetic:
             ensure_synthetic(Path(cfg.dataset), scale, cfg.seed, console)
         elif not (Path(cfg.dataset) / "meta.json").exists():
@@ -104,7 +114,7 @@ def report(run_dir: str, results: dict, console: Console) -> None:
     base = results.get("baselines", {}).get("test")
     if base:
         rows = {"CLCRec": results["test"], **base}
-        console.print(format_table(rows, ks=(20,), title="test split: CLCRec vs reference points"))
+        console.print(format_table(rows, ks=(20,), title="test split: CLCRec vs reference points", first="Model"))
     if results.get("uses_held_out_data"):
         console.print(f"[yellow]note:[/yellow] {results['note']}")
     console.print(f"run directory: {run_dir}")

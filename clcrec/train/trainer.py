@@ -27,6 +27,7 @@ from clcrec.model import CLCRec
 from clcrec.rundir import (
     RunDir,
     check_model_state,
+    check_own_checkpoint,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -134,6 +135,7 @@ class Trainer:
             "dataset_fingerprint": self.dataset.fingerprint,
             "modalities": self.modalities,
             "ema": self.average.state_dict() if self.average is not None else None,
+            "run_id": self.run.run_id(),  # binds the checkpoint to config.json (rundir.check_own_checkpoint)
         }
 
     def claim_run_dir(self) -> None:
@@ -145,6 +147,7 @@ class Trainer:
                 if path == self.run.best and not path.exists():
                     continue  # killed before the first selectable epoch (an average's memory)
                 ck = load_checkpoint(path, map_location="cpu")
+                check_own_checkpoint(ck, self.run.read_config(), path, self.run.root)
                 self.cfg.check_resumable(ck["config"])
                 if ck["dataset_fingerprint"] != self.dataset.fingerprint:
                     raise DatasetChangedError(
@@ -328,9 +331,12 @@ class Trainer:
             # Order matters for resume: metrics, then best, then last (the resume point).
             self.metrics = self.run.append_metrics(self.metrics, record)
             state = self.state(epoch, generation)
-            if improved:  # best.pt's model is the one evaluated: the averaged weights, if any
+            # Before the first selectable epoch best.pt is provisional (not selected, only so that a
+            # run killed early can be evaluated); the first selectable epoch always replaces it.
+            provisional = not selectable and self.best_epoch < 0
+            if improved or provisional:  # best.pt's model is the one evaluated: the averaged weights, if any
                 best = state if self.average is None else {**state, "model": self.average.averaged_state(self.model)}
-                save_checkpoint(self.run.best, best)
+                save_checkpoint(self.run.best, {**best, "provisional": True} if provisional else best)
             save_checkpoint(self.run.last, state)
             key = f"recall@{cfg.select_k}"
             self.console.print(

@@ -270,3 +270,157 @@ def test_a_planted_pickle_checkpoint_does_not_run(world, tmp_path):
     assert "Traceback" not in proc.stderr
     assert "refusing to load" in proc.stderr and "could run code" in " ".join(proc.stderr.split())
     assert not marker.exists()
+
+
+# --- issue 21: the hostile probe. --force replaces only its own kind of output; planted lock links;
+# size options bounded; checkpoints bound to their run; --device in every command; output paths.
+
+def probe_world(w: dict, tmp: Path) -> dict:
+    """What the probe's cases need, beside the module's world: copies to damage, foreign files."""
+    import torch
+
+    from clcrec.rundir import RUN_LOCK
+
+    r, run = w["root"], w["run"]
+    p = {"tmp": tmp, "victim": tmp / "victim.txt", "keep": tmp / "keep", "newc": tmp / "newc", "new": tmp / "new"}
+    p["victim"].write_text("the user's file\n")
+    p["keep"].mkdir()
+    (p["keep"] / "notes.txt").write_text("mine\n")
+    for name in ("linked_run", "foreign", "legacy_run"):
+        shutil.copytree(run, tmp / name, ignore=shutil.ignore_patterns("*.lock"))
+    os.symlink(p["victim"], tmp / "linked_run" / RUN_LOCK)
+    shutil.copytree(w["cache"], tmp / "linked_cache", ignore=shutil.ignore_patterns("*.lock"))
+    os.symlink(p["victim"], tmp / "linked_cache" / "writer.lock")
+    record = json.loads((run / "config.json").read_text())
+    (tmp / "foreign" / "config.json").write_text(json.dumps({**record, "run_id": "0" * 32}))  # its checkpoints: another id
+    legacy = {k: v for k, v in record.items() if k != "run_id"}
+    legacy["config"] = {**legacy["config"], "seed": 7}
+    (tmp / "legacy_run" / "config.json").write_text(json.dumps(legacy))
+    # embed-items inputs: strings and complex numbers where features go
+    (tmp / "ids3.txt").write_text("9001\n9002\n9003\n")
+    np.save(tmp / "str.npy", np.array([["a"] * 24] * 3))
+    np.save(tmp / "cplx.npy", np.ones((3, 24), dtype=np.complex128))
+    np.save(tmp / "t3.npy", np.ones((3, 12), dtype=np.float32))
+    # an ml-100k-like release with one bad u.item row each
+    for name, row2 in (("ml-x", "2|B (1995)|01-Jan-1995||u" + "|0" * 18 + "|x"),
+                       ("ml-short", "2|B (1995)|01-Jan-1995||u|0|1"),
+                       ("ml-dup", "1|B (1995)|01-Jan-1995||u" + "|0" * 18 + "|1")):
+        d = tmp / name
+        d.mkdir()
+        (d / "u.data").write_text("".join(f"{u}\t{i}\t4\t1\n" for u in range(1, 9) for i in (1, 2)))
+        (d / "u.item").write_text("1|A (1990)|01-Jan-1990||u" + "|0" * 18 + "|1\n" + row2 + "\n")
+    assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["run_id"] == record["run_id"]
+    return p
+
+
+def probe_cases(w: dict, p: dict) -> list[dict]:
+    import torch
+
+    r, ds, cache, run, t = w["root"], w["ds"], w["cache"], w["run"], p["tmp"]
+    new, newc, victim, keep = p["new"], p["newc"], p["victim"], p["keep"]
+    trn = ["train", "--dataset", ds, "--cache", cache, "--num-neg", NUM_NEG, "--run-dir", new]
+    emb = ["embed-items", run, f"v={t / 'str.npy'}:{t / 'ids3.txt'}", f"t={t / 't3.npy'}:{t / 'ids3.txt'}"]
+    ml_rows = ["--movielens", r / "ml" / "movies.csv"]
+    forced = [  # --force on an output of another kind: refused by name, nothing touched
+        dict(argv=["export", run, "--out", run, "--force"], says=["--out", "is a run directory", "not an export directory"], watch=[run]),
+        dict(argv=["export", run, "--out", cache, "--force"], says=["is a negative cache"], watch=[cache, run]),
+        dict(argv=["export", run, "--out", keep, "--force"], says=["no command of this program wrote", "notes.txt"], watch=[keep, run]),
+        dict(argv=["export", run, "--out", victim, "--force"], says=["victim.txt is a file"], watch=[victim, run]),
+        dict(argv=["embed-items", run, *ml_rows, "--out", ds, "--force"], says=["is a dataset directory", "not a new-items directory"], watch=[ds]),
+        dict(argv=["embed-items", run, *ml_rows, "--out", victim, "--force"], says=["victim.txt is a file"], watch=[victim]),
+        dict(argv=["ingest", "movielens", r / "ml", run, "--force"], says=["is a run directory", "not a dataset directory"], watch=[run]),
+        dict(argv=["synth", run, "--scale", "tiny", "--force"], says=["is a run directory"], watch=[run]),
+        dict(argv=["synth", cache, "--scale", "tiny", "--force"], says=["is a negative cache"], watch=[cache]),
+        dict(argv=["recommend-all", run, "--out", keep, "--force"], says=["is a directory", "recs.parquet"], watch=[keep]),
+        dict(argv=["recommend-all", run, "--out", victim, "--force"], says=["is a file, not a recommend-all Parquet file"], watch=[victim]),
+        dict(argv=["recommend-all", run, "--out", r / "dangling"], says=["dangling is a", "symbolic link"], watch=[r / "dangling", r / "nowhere"]),
+        dict(argv=[*trn[:-1], ds], says=["--run-dir", "is a dataset directory", "not a run directory"], watch=[ds]),
+        dict(argv=[*trn[:-1], run], says=["--run-dir", "--resume"], watch=[run]),
+        # planted lock links: refused, the file they point to untouched
+        dict(argv=["train", "--resume", t / "linked_run"], says=["linked_run/run.lock is a symbolic link"], watch=[victim, t / "linked_run"]),
+        dict(argv=["refresh", t / "linked_cache"], says=["linked_cache/writer.lock is a symbolic link"], watch=[victim, t / "linked_cache"]),
+        # size options, bounded before anything is written
+        dict(argv=["build-negatives", ds, newc, "--num-neg", 4, "--chunk-rows", 99999999999999], says=["--chunk-rows", "or less"], watch=[newc, ds]),
+        dict(argv=["build-negatives", ds, newc, "--num-neg", 4, "--generation", 0, "--shard", "0/99999999999"], says=["--shard", "n can be at most"], watch=[newc]),
+        dict(argv=[*trn, "--dim-e", 10000000000], says=["--dim-e", "<= 8192"], watch=[new]),
+        dict(argv=[*trn, "--batch-size", 2**64], says=["--batch-size", "<= 1048576"], watch=[new]),
+        dict(argv=[*trn, "--epochs", 1000000000000], says=["--epochs", "<= 100000"], watch=[new]),
+        dict(argv=["bench", "train", "--dataset", ds, "--workers", -1], says=["--workers must be >= 0"], watch=[ds]),
+        dict(argv=["bench", "negatives", "--dataset", ds, "--ref-rows", 0], says=["--ref-rows must be >= 1"], watch=[ds]),
+        dict(argv=["bench", "negatives", "--dataset", ds, "--ref-rows", -1], says=["--ref-rows must be >= 1"], watch=[ds]),
+        dict(argv=["bench", "recommend", "--dataset", ds, "--user-block", -1], says=["--user-block must be >= 0"], watch=[ds]),
+        # --device in every command that takes it, before anything is made
+        dict(argv=["train", "--dataset", ds, "--cache", newc, "--run-dir", new, "--device", "bogus"], says=["--device 'bogus' is not a device"], watch=[newc, new]),
+        dict(argv=["recommend-all", run, "--out", t / "r.parquet", "--device", "bogus"], says=["--device 'bogus'"], watch=[t / "r.parquet"]),
+        dict(argv=["bench", "train", "--dataset", ds, "--device", "bogus"], says=["--device 'bogus'"], watch=[ds]),
+        dict(argv=["bench", "recommend", "--dataset", ds, "--device", "bogus"], says=["--device 'bogus'"], watch=[ds]),
+        # checkpoints bound to their run
+        dict(argv=["evaluate", t / "foreign"], says=["foreign/checkpoints/best.pt belongs to another run"], watch=[t / "foreign"]),
+        dict(argv=["recommend", t / "foreign", "--user", "0"], says=["belongs to another run"], watch=[t / "foreign"]),
+        dict(argv=["export", t / "foreign", "--out", new], says=["belongs to another run"], watch=[t / "foreign", new]),
+        dict(argv=["evaluate", t / "legacy_run"], says=["was not written by run", "seed"], watch=[t / "legacy_run"]),
+        # output paths under a file, /proc, /sys
+        dict(argv=["recommend-all", run, "--out", victim / "x.parquet"], says=["victim.txt is a file"], watch=[victim]),
+        dict(argv=["recommend-all", run, "--out", "/proc/clcrec-x.parquet"], says=["cannot write in /proc"], watch=[]),
+        dict(argv=["recommend-all", run, "--out", "/sys/clcrec-x.parquet"], says=["cannot write in /sys"], watch=[]),
+        dict(argv=["embed-items", run, *ml_rows, "--out", "/proc/clcrec-x"], says=["cannot write in /proc"], watch=[]),
+        dict(argv=["embed-items", run, *ml_rows, "--out", victim / "x"], says=["victim.txt is a file"], watch=[victim]),
+        # low: bad arrays and rows, misleading messages
+        dict(argv=[*emb, "--out", new], says=["str.npy", "<U1 values", "real numbers"], watch=[new]),
+        dict(argv=[*emb[:2], f"v={t / 'cplx.npy'}:{t / 'ids3.txt'}", emb[3], "--out", new], says=["cplx.npy", "complex128"], watch=[new]),
+        dict(argv=["ingest", "movielens", t / "ml-x", new], says=["u.item line 2", "genre flag 19", "'x'"], watch=[new]),
+        dict(argv=["ingest", "movielens", t / "ml-short", new], says=["u.item line 2", "missing"], watch=[new]),
+        dict(argv=["ingest", "movielens", t / "ml-dup", new], says=["u.item: item id 1 is listed more than once"], watch=[new]),
+        dict(argv=["ingest", "movielens", t / "ml-x" / "u.data", new], says=["u.data is a file", "directory"], watch=[new]),
+        dict(argv=["train", "--dataset", ds, "--cache", r / "afile", "--run-dir", new, "--num-neg", NUM_NEG], says=["afile is a file"],
+             not_says=["building"], watch=[r / "afile", new]),
+        dict(argv=["cache-verify", t / "staged"], says=["has no published generation", "build-negatives"], watch=[t / "staged"],
+             first=["build-negatives", ds, t / "staged", "--num-neg", 4, "--generation", 0, "--shard", "0/1"]),
+    ]
+    if not torch.cuda.is_available():
+        forced += [dict(argv=[*trn, "--device", "cuda"], says=["--device cuda", "no CUDA device"], watch=[new]),
+                   dict(argv=["recommend-all", run, "--out", t / "r.parquet", "--device", "cuda"], says=["no CUDA device"], watch=[t / "r.parquet"])]
+    return forced
+
+
+def test_the_hostile_probe_changes_nothing(world, tmp_path):
+    """Issue 21's cases: one line naming the path or option and the fix, exit 1, nothing written,
+    nothing of the user's changed; then --force on the same kind of output still works."""
+    p = probe_world(world, tmp_path)
+    run, ds = world["run"], world["ds"]
+    table = probe_cases(world, p)
+    runs = []
+    for c in table:
+        if "first" in c:
+            runs.append(dict(argv=c["first"]))
+        runs.append(c)
+    exp, emb, recs = tmp_path / "exp", tmp_path / "emb", tmp_path / "recs.parquet"
+    ml_rows = ["--movielens", world["root"] / "ml" / "movies.csv"]
+    ok = [  # an output of the command's own kind: refused without --force, replaced with it
+        dict(argv=["export", run, "--out", exp]), dict(argv=["export", run, "--out", exp], says=["already exists; pass --force"], watch=[exp]),
+        dict(argv=["export", run, "--out", exp, "--force"]),
+        dict(argv=["recommend-all", run, "--out", recs, "-q", "--k", 3]),
+        dict(argv=["recommend-all", run, "--out", recs, "-q", "--k", 3], says=["already exists; pass --force"], watch=[recs]),
+        dict(argv=["recommend-all", run, "--out", recs, "-q", "--k", 3, "--force"]),
+        dict(argv=["recommend", run, "--user", "0", "--k", 100000], says_ok=["note: --k 100000 is more than the", "showing all"]),
+    ]
+    failed = []
+    for c, res in zip(runs + ok, run_batch(runs + ok, tmp_path)):
+        flat = " ".join(res["out"].split())
+        try:
+            if "says" in c:
+                assert_refused(c, res)
+                assert len(res["out"].strip().splitlines()) == 1, "more than one line"
+                assert not any(frag in flat for frag in c.get("not_says", [])), "says what it must not"
+            else:
+                assert res["rc"] == 0, "failed"
+                assert all(frag in flat for frag in c.get("says_ok", [])), "lacks a note"
+        except AssertionError as e:  # all cases run; the failures are listed together
+            failed.append(f"{' '.join(map(str, c['argv']))}: {e!s:.200} -> rc {res['rc']}: {res['out'][-400:]}")
+    assert not failed, "\n".join(failed)
+    assert p["victim"].read_text() == "the user's file\n"
+    assert sorted(os.listdir(exp)) == ["export.json", "item_ids.parquet", "items.npy", "user_ids.parquet", "users.npy"]
+    import polars as pl
+
+    assert pl.read_parquet(recs).columns == ["user", "rank", "item", "score", "status"]
+    assert not list(tmp_path.glob(".tmp-*")) and (ds / "meta.json").exists()

@@ -117,7 +117,7 @@ def test_recommend_all_equals_per_user_recommend_and_a_slow_reference(env, serve
     out = tmp_path / "recs.parquet"
     res = run.recommend_all(out, k=10, new_items=new, user_block=7)  # 7: ragged blocks
     df = pl.read_parquet(out)
-    assert df.columns == ["user", "rank", "item", "score"] and res["rows"] == df.height == 10 * ds.num_users
+    assert df.columns[:5] == ["user", "rank", "item", "score", "status"] and res["rows"] == df.height == 10 * ds.num_users
     assert df["user"].dtype == pl.Int64 and df["item"].dtype == pl.Int64 and df["score"].dtype == pl.Float32
     # the Parquet round trip keeps original ids: users 1000 + 7u in order, items 50000 + 3i or new ones
     assert df["user"].to_list() == np.repeat(1000 + 7 * np.arange(ds.num_users), 10).tolist()
@@ -168,7 +168,8 @@ def test_api_and_cli_give_identical_results(env, served, tmp_path):
     cli_df, api_df = pl.read_parquet(tmp_path / "cli.parquet"), pl.read_parquet(tmp_path / "api.parquet")
     assert cli_df.equals(api_df)
     listed = run.recommend(run.user_ids.tolist(), k=7, candidates="new", new_items=new)
-    assert listed.select("user", "rank", "item", "score").equals(api_df)
+    assert listed.select("user", "rank", "item", "score").equals(api_df.select("user", "rank", "item", "score"))
+    assert listed["status"].to_list() == api_df["status"].cast(pl.String).to_list() == ["new"] * listed.height
 
 
 def test_replace_swaps_a_stored_vector(env):
@@ -250,7 +251,7 @@ def test_bad_input_is_one_clear_message_exit_1_and_nothing_written(env, served, 
         (["recommend-all", run_dir, "--k", ds.num_items + 1, "--out", out], f"larger than the {ds.num_items} candidate"),
         (["recommend-all", run_dir, "--k", 5, "--out", out, "--candidates", "new"], "--candidates new needs new items"),
         (["recommend-all", run_dir, "--k", 5, "--out", out, "--new-items", foreign], "embedded by another model"),
-        (["recommend-all", run_dir, "--k", 5, "--out", existing], "already exists; pass --force"),
+        (["recommend-all", run_dir, "--k", 5, "--out", existing], "is a file, not a recommend-all Parquet file"),
     ]
     argv = json.dumps([[str(a) for a in args] for args, _ in cases])
     proc = subprocess.run([sys.executable, "-c", DRIVER, argv], cwd=REPO, capture_output=True, text=True,

@@ -257,3 +257,35 @@ def test_cuda_bf16_run_resumes_and_ends_like_an_uninterrupted_run(tiny_dataset, 
     assert losses["part"] == pytest.approx(losses["full"], rel=1e-3)
     for mode in ("all", "warm", "cold"):
         assert resumed["test"][mode]["recall@20"] == pytest.approx(full["test"][mode]["recall@20"], abs=0.02)
+
+
+def test_a_run_killed_before_its_first_selectable_epoch_can_be_evaluated(tiny_dataset, tiny_cache, tmp_path, monkeypatch):
+    """Averaged weights are selectable from epoch 9 on (selection.first_selectable); a run killed
+    earlier still has a best.pt, marked provisional, which evaluate uses and names, and which the
+    first selectable epoch replaces."""
+    from clcrec.evaluation.report import evaluate_run
+    from clcrec.train.selection import first_selectable
+
+    run = tmp_path / "run"
+    cfg = config(tiny_dataset, tiny_cache, run, epochs=20, eval_ema=0.9)
+    assert first_selectable(cfg.eval_ema, cfg.epochs) == 9
+    real = Trainer.end_epoch
+
+    def end_then_die(self, epoch, generation, record):
+        stop = real(self, epoch, generation, record)
+        if epoch == 1:
+            raise KeyboardInterrupt  # killed after two epochs
+        return stop
+
+    monkeypatch.setattr(Trainer, "end_epoch", end_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, console=quiet())
+    monkeypatch.undo()
+    ck = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert ck["provisional"] is True and ck["epoch"] == 1 and ck["best_epoch"] == -1
+    notes = []
+    res = evaluate_run(run, notes=notes)
+    assert 0 <= res["test"]["cold"]["recall@20"] <= 1
+    assert len(notes) == 1 and "provisional: epoch 1" in notes[0] and "--resume" in notes[0]
+    results = train(cfg.replace(epochs=10), resume=True, console=quiet())  # epoch 9: the first selectable
+    assert results["best_epoch"] == 9 and "provisional" not in load_checkpoint(run / "checkpoints" / "best.pt")
