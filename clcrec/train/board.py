@@ -32,6 +32,16 @@ def epoch_scalars(record: dict, lr: float) -> dict[str, float]:
     return {tag: float(v) for tag, v in out.items()}
 
 
+def open_board(run_root: Path, first_epoch: int, console) -> "Board | None":
+    """The run's Board, or None (said once) where the tensorboard package is missing: curves are a
+    convenience, never a reason to lose a training run."""
+    try:
+        return Board(run_root, first_epoch)
+    except ImportError as e:
+        console.print(f"[yellow]note:[/yellow] no TensorBoard curves ({e}); `pip install tensorboard` for them")
+        return None
+
+
 class Board:
     """A SummaryWriter on the run directory, one step per epoch."""
 

@@ -32,7 +32,7 @@ from clcrec.rundir import (
     save_checkpoint,
     set_rng_state,
 )
-from clcrec.train.board import Board
+from clcrec.train.board import open_board
 from clcrec.train.generations import (
     AHEAD,
     HELD_OUT_NOTE,
@@ -187,7 +187,7 @@ class Trainer:
                     clean_tmp_leftovers(self.run.ckpt_dir, name)
                 self.console.print(f"resuming {self.run.root} at epoch {self.start_epoch}")
         if self.cfg.tensorboard and self.ctx.is_main:  # rank 0 only; after a resume, no duplicate points
-            self.board = Board(self.run.root, first_epoch=self.start_epoch)
+            self.board = open_board(self.run.root, self.start_epoch, self.console)
         dist.barrier(self.ctx)
 
     # ------------------------------------------------------------------------------------------
