@@ -76,11 +76,11 @@ section() {  # section CAP_SECONDS TITLE COMMAND...
         tests/clcrec/test_evaluate.py tests/clcrec/test_step.py tests/clcrec/test_train.py \
         tests/clcrec/test_distributed.py tests/clcrec/test_serve_new_items.py -k cuda
     section 150 "bench train, paper scale, batch 256, and the step's forms (eager, graph, compiled; dense and gather)" \
-        "$PY" cli.py bench train --batch-size 256 --steps 300 --compare-steps
+        "$PY" cli.py bench train --batch-size 256 --steps 300 --compare-steps --json "$OUT/bench-train-256.json"
     section 120 "bench train, paper scale, batch 4096, and the step's forms" \
-        "$PY" cli.py bench train --batch-size 4096 --steps 60 --rounds 3 --compare-steps
-    section 60 "bench train, paper scale, batch 16384" "$PY" cli.py bench train --batch-size 16384 --steps 60 --rounds 3
-    section 45 "bench recommend, paper scale (recommend-all users/s on the GPU)" "$PY" cli.py bench recommend
+        "$PY" cli.py bench train --batch-size 4096 --steps 60 --rounds 3 --compare-steps --json "$OUT/bench-train-4096.json"
+    section 60 "bench train, paper scale, batch 16384" "$PY" cli.py bench train --batch-size 16384 --steps 60 --rounds 3 --json "$OUT/bench-train-16384.json"
+    section 45 "bench recommend, paper scale (recommend-all users/s on the GPU)" "$PY" cli.py bench recommend --json "$OUT/bench-recommend.json"
     for every in 1 10; do
         rm -rf "$OUT/refresh-$every" caches/refresh-$every
         section 60 "paper-scale training, --refresh-every $every, batch 4096" \
@@ -90,7 +90,7 @@ section() {  # section CAP_SECONDS TITLE COMMAND...
     ML=${ML100K:-../shared/datasets/ml-100k}
     if [ -d "$ML" ]; then
         section 30 "ml-100k: ingest" "$PY" cli.py ingest movielens "$ML" data/ml-100k --force &&
-        section 60 "ml-100k: bench train" "$PY" cli.py bench train --dataset data/ml-100k --steps 300 &&
+        section 60 "ml-100k: bench train" "$PY" cli.py bench train --dataset data/ml-100k --steps 300 --json "$OUT/bench-train-ml-100k.json" &&
         section 60 "ml-100k: training" "$PY" cli.py train --dataset data/ml-100k --run-dir "$OUT/ml-100k" \
             --epochs 20 --patience 10 && summary "$OUT/ml-100k"
     fi
