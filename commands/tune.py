@@ -40,5 +40,4 @@ def tune(
     tc = TuneConfig(study_dir=str(study), trials=trials, timeout=timeout, seed=seed, baseline=baseline)
     from_file = TrainConfig.read_toml(config) if config is not None else {}
     given = given_fields(ctx, skip=("study", "config", "space", "trials", "timeout", "seed", "baseline"))
-    base = TrainConfig(**{**from_file, **given}) if from_file or given else None
-    run_tune(tc, base, read_space(space) if space is not None else None, console)
+    run_tune(tc, {**from_file, **given}, read_space(space) if space is not None else None, console)

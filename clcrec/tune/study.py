@@ -56,10 +56,10 @@ class TuneConfig:
             raise UserError(f"--timeout must be > 0 seconds, got {self.timeout}")
 
 
-def run_tune(tc: TuneConfig, base: TrainConfig | None, space: tuple[list[Param], str] | None,
-             console: Console) -> dict:
+def run_tune(tc: TuneConfig, given: dict, space: tuple[list[Param], str] | None, console: Console) -> dict:
     """Create or resume the study, run trials until `tc.trials` have finished (or the timeout),
-    then report; returns the summary (also written to summary.json)."""
+    then report; returns the summary (also written to summary.json). `given`: the base config's
+    TrainConfig fields set by the user (a --config file, options); the rest take their defaults."""
     import optuna
 
     from clcrec.train.flow import default_paths, ensure_cache
@@ -72,12 +72,12 @@ def run_tune(tc: TuneConfig, base: TrainConfig | None, space: tuple[list[Param],
     check_output_dir(root, "the study folder")
     db = root / "study.db"
     stored = load_stored(db) if db.exists() else None
-    if stored is None and (base is None or not base.dataset):
+    if stored is None and not given.get("dataset"):
         raise UserError(f"{root} holds no study yet; a new one needs --dataset (or --config with a dataset)")
     if stored is not None:  # resume: the study's own base and space; a different one is refused
-        base, space = check_same(stored, base, space, root)
-    elif space is None:
-        space = read_space(None)
+        base, space = check_same(stored, given, space, root)
+    else:
+        base, space = TrainConfig(**given), space or read_space(None)
     params, space_text = space
     base = default_paths(base.replace(run_dir=str(root / "trials" / "base")), "default")
     check_space(params, base)
@@ -126,15 +126,13 @@ def load_stored(db: Path) -> dict:
     return {"base": TrainConfig.from_dict(attrs["base_config"]), "space": attrs["space"], "trials": len(study.trials)}
 
 
-def check_same(stored: dict, base: TrainConfig | None, space, root: Path):
-    """The stored (base, space) of a study being resumed; UserError if the ones given differ."""
+def check_same(stored: dict, given: dict, space, root: Path):
+    """The stored (base, space) of a study being resumed; UserError if a value given differs."""
     old = stored["base"]
-    if base is not None:
-        new = base.replace(cache=base.cache or old.cache)
-        diff = [k for k, v in new.to_dict().items() if k != "run_dir" and v != old.to_dict()[k]]
-        if diff:
-            raise UserError(f"study {root} was started with another base config ({', '.join(diff)} differ); "
-                            "resume it without options, or start a new study folder")
+    diff = [f"{k}: {getattr(old, k)!r} -> {v!r}" for k, v in given.items() if k != "run_dir" and v != getattr(old, k)]
+    if diff:
+        raise UserError(f"study {root} was started with another base config ({', '.join(diff)}); resume it "
+                        "without those options, or start a new study folder")
     if space is not None and space[1] != stored["space"]:
         raise UserError(f"study {root} was started with another search space; resume it without --space, "
                         "or start a new study folder")

@@ -38,19 +38,20 @@ def test_the_default_space_and_what_a_space_file_may_not_say():
 def test_two_trials_on_tiny_data_and_a_killed_tune_resumes(tiny_dataset, tiny_cache, tmp_path):
     study_dir = tmp_path / "study"
     base = config(tiny_dataset, tiny_cache, "", epochs=2)
-    first = run_tune(TuneConfig(str(study_dir), trials=1), base, None, quiet())
+    given = {k: v for k, v in base.to_dict().items() if v != getattr(TrainConfig(), k)}
+    first = run_tune(TuneConfig(str(study_dir), trials=1), given, None, quiet())
     assert first["best_trial"] == 0 and first["baseline"]["trial"] == 0  # trial 0 is the base config itself
 
     # A tune killed during its next trial leaves that trial running in the database.
     storage = f"sqlite:///{study_dir / 'study.db'}"
     study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
-    study.enqueue_trial({"l_r": 0.02, "reg_weight": 0.01, "temp_value": 0.5, "lr_lambda": 0.3, "num_sample": 0.7,
+    study.enqueue_trial({"l_r": 0.005, "reg_weight": 0.01, "temp_value": 0.5, "lr_lambda": 0.3, "num_sample": 0.7,
                          "dim_E": 32})
     interrupted = study.ask()
     for p in parse_space(DEFAULT_SPACE, "default"):  # what a trial does first: its parameters are stored
         p.suggest(interrupted)
     assert interrupted.number == 1
-    summary = run_tune(TuneConfig(str(study_dir), trials=2), None, None, quiet())
+    summary = run_tune(TuneConfig(str(study_dir), trials=2), {}, None, quiet())
 
     trials = optuna.load_study(study_name=STUDY_NAME, storage=storage).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
@@ -71,7 +72,7 @@ def test_two_trials_on_tiny_data_and_a_killed_tune_resumes(tiny_dataset, tiny_ca
     assert best_cfg == base.replace(**best.params, cache=str(tiny_cache), run_dir="")
 
     with pytest.raises(UserError, match="another search space"):
-        run_tune(TuneConfig(str(study_dir), trials=2), None, (parse_space("[l_r]\nlow = 0.001\nhigh = 0.1", "s"),
+        run_tune(TuneConfig(str(study_dir), trials=2), {}, (parse_space("[l_r]\nlow = 0.001\nhigh = 0.1", "s"),
                                                                 "[l_r]\nlow = 0.001\nhigh = 0.1"), quiet())
-    with pytest.raises(UserError, match="epochs differ"):
-        run_tune(TuneConfig(str(study_dir), trials=2), base.replace(epochs=3), None, quiet())
+    with pytest.raises(UserError, match="another base config .epochs: 2 -> 3"):
+        run_tune(TuneConfig(str(study_dir), trials=2), {"epochs": 3, "dataset": str(tiny_dataset)}, None, quiet())
