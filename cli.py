@@ -13,7 +13,7 @@ from __future__ import annotations
 import clcrec  # noqa: F401 - first: sets the OpenMP wait default before torch loads (clcrec/__init__.py)
 import sys
 
-from commands import data, negatives, training, serving, bench  # noqa: F401,I001 - registers the commands, in flow order (--help lists them so)
+from commands import data, negatives, training, tune, serving, bench  # noqa: F401,I001 - registers the commands, in flow order (--help lists them so)
 from commands.apps import app, console
 from common.errors import UserError
 

@@ -58,11 +58,11 @@ def _dataset(cfg: BenchConfig, out: Console) -> Path:
     return path
 
 
-def _codec_table(neg: np.ndarray) -> Table:
+def _codec_table(neg: np.ndarray) -> tuple[Table, list[dict]]:
     from numcodecs import Blosc
 
     table = Table("codec (one real chunk)", "ratio", "encode MB/s", "decode MB/s", title="compression")
-    raw = neg.nbytes
+    raw, rows = neg.nbytes, []
     for cname, shuffle, label in [("lz4", Blosc.BITSHUFFLE, "blosc lz4 bitshuffle"),
                                   ("zstd", Blosc.BITSHUFFLE, "blosc zstd bitshuffle"),
                                   ("lz4", Blosc.SHUFFLE, "blosc lz4 byte-shuffle"),
@@ -77,9 +77,11 @@ def _codec_table(neg: np.ndarray) -> Table:
                 t = time.perf_counter()
                 codec.decode(enc)
                 dec_s.append(time.perf_counter() - t)
-            table.add_row(f"{label} clevel {clevel}", f"{raw / len(enc):.3f}",
-                          f"{raw / min(enc_s) / 1e6:,.0f}", f"{raw / min(dec_s) / 1e6:,.0f}")
-    return table
+            rows.append({"codec": f"{label} clevel {clevel}", "ratio": raw / len(enc),
+                         "encode_mb_per_s": raw / min(enc_s) / 1e6, "decode_mb_per_s": raw / min(dec_s) / 1e6})
+            table.add_row(rows[-1]["codec"], f"{rows[-1]['ratio']:.3f}", f"{rows[-1]['encode_mb_per_s']:,.0f}",
+                          f"{rows[-1]['decode_mb_per_s']:,.0f}")
+    return table, rows
 
 
 def run_negatives_bench(cfg: BenchConfig) -> dict:
@@ -157,7 +159,14 @@ def run_negatives_bench(cfg: BenchConfig) -> dict:
     table.add_row("on disk", f"{entry['bytes'] / 2**20:,.1f} MiB, compression {entry['raw_bytes'] / entry['bytes']:.2f}x "
                   f"({config.cname} clevel {config.clevel} bitshuffle)")
     out.print(table)
-    out.print(_codec_table(last_chunk))
-    return {"kernel_negatives_per_s": kernel_rate, "reference_negatives_per_s": ref_rate,
-            "ratio": kernel_rate / ref_rate, "getitem_pairs_per_s": getitem_rate, "end_to_end_s": e2e_s,
-            "bytes": entry["bytes"]}
+    codecs, codec_rows = _codec_table(last_chunk)
+    out.print(codecs)
+    return {"dataset": str(path), "users": ds.num_users, "items": ds.num_items, "warm_items": int(plan.warm.size),
+            "pairs": n, "num_neg": cfg.num_neg, "numba_threads": numba.get_num_threads(),
+            "kernel_negatives_per_s": kernel_rate, "kernel_pass_s": min(passes),
+            "reference_pairs_timed": int(rows.size), "reference_negatives_per_s": ref_rate,
+            "reference_pass_s_scaled": n * cfg.num_neg / ref_rate, "ratio": kernel_rate / ref_rate,
+            "getitem_pairs_per_s": getitem_rate, "kernel_vs_getitem": kernel_rate / (getitem_rate * cfg.num_neg),
+            "end_to_end_s": e2e_s, "sample_s": entry["sample_seconds"], "build_s": entry["build_seconds"],
+            "bytes": entry["bytes"], "raw_bytes": entry["raw_bytes"], "compression": entry["raw_bytes"] / entry["bytes"],
+            "codec": f"{config.cname} clevel {config.clevel} bitshuffle", "codecs": codec_rows}

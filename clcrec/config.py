@@ -13,11 +13,12 @@ from pathlib import Path
 
 from cache.manifest import EXCLUSIONS
 from common.errors import UserError
+from common.tomlconfig import read_toml_fields, toml_text
 
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
 # Fields a resumed run may change: where and how fast it runs, and how long, but not what it learns.
 RESUMABLE_CHANGES = {"run_dir", "epochs", "patience", "device", "amp", "threads", "log_every", "prefetch", "eval_block", "encode",
-                     "scoring", "cuda_graph", "compile", "assemble", "readers"}
+                     "scoring", "cuda_graph", "compile", "assemble", "readers", "tensorboard"}
 SELECT_MODES = ("cold", "warm", "all", "mean")
 ENCODE_MODES = ("auto", "unique", "slots", "all")
 SCORING_MODES = ("auto", "gather", "dense")
@@ -93,6 +94,7 @@ class TrainConfig:
     prefetch: int = 4  # chunks buffered ahead by the producer thread
     log_every: int = 50  # steps between host syncs for loss logging / divergence checks
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
+    tensorboard: bool = True  # event files in the run directory (clcrec/train/board.py)
 
     def __post_init__(self):
         # Messages name the command-line option (--l-r ...), since that is where a value comes from.
@@ -129,6 +131,20 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
         return cls(**d)
+
+    @classmethod
+    def read_toml(cls, path: Path) -> dict:
+        """The fields a TOML file sets (`train --config`), each checked: an unknown key or a wrong
+        type is a UserError naming the file and the key."""
+        return read_toml_fields(path, cls)
+
+    def to_toml(self) -> str:
+        """The resolved config as `train --config` reads it. run_dir is left out, so training from
+        the file starts a new run (in a new directory) rather than refusing an existing one."""
+        values = {k: v for k, v in self.to_dict().items() if k != "run_dir"}
+        return toml_text(values, header="The resolved config of a run: `python cli.py train --config THIS_FILE` trains "
+                         "it again\n(command-line options override the file).",
+                         left_out={"run_dir": f"{self.run_dir!r} is left out: a re-run gets a new directory (or --run-dir)"})
 
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **kw)

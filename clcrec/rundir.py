@@ -2,6 +2,8 @@
 
     RUN_DIR/
       config.json            the full TrainConfig plus dataset fingerprint and cache config
+      config.toml            the same TrainConfig as `train --config` reads it (run_dir left out)
+      events.out.tfevents.*  TensorBoard curves, one point per epoch (clcrec/train/board.py)
       metrics.jsonl          one JSON record per finished epoch
       checkpoints/last.pt    model, optimizer, scaler, RNG states, epoch, generation, early-stop state
       checkpoints/best.pt    the same, at the best validation epoch (the reported model)
@@ -177,6 +179,7 @@ class RunDir:
             )
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.config_path, {**record, "run_id": uuid.uuid4().hex})  # binds its checkpoints
+        atomic_write_bytes(self.root / "config.toml", TrainConfig.from_dict(record["config"]).to_toml().encode())
         self._run_id = None
 
     def run_id(self) -> str | None:

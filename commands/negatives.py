@@ -54,12 +54,21 @@ def build_negatives(
     publish: bool = typer.Option(False, "--publish", help="Check the staged shards of --generation and publish it."),
     wait: bool = typer.Option(False, "--wait", help="Queue behind a running writer instead of failing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML file of NegativeConfig fields "
+                                               "(num_neg, seed, chunk_rows, exclusion, on_short, cname, clevel); "
+                                               "options given here override it."),
 ) -> None:
     """Sample negatives for every training pair into numbered cache generations."""
     from cache import build
 
-    config = _negative_config(cache, num_neg=num_neg, seed=seed, chunk_rows=chunk_rows, on_short=on_short,
-                              exclusion=exclude)
+    from_file = {}
+    if config_file is not None:
+        from cache.manifest import NegativeConfig
+        from common.tomlconfig import read_toml_fields
+
+        from_file = read_toml_fields(config_file, NegativeConfig)
+    given = dict(num_neg=num_neg, seed=seed, chunk_rows=chunk_rows, on_short=on_short, exclusion=exclude)
+    config = _negative_config(cache, **{**from_file, **{k: v for k, v in given.items() if v is not None}})
     if (shard or publish) and generation is None:
         raise typer.BadParameter("--shard and --publish need --generation g")
     if shard and publish:

@@ -15,6 +15,8 @@ from common.errors import UserError
 @app.command()
 def train(
     ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", help="A TOML file of TrainConfig fields by name "
+                                          "(a run's config.toml, say); options given here override it."),
     dataset: Optional[Path] = typer.Option(None, help="Dataset directory; omit to run on the built-in synthetic data."),
     cache: Optional[Path] = typer.Option(None, help="Negative cache; built (generation 0) if missing."),
     run_dir: Optional[Path] = typer.Option(None, help="Run directory (default runs/<dataset>-<time>)."),
@@ -57,11 +59,17 @@ def train(
     log_every: int = typer.Option(50, help="Steps between host syncs for loss checks."),
     eval_block: int = typer.Option(1024, "--eval-block", help="Users per block of the validation/test ranking "
                                    "(memory: block x items scores; any size gives the same metrics)."),
+    tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard",
+                                     help="Write TensorBoard event files into the run directory."),
 ):
     """Train CLCRec. With no --dataset: generate synthetic data, build negatives, train, report."""
     from clcrec.config import TrainConfig
     from clcrec.train.flow import run_training
 
+    # Only the options typed on the command line count (click's ParameterSource): they override the
+    # --config file, which overrides the defaults (or, without a dataset, the demo preset).
+    from_file = TrainConfig.read_toml(config) if config is not None else {}
+    given = given_fields(ctx, skip=("config", "resume", "scale"))
     if resume is not None:
         if run_dir is not None and run_dir.resolve() != resume.resolve():
             raise UserError(f"--resume {resume} continues that run in place; --run-dir {run_dir} cannot move it. "
@@ -70,40 +78,36 @@ def train(
         from clcrec.train.trainer import train as train_run
 
         record = RunDir(resume).read_config()
-        # Options typed with --resume override the run's config; the trainer then refuses those
-        # that would change what the model learns (config.RESUMABLE_CHANGES lists the others).
-        names = {"dim_e": "dim_E", "modality": "modalities"}
-        given = {
-            names.get(k, k): (tuple(v) if isinstance(v, list) else v)
-            for k, v in ctx.params.items()
-            if ctx.get_parameter_source(k).name == "COMMANDLINE" and k not in ("resume", "scale")
-        }
-        cfg = TrainConfig.from_dict({**record["config"], **given, "run_dir": str(resume)})
+        # The trainer refuses overrides that would change what the model learns
+        # (config.RESUMABLE_CHANGES lists the others).
+        cfg = TrainConfig.from_dict({**record["config"], **from_file, **given, "run_dir": str(resume)})
         results = train_run(cfg, resume=True, console=console)
         if results:
             from clcrec.train.flow import report
 
             report(cfg.run_dir, results, console)
         return
-    # Options left unset take the reference defaults, or the demo preset when no dataset is given.
     from clcrec.train.flow import DEMO_PRESET
 
-    preset = DEMO_PRESET if dataset is None else {}
-    if num_neg is None:  # an existing --cache decides, as build-negatives does
+    values = {**from_file, **given}
+    preset = DEMO_PRESET if not values.get("dataset") else {}
+    if "num_neg" not in values and values.get("cache"):  # an existing --cache decides, as build-negatives does
         from cache.manifest import MANIFEST, read_manifest
 
-        num_neg = read_manifest(cache)["config"]["num_neg"] if cache and (cache / MANIFEST).is_file() else 128
-    cfg = TrainConfig(
-        dataset=str(dataset or ""), cache=str(cache or ""), run_dir=str(run_dir or ""),
-        l_r=l_r if l_r is not None else preset.get("l_r", 0.001), reg_weight=reg_weight, num_neg=num_neg, lr_lambda=lr_lambda, temp_value=temp_value,
-        num_sample=num_sample, hybrid_draw=hybrid_draw, exclude=exclude, batch_size=batch_size, dim_E=dim_e,
-        has_v=has_v, has_a=has_a, has_t=has_t,
-        modalities=tuple(modality), epochs=epochs if epochs is not None else preset.get("epochs", 30), patience=patience, select_mode=select_mode,
-        select_k=select_k, eval_ema=eval_ema, select_window=select_window, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
-        encode=encode, scoring=scoring, cuda_graph=cuda_graph, compile=compile, assemble=assemble, readers=readers,
-        threads=threads, log_every=log_every, eval_block=eval_block,
-    )
-    run_training(cfg, scale=scale, console=console)
+        if (Path(values["cache"]) / MANIFEST).is_file():
+            values["num_neg"] = read_manifest(Path(values["cache"]))["config"]["num_neg"]
+    run_training(TrainConfig(**{**preset, **values}), scale=scale, console=console)
+
+
+def given_fields(ctx: typer.Context, skip: tuple[str, ...]) -> dict:
+    """{TrainConfig field: value} of the options typed on the command line (not their defaults)."""
+    names = {"dim_e": "dim_E", "modality": "modalities"}
+    out = {}
+    for k, v in ctx.params.items():
+        if k in skip or ctx.get_parameter_source(k).name != "COMMANDLINE":
+            continue
+        out[names.get(k, k)] = tuple(v) if isinstance(v, list) else str(v) if isinstance(v, Path) else v
+    return out
 
 
 @app.command()
@@ -114,9 +118,6 @@ def evaluate(
     """Evaluate a run's best checkpoint on validation and test (all / warm / cold)."""
     from clcrec.evaluation.report import evaluate_run, format_table
 
-    notes: list[str] = []
-    results = evaluate_run(run_dir, ks=tuple(k), notes=notes)
-    for note in notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    results = evaluate_run(run_dir, ks=tuple(k))
     for kk in k:
         Console().print(format_table(results, ks=(kk,), title=f"{run_dir} @{kk}"))

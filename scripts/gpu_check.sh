@@ -113,12 +113,12 @@ PYEOF
     section demo "end-to-end CUDA training on the synthetic default (cli.py train)" \
         "$PY" cli.py train --run-dir "$OUT/gpu-demo"
     section bench256 "bench train, paper scale, batch 256, and the step's forms (eager, graph, compiled; dense and gather)" \
-        "$PY" cli.py bench train --batch-size 256 --steps 300 --compare-steps
+        "$PY" cli.py bench train --batch-size 256 --steps 300 --compare-steps --json "$OUT/bench-train-256.json"
     section bench4096 "bench train, paper scale, batch 4096, and the step's forms" \
-        "$PY" cli.py bench train --batch-size 4096 --steps 60 --rounds 3 --compare-steps
+        "$PY" cli.py bench train --batch-size 4096 --steps 60 --rounds 3 --compare-steps --json "$OUT/bench-train-4096.json"
     section bench16384 "bench train, paper scale, batch 16384 (no reference loop: too slow at this size)" \
-        "$PY" cli.py bench train --batch-size 16384 --steps 60 --rounds 3 --no-reference
-    section recommend "bench recommend, paper scale (recommend-all users/s on the GPU)" "$PY" cli.py bench recommend
+        "$PY" cli.py bench train --batch-size 16384 --steps 60 --rounds 3 --no-reference --json "$OUT/bench-train-16384.json"
+    section recommend "bench recommend, paper scale (recommend-all users/s on the GPU)" "$PY" cli.py bench recommend --json "$OUT/bench-recommend.json"
     for every in 1 10; do
         rm -rf "$OUT/refresh-$every" caches/refresh-$every
         section refresh$every "paper-scale training, --refresh-every $every, batch 4096" \
@@ -128,7 +128,7 @@ PYEOF
     ML=${ML100K:-../shared/datasets/ml-100k}
     if [ -f "$ML/u.data" ]; then
         if section ml_ingest "ml-100k: ingest" "$PY" cli.py ingest movielens "$ML" data/ml-100k --force; then
-            section ml_bench "ml-100k: bench train" "$PY" cli.py bench train --dataset data/ml-100k --steps 300
+            section ml_bench "ml-100k: bench train" "$PY" cli.py bench train --dataset data/ml-100k --steps 300 --json "$OUT/bench-train-ml-100k.json"
             section ml_train "ml-100k: training" "$PY" cli.py train --dataset data/ml-100k --run-dir "$OUT/ml-100k" \
                 --epochs 20 --patience 10 && summary "$OUT/ml-100k"
         else

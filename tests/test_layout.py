@@ -3,7 +3,7 @@
 - layers import downstream only: common <- pipeline <- cache <- clcrec <- commands <- cli;
 - inside clcrec/: the top modules import only each other; data/ and evaluation/ import only the
   top (and themselves); train/ may add data/ and evaluation/; serving/ may add evaluation/, never
-  train/ or data/; bench/ sits on top. The package's lazy `load_run` facade is the one exception;
+  train/ or data/; bench/ and tune/ sit on top. The package's lazy `load_run` facade is the one exception;
 - no import cycle anywhere; no module past 400 lines; at most 8 modules flat in clcrec/.
 """
 
@@ -23,6 +23,7 @@ CLCREC_ALLOWED = {
     "train": {"top", "data", "evaluation", "train"},
     "serving": {"top", "evaluation", "serving"},
     "bench": {"top", "data", "evaluation", "train", "serving", "bench"},
+    "tune": {"top", "data", "evaluation", "train", "tune"},  # trials train through the trainer
 }
 FACADE = ("clcrec", "clcrec.serving.run")  # clcrec/__init__.py's lazy `from clcrec import load_run`
 

@@ -34,6 +34,7 @@ from clcrec.rundir import (
     set_rng_state,
 )
 from clcrec.train import distributed as dist
+from clcrec.train.board import open_board
 from clcrec.train.generations import (
     AHEAD,
     HELD_OUT_NOTE,
@@ -62,8 +63,13 @@ from pipeline.dataset import load_dataset
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, console: Console | None = None):
+    """`on_epoch(epoch, record, best_score)` runs on rank 0 after each epoch's checkpoint (a tuning
+    trial reports there, and may raise to stop); `test=False`: never evaluate on the test split."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, console: Console | None = None,
+                 on_epoch=None, test: bool = True):
         self.console = console or Console(stderr=True)
+        self.on_epoch, self.test, self.board = on_epoch, test, None
         self.ctx = dist.init(wants_cuda(cfg.device))
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
@@ -189,6 +195,8 @@ class Trainer:
                 for name in ("last.pt", "best.pt"):  # leftovers of a kill during a checkpoint write
                     clean_tmp_leftovers(self.run.ckpt_dir, name)
                 self.console.print(f"resuming {self.run.root} at epoch {self.start_epoch}")
+        if self.cfg.tensorboard and self.ctx.is_main:  # rank 0 only; after a resume, no duplicate points
+            self.board = open_board(self.run.root, self.start_epoch, self.console)
         dist.barrier(self.ctx)
 
     # ------------------------------------------------------------------------------------------
@@ -269,6 +277,9 @@ class Trainer:
         try:
             return self._fit()
         finally:
+            self.supply.close()  # after an exception too; a second call does nothing
+            if self.board is not None:
+                self.board.close()
             if self.run_lock is not None:
                 self.run_lock.release()
                 self.run_lock = None
@@ -330,6 +341,8 @@ class Trainer:
             record["best_epoch"] = self.best_epoch
             # Order matters for resume: metrics, then best, then last (the resume point).
             self.metrics = self.run.append_metrics(self.metrics, record)
+            if self.board is not None:  # with metrics.jsonl, so a resume purges what it replays
+                self.board.write(record, lr=float(self.opt.param_groups[0]["lr"]))
             state = self.state(epoch, generation)
             # Before the first selectable epoch best.pt is provisional (not selected, only so that a
             # run killed early can be evaluated); the first selectable epoch always replaces it.
@@ -349,6 +362,8 @@ class Trainer:
             stop = self.bad_epochs >= cfg.patience
             if stop:
                 self.console.print(f"early stop: no {cfg.select_mode} {key} improvement for {cfg.patience} epochs")
+            if self.on_epoch is not None:
+                self.on_epoch(epoch, record, self.best_score)
         return dist.broadcast_flag(stop, self.ctx)
 
     def finish(self) -> dict:
@@ -361,12 +376,12 @@ class Trainer:
             "best_epoch": best["epoch"],
             "select": describe_selection(self.cfg),
             "val": self.evaluate("val"),
-            "test": self.evaluate("test"),
         }
-        # Reference points on the same test split: content-only cosine, random, planted oracle.
-        from clcrec.evaluation.baselines import baseline_results
+        if self.test:  # with reference points on the same test split: content-only cosine, random, oracle
+            from clcrec.evaluation.baselines import baseline_results
 
-        results["baselines"] = {"test": baseline_results(self.dataset, "test", self.eval_cfg, seed=self.cfg.seed)}
+            results["test"] = self.evaluate("test")
+            results["baselines"] = {"test": baseline_results(self.dataset, "test", self.eval_cfg, seed=self.cfg.seed)}
         results["negatives_exclude"] = self.cfg.exclude
         results["uses_held_out_data"] = self.cfg.exclude != "train"
         if results["uses_held_out_data"]:
@@ -383,8 +398,9 @@ class Trainer:
         return results
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = None) -> dict:
-    trainer = Trainer(cfg, resume=resume, console=console)
+def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = None, **hooks) -> dict:
+    """Train one run; `hooks` are Trainer's on_epoch and test."""
+    trainer = Trainer(cfg, resume=resume, console=console, **hooks)
     try:
         results = trainer.fit()
         # Every rank leaves together: a rank that tore its process group down while rank 0 still

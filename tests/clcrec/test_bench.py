@@ -22,3 +22,29 @@ def test_bench_train_counts_every_step_and_compares_the_step_forms(tiny_dataset,
         forms.pop("dense, compiled")
     assert [f["samples"] for f in forms.values()] == [6 * 64] * len(forms)
     assert r["ratio"] == r["streaming"]["samples_per_s"] / r["reference"]["samples_per_s"]
+
+
+def test_bench_json_holds_the_figures_and_the_machine(tiny_dataset, tmp_path):
+    """`bench train|recommend --json`: every figure of the table, the options, and the machine."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.support import REPO, cli_env
+
+    for argv in (["bench", "train", "--dataset", tiny_dataset, "--steps", 4, "--rounds", 2, "--num-neg", NUM_NEG,
+                  "--batch-size", 64, "--workers", 1, "--json", tmp_path / "train.json"],
+                 ["bench", "recommend", "--dataset", tiny_dataset, "--k", 10, "--json", tmp_path / "recommend.json"]):
+        proc = subprocess.run([sys.executable, str(REPO / "cli.py"), *map(str, argv)], cwd=tmp_path, env=cli_env(),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads((tmp_path / "train.json").read_text())
+    assert doc["bench"] == "train" and doc["config"]["steps"] == 4 and doc["config"]["batch_sizes"] == [64]
+    assert {"cpu_model", "cpu_count", "torch", "cuda", "gpu"} <= set(doc["machine"])
+    r = doc["results"]["by_batch_size"]["64"]
+    for loop in ("step_alone", "streaming", "reference"):
+        assert r[loop]["samples"] == 4 * 64 and r[loop]["samples_per_s"] > 0
+    assert {"wait_frac", "gpu_busy"} <= set(r["streaming"]) and r["ratio"] > 0
+    assert set(r["data"]) == {"streaming", "reference"} and "data_ratio" in r
+    rec = json.loads((tmp_path / "recommend.json").read_text())["results"]
+    assert rec["k"] == 10 and rec["rank_s"] > 0 and rec["rows"] == rec["users"] * 10
