@@ -56,7 +56,8 @@ from pipeline.dataset import load_dataset
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, console: Console | None = None):
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, console: Console | None = None,
+                 init: dict | None = None):
         self.console = console or Console(stderr=True)
         self.ctx = dist.init(wants_cuda(cfg.device))
         if cfg.threads > 0:
@@ -79,7 +80,10 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.ctx.local_rank, self.ctx.enabled)
         self.modalities = cfg.select_modalities([m["name"] for m in self.dataset.meta["modalities"]])
         torch.manual_seed(cfg.seed)
-        self.model = CLCRec.from_config(cfg, self.dataset, self.modalities).to(self.device)
+        self.model = CLCRec.from_config(cfg, self.dataset, self.modalities)
+        if init is not None and not resume:  # cli.py update: the parent's weights, extended (train/update.py)
+            self.model.load_state_dict(init)
+        self.model = self.model.to(self.device)
         self.net = dist.wrap(self.model, self.device, self.ctx)  # DDP when world > 1
         self.plan = plan_execution(cfg, self.device, self.dataset.num_items, self.ctx.world)
         self.opt = make_optimizer(self.model, cfg.l_r, capturable=self.plan.graph)
@@ -371,8 +375,8 @@ class Trainer:
         return results
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = None) -> dict:
-    trainer = Trainer(cfg, resume=resume, console=console)
+def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = None, init: dict | None = None) -> dict:
+    trainer = Trainer(cfg, resume=resume, console=console, init=init)
     try:
         results = trainer.fit()
         # Every rank leaves together: a rank that tore its process group down while rank 0 still
