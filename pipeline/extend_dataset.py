@@ -160,5 +160,6 @@ def extend_dataset(parent: Dataset, modalities: list[str], delta: pl.DataFrame, 
                   user_ids=user_ids, item_ids=item_ids, source=source,
                   split={"protocol": "update", "val_fraction": val_fraction, "seed": seed,
                          "parent_split": parent.meta.get("split")},
-                  extra={"update": summary}, extra_arrays=extra_arrays)
+                  extra={"update": summary, "ingest": parent.meta.get("ingest", {})},  # how features were built
+                  extra_arrays=extra_arrays)
     return Extension(u0, i0, was_cold.astype(np.int64), init_users.astype(np.int64), summary)

@@ -93,8 +93,9 @@ def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: Ne
     try:
         ext = extend_dataset(parent.dataset, modalities, delta, new_items, tmp / "dataset",
                              val_fraction=config.val_fraction, seed=config.seed, label=str(interactions),
-                             source={"kind": "update", "parent_run": lineage["parent_run"],
-                                     "parent_dataset": str(parent.dataset.root)})
+                             source={**parent.dataset.meta.get("source", {}),  # kind kept: --movielens again
+                                     "updated_from": {"run": lineage["parent_run"],
+                                                      "dataset": str(parent.dataset.root)}})
         results = _fine_tune(parent, ext, tmp, modalities, config, console)
         record = json.loads((tmp / "config.json").read_text())
         record["config"].update(dataset=str(out / "dataset"), cache="", run_dir=str(out))
