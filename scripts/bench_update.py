@@ -20,18 +20,20 @@ Writes OUT (default out/bench-update/): the datasets, runs, feed.csv and results
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import polars as pl
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import clcrec  # noqa: E402,F401,I001 - before torch: sets libgomp's spin count (19x on a shared machine, README section 6)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+import torch  # noqa: E402
 
 from clcrec.config import TrainConfig  # noqa: E402
 from clcrec.rundir import open_run  # noqa: E402

@@ -96,6 +96,7 @@ def test_tables_extend_from_content_and_the_users_items(parent, feed, tmp_path):
 def test_update_writes_a_new_run_and_leaves_the_parent_alone(parent, feed, tmp_path):
     from clcrec import load_run
     from clcrec.evaluation.report import evaluate_run
+    from clcrec.serving.export import export_embeddings
 
     csv, new_dir, new_ids = feed
     root = parent.loaded.root
@@ -118,6 +119,11 @@ def test_update_writes_a_new_run_and_leaves_the_parent_alone(parent, feed, tmp_p
     res = evaluate_run(tmp_path / "new-run")
     assert res["test"]["all"]["recall@10"] == pytest.approx(
         json.loads((tmp_path / "new-run" / "results.json").read_text())["test"]["all"]["recall@10"])
+    exported = export_embeddings(tmp_path / "new-run", tmp_path / "emb")
+    _, table = reopened.tables()
+    np.testing.assert_array_equal(np.load(exported / "items.npy"), table.numpy())  # the blended table
+    summary = reopened.recommend_all(tmp_path / "recs.parquet", k=3)
+    assert summary["users"] == parent.dataset.num_users + 1 and summary["rows"] == 3 * summary["users"]
 
 
 def test_blend_is_the_shrinkage_it_claims(parent):
