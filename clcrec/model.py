@@ -155,9 +155,20 @@ class CLCRec(nn.Module):
         return self.lr_lambda * loss_re + (1 - self.lr_lambda) * loss_ui + reg_weight * reg
 
     @torch.no_grad()
-    def ranking_table(self, item_status: torch.Tensor, block: int = 65536) -> torch.Tensor:
-        """(I, D) float32: warm items use their ID embedding, cold items their encoder output."""
+    def ranking_table(self, item_status: torch.Tensor, block: int = 65536, *,
+                      counts: torch.Tensor | None = None, blend_k: float = 0.0) -> torch.Tensor:
+        """(I, D) float32: warm items use their ID embedding, cold items their encoder output.
+
+        With `blend_k` > 0 every item is ranked by w * ID + (1 - w) * content, w = n / (n + k) from
+        its training interaction count n (`counts`, (I,)): an item with a few interactions leans on
+        its content, a popular one on its ID embedding, an item without any is pure content."""
         table = self.item_emb.weight.detach().float().clone()
+        if blend_k > 0:
+            w = (counts.float() / (counts.float() + blend_k)).to(table.device)[:, None]  # (I, 1)
+            for s in range(0, table.shape[0], block):
+                idx = torch.arange(s, min(s + block, table.shape[0]), device=table.device)
+                table[idx] = w[idx] * table[idx] + (1 - w[idx]) * self.encode(idx).float()
+            return table
         cold = torch.nonzero(item_status != 0).flatten()  # (C,)
         for s in range(0, cold.numel(), block):
             idx = cold[s : s + block]

@@ -32,6 +32,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from clcrec.config import RESUMABLE_CHANGES, TrainConfig
@@ -242,12 +243,27 @@ class TrainedRun:
     dataset: Dataset
     model: CLCRec
     checkpoint: dict
+    record: dict = None  # config.json: lineage and the blend of an updated run
+    root: Path | None = None  # the run directory it was opened from
+
+    @property
+    def blend_k(self) -> float:
+        """k of the ID/content blend n / (n + k) chosen by `cli.py update` (0: none, ID or content by status)."""
+        return float(((self.record or {}).get("blend") or {}).get("k", 0.0))
 
     @torch.no_grad()
-    def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(user vectors (U, D), ranking table (I, D)) in float32."""
+    def tables(self, blend_k: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user vectors (U, D), ranking table (I, D)) in float32, with the run's blend unless
+        `blend_k` is given (0: the ID embedding for warm items, content for cold ones)."""
         status = torch.as_tensor(self.dataset.item_status)
-        return self.model.user_table(), self.model.ranking_table(status)
+        k = self.blend_k if blend_k is None else blend_k
+        counts = torch.as_tensor(item_counts(self.dataset)) if k > 0 else None
+        return self.model.user_table(), self.model.ranking_table(status, counts=counts, blend_k=k)
+
+
+def item_counts(dataset: Dataset) -> np.ndarray:
+    """(I,) int64 training interactions per item."""
+    return np.bincount(np.asarray(dataset.train)[:, 1], minlength=dataset.num_items).astype(np.int64)
 
 
 def open_run(run_dir: Path, which: str = "best") -> TrainedRun:
@@ -267,7 +283,8 @@ def open_run(run_dir: Path, which: str = "best") -> TrainedRun:
                         f"`cli.py train --resume {run_dir}`")
     ck = load_checkpoint(path)
     check_own_checkpoint(ck, record, path, run.root)  # before the dataset: a foreign file is named as such
-    dataset = load_dataset(cfg.dataset)
+    # An updated run (cli.py update) carries its dataset inside: "dataset_dir" is relative to it.
+    dataset = load_dataset(run.root / record["dataset_dir"] if record.get("dataset_dir") else cfg.dataset)
     if ck["dataset_fingerprint"] != dataset.fingerprint:
         raise DatasetChangedError(
             f"dataset {cfg.dataset} changed since run {run_dir} was trained (fingerprints differ); "
@@ -277,4 +294,4 @@ def open_run(run_dir: Path, which: str = "best") -> TrainedRun:
     check_model_state(ck, model, path)
     model.load_state_dict(ck["model"])
     model.eval()
-    return TrainedRun(cfg, dataset, model, ck)
+    return TrainedRun(cfg, dataset, model, ck, record, run.root)

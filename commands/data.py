@@ -45,9 +45,29 @@ _TEST = typer.Option(0.1, "--test-fraction", help="Fraction of warm interactions
 _COLD_ITEMS = typer.Option(None, "--cold-items", help="File of original item ids (one a line) to make cold.")
 
 
-def _split_config(seed, cold_fraction, cold_val_share, val_fraction, test_fraction, cold_items):
-    from pipeline.split import SplitConfig
+_SPLIT = typer.Option("random", "--split", help="random: the paper's cold items (default); temporal: hold out "
+                     "everything after --cutoff (needs timestamps: MovieLens).")
+_CUTOFF = typer.Option(None, "--cutoff", help="Temporal split: a date (1998-03-01, UTC) or a fraction of the "
+                       "interactions in time order (0.8); the latest --val-fraction before it validate.")
 
+
+def _split_config(seed, cold_fraction, cold_val_share, val_fraction, test_fraction, cold_items,
+                  split: str = "random", cutoff: Optional[str] = None):
+    from common.errors import InputError
+    from pipeline.split import SplitConfig
+    from pipeline.split_temporal import TemporalSplitConfig
+
+    if split not in ("random", "temporal"):
+        raise InputError(f"--split must be random or temporal, got {split!r}")
+    if split == "temporal":
+        if cutoff is None:
+            raise InputError("--split temporal needs --cutoff DATE|FRACTION (e.g. --cutoff 0.8)")
+        if cold_items is not None:
+            raise InputError("--cold-items belongs to the random split; the temporal split makes the items "
+                             "first seen after --cutoff cold")
+        return TemporalSplitConfig(cutoff, val_fraction)
+    if cutoff is not None:
+        raise InputError("--cutoff needs --split temporal")
     return SplitConfig(seed, cold_fraction, cold_val_share, val_fraction, test_fraction, cold_items)
 
 
@@ -59,6 +79,7 @@ def ingest_movielens_cmd(
     tag_dim: int = typer.Option(64, help="Dimensions of the hashed user-tag features (releases with tags.csv)."),
     seed: int = _SEED, cold_fraction: float = _COLD, cold_val_share: float = _COLD_VAL,
     val_fraction: float = _VAL, test_fraction: float = _TEST, cold_items: Optional[Path] = _COLD_ITEMS,
+    split: str = _SPLIT, cutoff: Optional[str] = _CUTOFF,
     force: bool = FORCE,
 ) -> None:
     """Ingest a MovieLens release (detected by its files) with genre, year and title features, plus
@@ -66,7 +87,7 @@ def ingest_movielens_cmd(
     from pipeline.ingest_common import IngestConfig
     from pipeline.ingest_movielens import ingest_movielens
 
-    split = _split_config(seed, cold_fraction, cold_val_share, val_fraction, test_fraction, cold_items)
+    split = _split_config(seed, cold_fraction, cold_val_share, val_fraction, test_fraction, cold_items, split, cutoff)
     _wrote(ingest_movielens(source, target, IngestConfig(split=split, title_dim=title_dim, tag_dim=tag_dim), force))
 
 

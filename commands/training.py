@@ -1,4 +1,4 @@
-"""Training commands: `train` (and resume) and `evaluate` (clcrec/)."""
+"""Training commands: `train` (and resume), `evaluate` and `update` (clcrec/)."""
 
 from __future__ import annotations
 
@@ -121,3 +121,32 @@ def evaluate(
     results = evaluate_run(run_dir, ks=tuple(k))
     for kk in k:
         Console().print(format_table(results, ks=(kk,), title=f"{run_dir} @{kk}"))
+
+
+@app.command()
+def update(
+    run_dir: Path = typer.Argument(..., help="The parent run (only read, never modified)."),
+    interactions: Path = typer.Option(..., "--interactions", help="CSV or Parquet: user,item [,timestamp] in original ids."),
+    out: Path = typer.Option(..., "--out", help="The new run directory (written atomically)."),
+    new_items: Optional[Path] = typer.Option(None, "--new-items", help="DIR from embed-items with the content of items the run lacks."),
+    movielens: Optional[Path] = typer.Option(None, "--movielens", help="Or MovieLens movie rows (u.item, movies.dat, movies.csv)."),
+    epochs: int = typer.Option(3, help="Fine-tuning epochs over the combined data."),
+    val_fraction: float = typer.Option(0.1, help="Latest share of the new pairs held out to pick the epoch and the blend."),
+    blend_k: Optional[float] = typer.Option(None, help="Fix k of the ID/content blend n/(n+k) instead of choosing it on validation."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    threads: int = typer.Option(0),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
+):
+    """Fold interactions that arrived after training into a new run, without retraining (clcrec/train/update.py)."""
+    import json
+
+    from clcrec import load_run
+    from clcrec.evaluation.report import format_table
+
+    load_run(run_dir, device="cpu").update(
+        interactions, out, new_items=new_items, movielens=movielens, epochs=epochs, val_fraction=val_fraction,
+        blend_k=blend_k, seed=seed, device=device, threads=threads, force=force, console=console)
+    results = json.loads((Path(out) / "results.json").read_text())
+    rows = {"blend": results["test"], "ID only": results["test_id_only"]}
+    Console().print(format_table(rows, ks=(10,), title=f"{out}: test (what the update did not see)"))

@@ -14,7 +14,8 @@ Layout of DATASET/ (all arrays are plain .npy, so later stages can memory-map th
     users.parquet        columns user (0..n-1), original_id
     items.parquet        columns item (0..n-1), original_id [, title]
     extras/<name>.npy    optional arrays that training never reads (e.g. planted synthetic
-                         factors for the oracle); not part of the fingerprint
+                         factors for the oracle, {train,val,test}_time.npy: int64 unix seconds
+                         per split row when the source has timestamps); not in the fingerprint
 
 Users and items are re-indexed to 0..n-1; the parquet tables map back to the original ids.
 The fingerprint is a SHA-256 of the interaction arrays, the item status and the features; caches
@@ -106,6 +107,12 @@ class Dataset:
         """An optional array from extras/ (e.g. planted factors), or None if absent."""
         path = self.root / "extras" / f"{name}.npy"
         return np.load(path) if path.exists() else None
+
+    def times(self, name: str) -> np.ndarray | None:
+        """int64 unix seconds of each row of split `name`, or None when the source had no times."""
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; use one of {SPLITS}")
+        return self.extra_array(f"{name}_time")
 
     def user_ids(self) -> pl.DataFrame:
         return pl.read_parquet(self.root / "users.parquet")

@@ -6,7 +6,10 @@ Reads an interactions frame (original user / item ids) and an item table with fe
 aligned to it; writes the canonical dataset directory through `pipeline.dataset.write_dataset`.
 Steps: check ids (present, integer, non-negative) -> drop duplicate (user, item) pairs (counted)
 -> refuse interactions with items the item table lacks -> drop items without interactions
-(counted) -> re-index users and items by ascending original id -> cold-item split -> write.
+(counted) -> re-index users and items by ascending original id -> cold-item split (or, for interactions with
+a `timestamp` column, the temporal split of pipeline/split_temporal.py) -> write. Timestamps, when
+the source has them, are kept as extras/{train,val,test}_time.npy (int64 unix seconds, rows aligned
+to the split's pairs; the earliest time of a repeated pair).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from common.errors import InputError
 from common.fsutil import check_new_target
 from pipeline.dataset import write_dataset
 from pipeline.split import SplitConfig, map_cold_items, split_cold_items
+from pipeline.split_temporal import TemporalSplitConfig, split_temporal, times_of
 
 console = Console(stderr=True)
 
@@ -39,7 +43,7 @@ class FeatureSpec:
 
 @dataclass(frozen=True)
 class IngestConfig:
-    split: SplitConfig = SplitConfig()
+    split: SplitConfig | TemporalSplitConfig = SplitConfig()  # the paper's random cold items, or temporal
     title_dim: int = 64  # MovieLens: hashed title-word dimensions
     tag_dim: int = 64  # MovieLens with tags.csv: hashed tag dimensions
     user_col: str = "user"  # table: interaction columns
@@ -109,7 +113,14 @@ def assemble(
     if interactions.height == 0:
         raise InputError(f"{label} has no interactions")
     n_raw = interactions.height
-    pairs = interactions.select("user", "item").unique()
+    timed = "timestamp" in interactions.columns
+    if isinstance(config.split, TemporalSplitConfig) and not timed:
+        raise InputError(f"{label} has no timestamps, so it cannot be split in time; use the default "
+                         "random split (drop --split temporal)")
+    if timed:  # a repeated pair keeps its first time
+        pairs = interactions.group_by("user", "item").agg(pl.col("timestamp").min())
+    else:
+        pairs = interactions.select("user", "item").unique()
     duplicates = n_raw - pairs.height
 
     known = items["original_id"]
@@ -140,14 +151,23 @@ def assemble(
 
     cold = None
     cold_skipped = 0
-    if config.split.cold_items_file is not None:
-        kept_ids = item_ids["original_id"].cast(pl.String).to_list()
-        cold, cold_skipped = map_cold_items(
-            config.split.cold_items_file,
-            known.cast(pl.String).to_list(),
-            {s: k for k, s in enumerate(kept_ids)},
-        )
-    split = split_cold_items(arr, item_ids.height, config.split, cold_items=cold)
+    split_notes: dict = {}
+    times = pairs["timestamp"].to_numpy() if timed else None
+    if isinstance(config.split, TemporalSplitConfig):
+        split, split_notes = split_temporal(arr, times, item_ids.height, config.split)
+    else:
+        if config.split.cold_items_file is not None:
+            kept_ids = item_ids["original_id"].cast(pl.String).to_list()
+            cold, cold_skipped = map_cold_items(
+                config.split.cold_items_file,
+                known.cast(pl.String).to_list(),
+                {s: k for k, s in enumerate(kept_ids)},
+            )
+        split = split_cold_items(arr, item_ids.height, config.split, cold_items=cold)
+    time_arrays = None
+    if timed:  # aligned to each split's rows (all sorted by user, item, as write_dataset keeps them)
+        time_arrays = {f"{name}_time": times_of(getattr(split, name), arr, times, item_ids.height)
+                       for name in ("train", "val", "test")}
 
     ingest_meta = {
         "rows_read": n_raw,
@@ -158,6 +178,8 @@ def assemble(
         "items": int(item_ids.height),
         "items_without_interactions_dropped": int(dropped_items),
         "cold_list_items_without_interactions": int(cold_skipped),
+        "timestamps": timed,
+        **split_notes,
         **(extra or {}),
     }
     console.print(
@@ -177,6 +199,7 @@ def assemble(
         source=source,
         split=config.split.to_meta(),
         extra={"ingest": {**ingest_meta, "seconds": round(time.perf_counter() - t0, 3)}},
+        extra_arrays=time_arrays,
         force=force,
     )
     return target

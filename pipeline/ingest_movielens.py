@@ -7,8 +7,9 @@ Reads one of
                                   19 genre flags; genre names from u.genre when present)
     ml-1m, ml-10m                 ratings.dat + movies.dat ('::'; MovieID::Title (Year)::G1|G2)
     ml-20m, ml-25m, ml-latest(-small)  ratings.csv + movies.csv (header, quoted titles)
-Every rating is one implicit interaction. Writes DATASET/ (see pipeline/dataset.py) with the
-modalities `genre` (multi-hot), `year` (release year scaled to [0,1], missing -> median) and
+Every rating is one implicit interaction, with its timestamp (unix seconds; the earliest when a
+pair repeats; the temporal split `--split temporal --cutoff` reads them). Writes DATASET/ (see
+pipeline/dataset.py) with the modalities `genre` (multi-hot), `year` (release year scaled to [0,1], missing -> median) and
 `title` (hashed bag of title words, `title_dim` dims), plus `genome` and `tags` when the release
 has genome-scores.csv / tags.csv (pipeline/movielens_tags.py), and the titles in items.parquet.
 Text files are decoded as UTF-8, falling back to latin-1 (the older releases' encoding).
@@ -94,28 +95,31 @@ def _require_columns(source, path: Path, wanted: list[str], what: str) -> None:
 
 
 def _ratings(path: Path, release: str) -> pl.DataFrame:
-    """(user, item) Int64 original ids of every rating row."""
+    """(user, item [, timestamp]) Int64 original ids (and unix seconds) of every rating row."""
+    time_col = None
     try:
         if release == "ml-100k":
             df = pl.read_csv(path, has_header=False, separator="\t", infer_schema=False)
             cols = df.columns[:2]
+            time_col = df.columns[3] if df.width >= 4 else None
         elif release == "ml-1m/ml-10m":  # '::' splits into value, '', value, '', ...
             df = pl.read_csv(path, has_header=False, separator=":", infer_schema=False, quote_char=None)
             cols = df.columns[0:3:2]
+            time_col = df.columns[6] if df.width >= 7 else None
         else:
             _require_columns(path, path, ["userId", "movieId"], "ratings")
-            df = pl.read_csv(path, columns=["userId", "movieId"], infer_schema=False)
+            have = pl.read_csv(path, n_rows=0, infer_schema=False).columns
+            time_col = "timestamp" if "timestamp" in have else None
+            df = pl.read_csv(path, columns=["userId", "movieId", *([time_col] if time_col else [])], infer_schema=False)
             cols = ["userId", "movieId"]
     except pl.exceptions.ComputeError as e:
         raise InputError(f"ratings file {path} could not be parsed: {e}") from None
     if len(df.columns) < 2 or len(cols) < 2:
         raise InputError(f"ratings file {path} has fewer than two columns; expected user and item ids")
-    return pl.DataFrame(
-        {
-            "user": integer_ids(df[cols[0]], f"{path} user ids"),
-            "item": integer_ids(df[cols[1]], f"{path} item ids"),
-        }
-    )
+    out = {"user": integer_ids(df[cols[0]], f"{path} user ids"), "item": integer_ids(df[cols[1]], f"{path} item ids")}
+    if time_col is not None:
+        out["timestamp"] = integer_ids(df[time_col], f"{path} timestamps")
+    return pl.DataFrame(out)
 
 
 def _movies_100k(path: Path) -> tuple[pl.DataFrame, np.ndarray, list[str], pl.Series]:

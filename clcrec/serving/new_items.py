@@ -14,6 +14,7 @@ written atomically as DIR/:
     meta.json       format, count, dim, modalities, run dir, the encoder's SHA-256 (a DIR made by
                     another model is refused), ids that replace a stored item's vector
     vectors.npy     float32 (N, D) ranking vectors
+    features/M.npy  float32 (N, dim) the raw content of each run modality M (what `update` trains on)
     items.parquet   original_id [, title]; rows aligned to vectors.npy
 """
 
@@ -49,6 +50,7 @@ class NewItems:
     titles: list | None = None  # (N,) titles of MovieLens rows
     replaced: list[int] = field(default_factory=list)  # ids that replace a stored item's vector
     meta: dict = field(default_factory=dict)  # modalities, notes of the feature build
+    features: dict[str, np.ndarray] | None = None  # the raw content per modality (cli.py update reads it)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -75,6 +77,10 @@ class NewItems:
         tmp = make_tmp_dir(out)
         try:
             np.save(tmp / "vectors.npy", self.vectors.astype(np.float32))
+            if self.features is not None:  # the content itself, so `update` can train these items
+                (tmp / "features").mkdir()
+                for name, arr in self.features.items():
+                    np.save(tmp / "features" / f"{name}.npy", np.asarray(arr, dtype=np.float32))
             self.frame().write_parquet(tmp / "items.parquet")
             atomic_write_json(tmp / "meta.json", {
                 "files": record_files(tmp),  # a SHA-256 per file, checked on load (as a dataset's)
@@ -113,8 +119,13 @@ def load_new_items(path: Path) -> NewItems:
     own = ("format", "format_version", "count", "dim", "encoder_sha256", "replaced", "files")
     rest = {k: v for k, v in meta.items() if k not in own}
     titles = items["title"].to_list() if "title" in items.columns else None
+    feats = None
+    if (path / "features").is_dir():
+        feats = {p.stem: np.load(p, allow_pickle=False) for p in sorted((path / "features").glob("*.npy"))}
+        if any(a.ndim != 2 or a.shape[0] != meta["count"] for a in feats.values()):
+            raise UserError(f"{path}/features is inconsistent with its {meta['count']} items; make it again")
     return NewItems(items["original_id"].to_numpy().astype(np.int64), vectors, meta["encoder_sha256"], titles,
-                    list(meta.get("replaced", [])), rest)
+                    list(meta.get("replaced", [])), rest, feats)
 
 
 def encoder_id(model: CLCRec) -> str:

@@ -151,7 +151,8 @@ class Run:
                              f"item {ids[int(np.argmax(bad))]}: their features are finite but out of the range "
                              "the encoder was trained on; scale them like the training features")
         meta["run_dir"] = str(self.loaded.cfg.run_dir)
-        return NewItems(ids, vectors, self.encoder, titles, ids[known].tolist(), meta)
+        return NewItems(ids, vectors, self.encoder, titles, ids[known].tolist(), meta,
+                        {m: feats[m] for m in self.modalities})
 
     def new_items(self, new_items: NewItems | str | Path | None) -> NewItems | None:
         """A NewItems (or a DIR from embed-items, loaded), checked to come from this run's encoder."""
@@ -196,6 +197,58 @@ class Run:
             np.concatenate([status, np.full(int((~old).sum()), NEW, dtype=np.int8)]),
             titles,
         )
+
+    # --- folding in new interactions ------------------------------------------------------------
+
+    def update(self, interactions: str | Path, out: str | Path, *, new_items=None, movielens=None,
+               epochs: int = 3, val_fraction: float = 0.1, blend_k: float | None = None, seed: int = 0,
+               device: str = "auto", threads: int = 0, force: bool = False, console=None) -> "Run":
+        """Fold the interactions file (user,item [,timestamp], original ids) into a new run at `out`
+        (clcrec/train/update.py) and open it; items the run lacks need their content: `new_items`
+        (a DIR or NewItems from this run's embed_items) or `movielens` rows. This run is not changed."""
+        # The one import of training from serving (tests/test_layout.py): lazy, so serving alone
+        # never loads the trainer.
+        from clcrec.train.update import UpdateConfig, update_run
+
+        if self.loaded.root is None:
+            raise UserError("this run was not opened from a directory (load_run(DIR)); it cannot be updated")
+        rows, source = self._new_item_rows(new_items, movielens)
+        update_run(self.loaded.root, Path(interactions), Path(out), new_items=rows, new_items_source=source,
+                   config=UpdateConfig(epochs=epochs, val_fraction=val_fraction, blend_k=blend_k, seed=seed,
+                                       device=device, threads=threads),
+                   force=force, console=console, parent=self.loaded)
+        return load_run(out, device=str(self.device))
+
+    def _new_item_rows(self, new_items, movielens):
+        """(NewItemRows or None, lineage note) of the content of items this run lacks."""
+        from pipeline.extend_dataset import NewItemRows
+
+        if new_items is not None and movielens is not None:
+            raise UserError("give the new items' content one way: --new-items DIR or --movielens FILE")
+        if movielens is not None:
+            from pipeline.ingest_movielens import movie_rows_features
+
+            items, feats, _ = movie_rows_features(Path(movielens), self.dataset)
+            missing = [m for m in self.modalities if m not in feats]
+            if missing:
+                raise InputError(f"run modalities {missing} are not built from MovieLens rows; use --new-items DIR")
+            from common.integrity import file_sha256
+
+            return (NewItemRows(items["original_id"].to_numpy().astype(np.int64), {m: feats[m] for m in self.modalities},
+                                items["title"].to_list()),
+                    {"kind": "movielens", "path": str(Path(movielens).resolve()), "sha256": file_sha256(Path(movielens))})
+        if new_items is None:
+            return None, None
+        where = str(new_items) if not isinstance(new_items, NewItems) else "NewItems"
+        new = self.new_items(new_items)  # refuses another run's encoder
+        if new.features is None:
+            raise UserError(f"new items {where} hold no content features (made before embed-items kept them); "
+                            f"embed them again with cli.py embed-items {self.loaded.root or 'RUN'} ...")
+        unknown = sorted(set(new.features) ^ set(self.modalities))
+        if unknown:
+            raise UserError(f"new items {where} have modalities {sorted(new.features)}, the run {list(self.modalities)}")
+        return (NewItemRows(new.ids, dict(new.features), new.titles),
+                {"kind": "new-items", "path": where, "encoder_sha256": new.encoder})
 
     # --- ranking --------------------------------------------------------------------------------
 

@@ -64,10 +64,11 @@ from pipeline.dataset import load_dataset
 
 class Trainer:
     """`on_epoch(epoch, record, best_score)` runs on rank 0 after each epoch's checkpoint (a tuning
-    trial reports there, and may raise to stop); `test=False`: never evaluate on the test split."""
+    trial reports there, and may raise to stop); `test=False`: never evaluate on the test split;
+    `init`: starting weights (cli.py update: the parent's, extended; clcrec/train/update.py)."""
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, console: Console | None = None,
-                 on_epoch=None, test: bool = True):
+                 on_epoch=None, test: bool = True, init: dict | None = None):
         self.console = console or Console(stderr=True)
         self.on_epoch, self.test, self.board = on_epoch, test, None
         self.ctx = dist.init(wants_cuda(cfg.device))
@@ -92,7 +93,10 @@ class Trainer:
         bind_device(self.device)  # before any stream or graph is made on it
         self.modalities = cfg.select_modalities([m["name"] for m in self.dataset.meta["modalities"]])
         torch.manual_seed(cfg.seed)
-        self.model = CLCRec.from_config(cfg, self.dataset, self.modalities).to(self.device)
+        self.model = CLCRec.from_config(cfg, self.dataset, self.modalities)
+        if init is not None and not resume:  # cli.py update: the parent's weights, extended (train/update.py)
+            self.model.load_state_dict(init)
+        self.model = self.model.to(self.device)
         self.net = dist.wrap(self.model, self.device, self.ctx)  # DDP when world > 1
         self.plan = plan_execution(cfg, self.device, self.dataset.num_items, self.ctx.world)
         self.opt = make_optimizer(self.model, cfg.l_r, capturable=self.plan.graph)
@@ -399,7 +403,7 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = None, **hooks) -> dict:
-    """Train one run; `hooks` are Trainer's on_epoch and test."""
+    """Train one run; `hooks` are Trainer's on_epoch, test and init."""
     trainer = Trainer(cfg, resume=resume, console=console, **hooks)
     try:
         results = trainer.fit()

@@ -1,0 +1,172 @@
+"""Fold interactions that arrived after training into a run, without retraining: `cli.py update`.
+
+    python cli.py update runs/ml --interactions new.csv --out runs/ml-upd [--new-items new/ | --movielens movies.csv]
+
+Reads the parent run (its best checkpoint, config and dataset), the new interactions (user,item
+[,timestamp] in original ids) and the content of items the run lacks. Writes NEW_RUN atomically
+(built in `.tmp-NEW_RUN.*` beside it, renamed when complete; a kill leaves no NEW_RUN):
+
+    NEW_RUN/dataset/     the parent's dataset extended (pipeline/extend_dataset.py), opened by load_run
+    NEW_RUN/config.json  the parent's config with this update's schedule, plus "lineage" (parent run,
+                         the SHA-256 of its best.pt, the interactions file's SHA-256, the new items'
+                         source), "blend" (k and the validation recall of every k tried), "update"
+    NEW_RUN/checkpoints, metrics.jsonl, results.json (test with the blend and ID-only), plots
+
+Steps: extend the tables (a new or formerly cold item's ID embedding starts from its content
+vector, the parent encoder's output, which the R-E loss trained to land where its ID embedding
+would; a user without training pairs starts from the mean of their new items' vectors), build
+negative generation 0 of the combined data through the cache machinery (in the temporary
+directory, removed before publishing), fine-tune with the same trainer, step and selection for a
+few epochs (fresh Adam at the parent's rate, every epoch selectable on validation "all"), then
+choose the blend weight k of n / (n + k) on validation. The parent run is only read.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from clcrec.evaluation.ranking import EvalConfig, evaluate_ranking
+from clcrec.model import concat_normalised_features
+from clcrec.rundir import RunDir, TrainedRun, open_run
+from common.errors import UserError
+from common.fsutil import (
+    atomic_write_json,
+    check_new_target,
+    clean_tmp_leftovers,
+    fsync_tree,
+    make_tmp_dir,
+    publish_dir,
+)
+from common.integrity import file_sha256
+from pipeline.dataset import Dataset, load_dataset
+from pipeline.extend_dataset import Extension, NewItemRows, extend_dataset
+from pipeline.new_interactions import read_new_interactions
+
+# k of the blend n / (n + k): 0 ranks every item with interactions by its ID embedding alone
+BLEND_GRID = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    epochs: int = 3  # fine-tuning epochs over the combined data (each one selectable)
+    val_fraction: float = 0.1  # latest share of the new pairs held out to select the epoch and k
+    blend_k: float | None = None  # None: chosen on validation among BLEND_GRID
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise UserError(f"--epochs must be an integer >= 1, got {self.epochs!r}")
+        if self.blend_k is not None and not (np.isfinite(self.blend_k) and self.blend_k >= 0):
+            raise UserError(f"--blend-k must be a finite number >= 0, got {self.blend_k!r}")
+
+
+def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: NewItemRows | None = None,
+               new_items_source: dict | None = None, config: UpdateConfig = UpdateConfig(), force: bool = False,
+               console: Console | None = None, parent: TrainedRun | None = None) -> dict:
+    """Write NEW_RUN `out` from `parent_dir` and the interactions file; returns its results."""
+    console = console or Console(stderr=True)
+    t0 = time.perf_counter()
+    parent_dir, out, interactions = Path(parent_dir), Path(out), Path(interactions)
+    check_new_target(out, force, "--out")
+    if out.resolve() == parent_dir.resolve():
+        raise UserError("--out must differ from the parent run: the parent run is never modified")
+    parent = parent or open_run(parent_dir)
+    delta = read_new_interactions(interactions)  # before anything is written
+    modalities = list(parent.checkpoint["modalities"])
+    lineage = {"parent_run": str(parent_dir.resolve()),
+               "parent_checkpoint_sha256": file_sha256(RunDir(parent_dir).best),
+               "interactions_file": str(interactions.resolve()), "interactions_sha256": file_sha256(interactions),
+               "new_items": new_items_source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    clean_tmp_leftovers(out.parent, out.name)
+    tmp = make_tmp_dir(out)
+    try:
+        ext = extend_dataset(parent.dataset, modalities, delta, new_items, tmp / "dataset",
+                             val_fraction=config.val_fraction, seed=config.seed, label=str(interactions),
+                             source={**parent.dataset.meta.get("source", {}),  # kind kept: --movielens again
+                                     "updated_from": {"run": lineage["parent_run"],
+                                                      "dataset": str(parent.dataset.root)}})
+        results = _fine_tune(parent, ext, tmp, modalities, config, console)
+        record = json.loads((tmp / "config.json").read_text())
+        record["config"].update(dataset=str(out / "dataset"), cache="", run_dir=str(out))
+        seconds = round(time.perf_counter() - t0, 3)
+        record.update(dataset_dir="dataset", lineage=lineage, blend=results["blend"],
+                      update={**ext.summary, **asdict(config), "seconds": seconds})
+        results["update_seconds"] = seconds
+        atomic_write_json(tmp / "config.json", record)
+        atomic_write_json(tmp / "results.json", results)
+        fsync_tree(tmp)
+        publish_dir(tmp, out, force=force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    console.print(f"updated {parent_dir} -> {out} in {seconds:.1f} s: {ext.summary['training_pairs']:,} new training "
+                  f"pairs, {ext.summary['new_items']} new items, {ext.summary['new_users']} new users, blend k "
+                  f"{results['blend']['k']:g}", highlight=False)
+    return results
+
+
+@torch.no_grad()
+def initial_state(parent: TrainedRun, ds: Dataset, modalities: list[str], ext: Extension) -> dict:
+    """The parent's weights with the user and item tables extended to the new dataset."""
+    state = {k: v.detach().clone().cpu() for k, v in parent.model.state_dict().items()}
+    old_items, old_users = state["item_emb.weight"], state["user_emb.weight"]
+    dim = old_items.shape[1]
+    items = torch.zeros(ds.num_items, dim)
+    items[: ext.parent_items] = old_items
+    if len(ext.init_items):
+        idx = torch.as_tensor(ext.init_items)
+        feats = concat_normalised_features([np.asarray(ds.features[m])[ext.init_items] for m in modalities])
+        items[idx] = parent.model.encoder.cpu()(feats).float()  # (N, D) the content vector
+    users = old_users.mean(0, keepdim=True).repeat(ds.num_users, 1)  # users without any item: the mean user
+    users[: ext.parent_users] = old_users
+    if len(ext.init_users):
+        train = torch.as_tensor(np.asarray(ds.train, dtype=np.int64))
+        sel = torch.as_tensor(np.isin(np.asarray(ds.train)[:, 0], ext.init_users))
+        u, i = train[sel, 0], train[sel, 1]
+        sums = torch.zeros(ds.num_users, dim).index_add_(0, u, items[i])  # (U, D)
+        n = torch.bincount(u, minlength=ds.num_users).clamp(min=1)[:, None]
+        idx = torch.as_tensor(ext.init_users)
+        users[idx] = sums[idx] / n[idx]
+    state["item_emb.weight"], state["user_emb.weight"] = items, users
+    return state
+
+
+def _fine_tune(parent: TrainedRun, ext: Extension, tmp: Path, modalities, config: UpdateConfig, console) -> dict:
+    from clcrec.train.flow import ensure_cache
+    from clcrec.train.trainer import train
+
+    ds = load_dataset(tmp / "dataset")
+    cfg = parent.cfg.replace(
+        dataset=str(tmp / "dataset"), cache=str(tmp / "cache"), run_dir=str(tmp), modalities=tuple(modalities),
+        epochs=config.epochs, patience=config.epochs, eval_ema=0.0, select_window=1, select_mode="all",
+        refresh_every=0, seed=config.seed, device=config.device, threads=config.threads)
+    ensure_cache(Path(cfg.dataset), Path(cfg.cache), cfg.num_neg, cfg.seed, console, cfg.exclude)
+    train(cfg, console=console, init=initial_state(parent, ds, modalities, ext))
+    shutil.rmtree(tmp / "cache")  # serving never reads negatives; NEW_RUN stays small
+    run = open_run(tmp)
+    ecfg = EvalConfig(ks=tuple(cfg.ks), user_block=cfg.eval_block)
+    key = f"recall@{cfg.select_k}"
+
+    def metrics(split: str, k: float) -> dict:
+        users, items = run.tables(blend_k=k)
+        return evaluate_ranking(users, items, ds.train, ds.split(split), ds.item_status, ecfg)
+
+    grid = {k: metrics("val", k)["all"][key] for k in BLEND_GRID} if config.blend_k is None else {}
+    best = config.blend_k if config.blend_k is not None else max(grid, key=lambda k: (grid[k], -k))
+    results = json.loads((tmp / "results.json").read_text())
+    results.update(val=metrics("val", best), test=metrics("test", best), test_id_only=metrics("test", 0.0))
+    results["blend"] = {"k": float(best), "rule": "w = n / (n + k) on the ID embedding, 1 - w on content",
+                        "chosen_on": f"validation all {key}" if grid else "given (--blend-k)",
+                        "val": {f"{k:g}": round(v, 6) for k, v in grid.items()}}
+    return results

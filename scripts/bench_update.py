@@ -1,0 +1,138 @@
+"""From cold to warm, measured like production: `update` against a full retrain on ml-100k in time.
+
+    python scripts/bench_update.py ../shared/datasets/ml-100k [--cutoff 0.8 --feed-share 0.5 --epochs 30]
+
+The temporal protocol: ingest with `--split temporal --cutoff 0.8` and train the parent run on what
+came before; of what came after, the first `--feed-share` (in time) is the file fed to `update`, the
+rest is the test. Four models ranked on that test, all over the same items, each user's
+interactions before the test period masked:
+  old run, content   the parent as served today (items first seen after the cutoff by content)
+  update, blend      after `update` (ID and content blended by n / (n + k), k chosen on validation)
+  update, ID only    the same run, every item with interactions by its ID embedding
+  full retrain       ingest with the cutoff at the start of the test period, train from scratch
+Recall@10 / NDCG@10 over all items, and over the new items (first seen after the cutoff) grouped by
+how many interactions the update file held for them (0, 1, 2-5, 6-20, >20): ranked among all items,
+counting hits on the group's items only. Wall time of `update` and of the retrain (ingest, negatives,
+training) are measured one after the other in this process.
+
+Writes OUT (default out/bench-update/): the datasets, runs, feed.csv and results.json.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import clcrec  # noqa: E402,F401,I001 - before torch: sets libgomp's spin count (19x on a shared machine, README section 6)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+import torch  # noqa: E402
+
+from clcrec.config import TrainConfig  # noqa: E402
+from clcrec.rundir import open_run  # noqa: E402
+from clcrec.train.flow import run_training  # noqa: E402
+from clcrec.train.update import UpdateConfig, update_run  # noqa: E402
+from pipeline.dataset import COLD_TEST, load_dataset  # noqa: E402
+from pipeline.ingest_common import IngestConfig  # noqa: E402
+from pipeline.ingest_movielens import ingest_movielens  # noqa: E402
+from pipeline.split_temporal import TemporalSplitConfig, time_at_fraction  # noqa: E402
+
+GROUPS = (("0 (still cold)", 0, 0), ("1", 1, 1), ("2-5", 2, 5), ("6-20", 6, 20), (">20", 21, 10**9))
+K = 10
+
+
+def metrics(users: torch.Tensor, items: torch.Tensor, seen: np.ndarray, test: np.ndarray, keep: np.ndarray) -> dict:
+    """Recall@K / NDCG@K of the test pairs on items where `keep`, ranking all items, `seen` masked."""
+    scores = (users @ items.T).numpy().astype(np.float64)  # (U, I)
+    scores[seen[:, 0], seen[:, 1]] = -np.inf
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :K]  # (U, K)
+    test = test[keep[test[:, 1]]]
+    rec, ndcg = [], []
+    disc = 1.0 / np.log2(np.arange(2, K + 2))
+    for u in np.unique(test[:, 0]):
+        pos = set(test[test[:, 0] == u, 1].tolist())
+        hit = np.array([i in pos for i in top[u]])
+        rec.append(hit.sum() / len(pos))
+        ndcg.append((hit * disc).sum() / disc[: min(len(pos), K)].sum())
+    return {"recall": float(np.mean(rec)) if rec else float("nan"), "ndcg": float(np.mean(ndcg)) if ndcg else float("nan"),
+            "users": len(rec), "pairs": int(len(test))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("source", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("out/bench-update"))
+    ap.add_argument("--cutoff", default="0.8")
+    ap.add_argument("--feed-share", type=float, default=0.5)
+    ap.add_argument("--epochs", type=int, default=30, help="parent and retrain (early stopping as train's defaults)")
+    ap.add_argument("--update-epochs", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    out = a.out
+    out.mkdir(parents=True, exist_ok=True)
+    base = dict(epochs=a.epochs, seed=a.seed, device="cpu")
+
+    # --- the parent: everything before the cutoff ---
+    ingest_movielens(a.source, out / "parent-data", IngestConfig(split=TemporalSplitConfig(a.cutoff)), force=True)
+    ds = load_dataset(out / "parent-data")
+    t = ds.times("test")
+    t2 = time_at_fraction(t, a.feed_share)
+    test = np.asarray(ds.test, dtype=np.int64)
+    feed, rest = test[t < t2], test[t >= t2]
+    uid, iid = ds.user_ids()["original_id"].to_numpy(), ds.item_ids()["original_id"].to_numpy()
+    pl.DataFrame({"user": uid[feed[:, 0]], "item": iid[feed[:, 1]], "timestamp": t[t < t2]}).write_csv(out / "feed.csv")
+    import shutil
+
+    for p in ("parent", "updated", "retrain", "parent-cache", "retrain-cache"):  # a fresh start: no reuse
+        shutil.rmtree(out / p, ignore_errors=True)
+    run_training(TrainConfig(dataset=str(out / "parent-data"), cache=str(out / "parent-cache"),
+                             run_dir=str(out / "parent"), **base))
+
+    # --- update vs full retrain, one after the other ---
+    t0 = time.perf_counter()
+    update_run(out / "parent", out / "feed.csv", out / "updated",
+               config=UpdateConfig(epochs=a.update_epochs, seed=a.seed, device="cpu"), force=True)
+    update_s = time.perf_counter() - t0
+    cut2 = datetime.fromtimestamp(t2, timezone.utc).replace(tzinfo=None).isoformat()
+    t0 = time.perf_counter()
+    ingest_movielens(a.source, out / "retrain-data", IngestConfig(split=TemporalSplitConfig(cut2)), force=True)
+    run_training(TrainConfig(dataset=str(out / "retrain-data"), cache=str(out / "retrain-cache"),
+                             run_dir=str(out / "retrain"), **base))
+    retrain_s = time.perf_counter() - t0
+
+    # --- one test, one item index ---
+    re = load_dataset(out / "retrain-data")
+    assert (re.item_ids()["original_id"].to_numpy() == iid).all() and (re.user_ids()["original_id"].to_numpy() == uid).all()
+    assert len(np.asarray(re.test)) == len(rest)
+    seen = np.concatenate([np.asarray(ds.train), np.asarray(ds.val), feed]).astype(np.int64)
+    n_feed = np.bincount(feed[:, 1], minlength=ds.num_items)
+    new = ds.item_status == COLD_TEST  # first seen after the cutoff
+    parent, updated, retrain = open_run(out / "parent"), open_run(out / "updated"), open_run(out / "retrain")
+    assert updated.dataset.num_items == ds.num_items  # every item of the file was in the parent already
+    models = {"old run, content": parent.tables(), "update, blend": updated.tables(),
+              "update, ID only": updated.tables(blend_k=0.0), "full retrain": retrain.tables()}
+    cols = {"all items": np.ones(ds.num_items, bool),
+            **{f"new, {name}": new & (n_feed >= lo) & (n_feed <= hi) for name, lo, hi in GROUPS}}
+    table = {m: {c: metrics(*tabs, seen, rest, keep) for c, keep in cols.items()} for m, tabs in models.items()}
+    results = {"table": table, "update_s": update_s, "retrain_s": retrain_s, "blend_k": updated.blend_k,
+               "items_per_group": {c: int(k.sum()) for c, k in cols.items()}, "feed_pairs": int(len(feed)),
+               "test_pairs": int(len(rest)), "args": {k: str(v) for k, v in vars(a).items()}}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+
+    head = "| model | " + " | ".join(f"{c} ({results['items_per_group'][c]} items)" for c in cols) + " |"
+    print(head + "\n|" + "---|" * (len(cols) + 1))
+    for m, row in table.items():
+        print(f"| {m} | " + " | ".join(f"{row[c]['recall']:.4f} / {row[c]['ndcg']:.4f}" for c in cols) + " |")
+    print(f"\nRecall@{K} / NDCG@{K}; blend k = {updated.blend_k:g}; feed {len(feed):,} pairs, test {len(rest):,} pairs")
+    print(f"wall time: update {update_s:.1f} s, full retrain {retrain_s:.1f} s ({retrain_s / update_s:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""`update`: interactions that arrive after training folded into a new run (clcrec/train/update.py).
+
+One tiny parent run per module (the tiny synthetic data, 2 epochs). The file fed to update holds
+pairs on warm items, on the parent's cold items, on brand-new items (copies of cold items' content
+under new ids) and from a new user, so every branch of the table extension is exercised.
+"""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from clcrec.train.update import initial_state
+from common.errors import UserError
+from pipeline.dataset import WARM, load_dataset
+from pipeline.extend_dataset import extend_dataset
+from tests.support import REPO, config, quiet
+
+NEW_BASE = 9000  # original ids of new items and users
+
+
+def tree_digest(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def parent(tiny_dataset, tiny_cache, tmp_path_factory):
+    from clcrec import load_run
+    from clcrec.train.trainer import train
+
+    run_dir = tmp_path_factory.mktemp("upd") / "parent"
+    train(config(tiny_dataset, tiny_cache, run_dir, epochs=2), console=quiet())
+    return load_run(run_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def feed(parent, tmp_path_factory):
+    """(interactions csv, new-items DIR, ids of the new items)."""
+    root = tmp_path_factory.mktemp("feed")
+    ds = parent.dataset
+    cold = np.flatnonzero(ds.item_status != WARM)
+    warm = np.flatnonzero(ds.item_status == WARM)
+    new_ids = NEW_BASE + np.arange(5)
+    new = parent.embed_items({m: np.asarray(ds.features[m])[cold[:5]] for m in parent.modalities}, ids=new_ids)
+    new.save(root / "new")
+    rng = np.random.default_rng(0)
+    users = parent.user_ids
+    rows = [(users[u], parent.item_ids[i]) for u, i in zip(rng.integers(0, len(users), 60), rng.choice(warm, 60))]
+    rows += [(users[u], parent.item_ids[c]) for u in range(12) for c in cold[5:8]]  # the parent's cold items
+    rows += [(users[u], int(n)) for u in range(20) for n in new_ids[: 1 + u % 5]]  # 1-5 pairs per new item... and more
+    rows += [(NEW_BASE + 1, parent.item_ids[i]) for i in warm[:6]] + [(NEW_BASE + 1, int(new_ids[0]))]  # a new user
+    pl.DataFrame({"user": [r[0] for r in rows], "item": [r[1] for r in rows],
+                  "timestamp": np.arange(len(rows))}).write_csv(root / "new.csv")
+    return root / "new.csv", root / "new", new_ids
+
+
+def test_tables_extend_from_content_and_the_users_items(parent, feed, tmp_path):
+    """The initial state: parent rows kept, new/warmed items = their content vector, a user without
+    training pairs = the mean of their items' initial vectors."""
+    from pipeline.extend_dataset import NewItemRows
+    from pipeline.new_interactions import read_new_interactions
+    from clcrec.serving.new_items import load_new_items
+
+    csv, new_dir, new_ids = feed
+    new = load_new_items(new_dir)
+    mods = list(parent.modalities)
+    ext = extend_dataset(parent.dataset, mods, read_new_interactions(csv), NewItemRows(new.ids, new.features),
+                         tmp_path / "ds", val_fraction=0.0, seed=0, label="t", source={"kind": "test"})
+    ds = load_dataset(tmp_path / "ds")
+    assert ds.num_items == parent.dataset.num_items + 5 and ds.num_users == parent.dataset.num_users + 1
+    state = initial_state(parent.loaded, ds, mods, ext)
+    old = parent.loaded.model.state_dict()
+    i0, u0 = ext.parent_items, ext.parent_users
+    kept = np.setdiff1d(np.arange(i0), ext.init_items)
+    torch.testing.assert_close(state["item_emb.weight"][kept], old["item_emb.weight"][kept])
+    assert set(range(i0, ds.num_items)) <= set(ext.init_items.tolist()) and (ext.init_items < i0).sum() == 3
+    content = torch.as_tensor(np.asarray(new.vectors))  # embed-items' vectors: the parent encoder's output
+    torch.testing.assert_close(state["item_emb.weight"][i0:], content, atol=1e-5, rtol=0)
+    assert (ds.item_status[ext.init_items] == WARM).all()
+    train = np.asarray(ds.train)
+    mine = train[train[:, 0] == u0, 1]
+    assert u0 in ext.init_users and len(mine) == 7
+    torch.testing.assert_close(state["user_emb.weight"][u0], state["item_emb.weight"][mine].mean(0))
+
+
+def test_update_writes_a_new_run_and_leaves_the_parent_alone(parent, feed, tmp_path):
+    from clcrec import load_run
+    from clcrec.evaluation.report import evaluate_run
+    from clcrec.serving.export import export_embeddings
+
+    csv, new_dir, new_ids = feed
+    root = parent.loaded.root
+    before = tree_digest(root)
+    new = parent.update(csv, tmp_path / "new-run", new_items=new_dir, epochs=2, console=quiet())
+    assert tree_digest(root) == before  # byte-identical, lock file included
+    record = json.loads((tmp_path / "new-run" / "config.json").read_text())
+    lin = record["lineage"]
+    assert lin["parent_checkpoint_sha256"] == hashlib.sha256((root / "checkpoints" / "best.pt").read_bytes()).hexdigest()
+    assert lin["interactions_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
+    assert record["blend"]["k"] in [float(k) for k in record["blend"]["val"]] and len(record["blend"]["val"]) == 8
+    assert record["update"]["new_items"] == 5 and record["update"]["new_users"] == 1
+    assert not (tmp_path / "new-run" / "cache").exists() and not list(tmp_path.glob(".tmp-*"))
+    # the new run serves: new items and the new user are known, with the blend recorded
+    reopened = load_run(tmp_path / "new-run", device="cpu")
+    assert reopened.loaded.blend_k == record["blend"]["k"] == new.loaded.blend_k
+    assert set(new_ids.tolist()) <= set(reopened.item_ids.tolist())
+    recs = reopened.recommend([NEW_BASE + 1], k=5)
+    assert recs.height == 5 and not set(recs["item"].to_list()) & {int(new_ids[0])}  # its training item is masked
+    res = evaluate_run(tmp_path / "new-run")
+    assert res["test"]["all"]["recall@10"] == pytest.approx(
+        json.loads((tmp_path / "new-run" / "results.json").read_text())["test"]["all"]["recall@10"])
+    exported = export_embeddings(tmp_path / "new-run", tmp_path / "emb")
+    _, table = reopened.tables()
+    np.testing.assert_array_equal(np.load(exported / "items.npy"), table.numpy())  # the blended table
+    summary = reopened.recommend_all(tmp_path / "recs.parquet", k=3)
+    assert summary["users"] == parent.dataset.num_users + 1 and summary["rows"] == 3 * summary["users"]
+
+
+def test_blend_is_the_shrinkage_it_claims(parent):
+    model = parent.loaded.model
+    status = torch.as_tensor(parent.dataset.item_status)
+    counts = torch.arange(parent.dataset.num_items) % 4  # 0..3 interactions
+    got = model.ranking_table(status, counts=counts, blend_k=2.0)
+    with torch.no_grad():
+        ids, content = model.item_emb.weight.float(), model.encode(torch.arange(len(counts))).float()
+    w = (counts / (counts + 2.0))[:, None]
+    torch.testing.assert_close(got, w * ids + (1 - w) * content)
+    assert torch.equal(got[counts == 0], content[counts == 0])  # no interactions: content alone
+
+
+def test_bad_input_is_refused_and_nothing_is_written(parent, feed, tmp_path):
+    csv, new_dir, _ = feed
+    out = tmp_path / "out"
+
+    def refused(path, match, **kw):
+        with pytest.raises(UserError, match=match):
+            parent.update(path, out, console=quiet(), **kw)
+        assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+
+    (tmp_path / "cols.csv").write_text("user,item,rating\n1,2,5\n")
+    refused(tmp_path / "cols.csv", "unknown: rating")
+    (tmp_path / "empty.csv").write_text("")
+    refused(tmp_path / "empty.csv", "is empty")
+    (tmp_path / "header.csv").write_text("user,item\n")
+    refused(tmp_path / "header.csv", "no rows")
+    refused(csv, r"neither in the run nor among the new items \(e.g. item 9000\)")  # no --new-items
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in new_dir.rglob("*"):
+        if f.is_file():
+            (other / f.relative_to(new_dir)).parent.mkdir(exist_ok=True)
+            (other / f.relative_to(new_dir)).write_bytes(f.read_bytes())
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "encoder_sha256": "0" * 64}))  # another run's encoder
+    refused(csv, "embedded by another model", new_items=other)
+    out.mkdir()
+    with pytest.raises(UserError, match="already exists; pass --force"):
+        parent.update(csv, out, new_items=new_dir, console=quiet())
+    assert not any(out.iterdir())
+
+
+def test_cli_bad_input_is_one_line_and_a_killed_update_leaves_no_run(parent, feed, tmp_path):
+    csv, new_dir, _ = feed
+    run = str(parent.loaded.root)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    (tmp_path / "bad.csv").write_text("user,movie\n1,2\n")
+    cmd = [sys.executable, str(REPO / "cli.py"), "update", run, "--out", str(tmp_path / "o")]
+    p = subprocess.run(cmd + ["--interactions", str(tmp_path / "bad.csv")], capture_output=True, text=True, env=env)
+    assert p.returncode == 1 and "movie" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    # SIGKILL once the new run is being built: no NEW_RUN appears, and the next update cleans up
+    proc = subprocess.Popen(cmd + ["--interactions", str(csv), "--new-items", str(new_dir), "--epochs", "30"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".tmp-o.*/checkpoints/last.pt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "o").exists()
+    parent.update(csv, tmp_path / "o", new_items=new_dir, epochs=1, console=quiet())
+    assert (tmp_path / "o" / "config.json").exists() and not list(tmp_path.glob(".tmp-o.*"))
