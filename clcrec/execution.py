@@ -57,6 +57,23 @@ def wants_cuda(cfg: TrainConfig) -> bool:
 
 
 def resolve_device(cfg: TrainConfig, local_rank: int = 0, distributed: bool = False) -> torch.device:
+    """The run's device, bound as the current CUDA device when it is one (bind_device)."""
+    return bind_device(_choose_device(cfg, local_rank, distributed))
+
+
+def bind_device(dev: torch.device) -> torch.device:
+    """Make a CUDA device the current one. Streams, graphs and the capture stream are created on
+    the current device: with `--device cuda:1` and no set_device, a CUDA graph would capture on
+    GPU 0's stream while the kernels ran on GPU 1 outside it, an empty graph whose every replay
+    does nothing."""
+    if dev.type == "cuda":
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def _choose_device(cfg: TrainConfig, local_rank: int, distributed: bool) -> torch.device:
     if cfg.device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     dev = torch.device(cfg.device)

@@ -105,10 +105,18 @@ def info_nce(scores: torch.Tensor) -> torch.Tensor:
     return mean0(torch.logsumexp(scores, dim=1) - scores[:, 0])
 
 
+def logits(scores: torch.Tensor, temp: float) -> torch.Tensor:
+    """scores / temp, with AMP's bf16/fp16 scores upcast first: dividing in bf16 would round the
+    logits a second time (8 bits of mantissa) before the fp32 softmax."""
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()
+    return scores / temp
+
+
 def torch_contrastive_loss(table, idx, vec, temp: float) -> torch.Tensor:
     """The loss in torch ops: stable log-sum-exp over gathered scores (used on CUDA, and by the
     tests as the second implementation)."""
-    return info_nce(torch_gather_dot(table, idx, vec) / temp)
+    return info_nce(logits(torch_gather_dot(table, idx, vec), temp))
 
 
 def dense_contrastive_loss(table: torch.Tensor, idx: torch.Tensor, vec: torch.Tensor, temp: float) -> torch.Tensor:
@@ -117,7 +125,7 @@ def dense_contrastive_loss(table: torch.Tensor, idx: torch.Tensor, vec: torch.Te
     (B, R) and two matmuls, with no sort-based embedding backward: the fast form on a GPU when R is
     small next to the batch's slots. (gather's backward is a scatter-add, so repeated ids, as with
     `--on-short repeat`, are summed correctly.)"""
-    return info_nce(torch.gather(vec @ table.t(), 1, idx) / temp)
+    return info_nce(logits(torch.gather(vec @ table.t(), 1, idx), temp))
 
 
 def contrastive_loss(table: torch.Tensor, idx: torch.Tensor, vec: torch.Tensor, temp: float) -> torch.Tensor:

@@ -143,8 +143,9 @@ class ChunkStream:
             for c, g0 in jobs:
                 yield self._prepare(c, g0)
             return
-        with ThreadPoolExecutor(self.readers, thread_name_prefix="chunk-reader", initializer=self._bind_device) as pool:
-            pending: deque = deque()
+        pool = ThreadPoolExecutor(self.readers, thread_name_prefix="chunk-reader", initializer=self._bind_device)
+        pending: deque = deque()
+        try:
             order = iter(jobs)
             for job in order:
                 pending.append(pool.submit(self._prepare, *job))
@@ -156,8 +157,12 @@ class ChunkStream:
                 if nxt is not None:
                     pending.append(pool.submit(self._prepare, *nxt))
                 yield fut.result()
+        finally:
+            # An early stop closes this generator at its yield (GeneratorExit): cancel the reads not
+            # yet started before waiting, so only the `readers` in flight finish, not 2 x readers.
             for fut in pending:
                 fut.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _prepare(self, c: int, g0: int):
         """Chunk c, read and verified, with this rank's rows in epoch order and their hybrid draws:

@@ -152,6 +152,19 @@ def make_optimizer(model: torch.nn.Module, lr: float, capturable: bool = False) 
         return torch.optim.Adam(model.parameters(), lr=lr, capturable=capturable)
 
 
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict, capturable: bool) -> None:
+    """Load a checkpoint's optimizer state under this run's plan. load_state_dict restores the
+    saved param groups' `capturable`: a run saved on CPU or with --cuda-graph off and resumed on a
+    GPU would get capturable=False under a CUDA graph (capture fails, or falls back to eager)."""
+    opt.load_state_dict(state)
+    for group in opt.param_groups:
+        group["capturable"] = capturable
+    if capturable:  # a capturable step count lives on the parameter's device, as a float
+        for p, st in opt.state.items():
+            if "step" in st and torch.is_tensor(st["step"]) and st["step"].device != p.device:
+                st["step"] = st["step"].to(p.device, torch.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +206,7 @@ class CudaGraphs:
     def __init__(self, device: torch.device):
         self.device = device
         self.side = torch.cuda.Stream(device)
+        self.capture_stream = torch.cuda.Stream(device)
 
     def warm_up(self, fn) -> None:
         cur = torch.cuda.current_stream(self.device)
@@ -206,10 +220,46 @@ class CudaGraphs:
 
     def capture(self, fn) -> torch.cuda.CUDAGraph:
         graph = torch.cuda.CUDAGraph()
-        # thread_local: the producer thread keeps pinning host memory while this thread captures.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            fn()
+        self.capture_stream.wait_stream(torch.cuda.current_stream(self.device))
+        capture_into(graph, fn, torch.cuda.stream(self.capture_stream), lambda: release_capture_pool(graph, self.device))
+        torch.cuda.current_stream(self.device).wait_stream(self.capture_stream)
         return graph
+
+
+def capture_into(graph, fn, on_capture_stream, release_pool) -> None:
+    """Capture `fn` into `graph` by hand rather than with `torch.cuda.graph`, whose __exit__, when
+    capture_end raises, never leaves the capture stream and leaves the caching allocator believing
+    a capture is under way (so every block freed after record_stream is deferred for good). Here
+    the stream context exits whatever happens; after a failure the allocator is told the capture
+    ended and the graph's private pool is released; and the error raised is the first one (fn's,
+    not capture_end's complaint that the capture it invalidated cannot end). thread_local: the
+    producer thread keeps pinning host memory while this thread captures."""
+    first = None
+    with on_capture_stream:
+        graph.capture_begin(capture_error_mode="thread_local")
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after the capture is ended
+            first = e
+        try:
+            graph.capture_end()
+        except BaseException as e:  # noqa: BLE001
+            first = first or e
+    if first is not None:
+        release_pool()
+        raise first
+
+
+def release_capture_pool(graph, device: torch.device) -> None:
+    """After a failed capture: end the allocator's routing into the graph's pool, if capture_end
+    did not get that far, and release the pool (a graph that never finished capturing does not)."""
+    dev = device.index if device.index is not None else torch.cuda.current_device()
+    pool = graph.pool()
+    try:
+        torch._C._cuda_endAllocateToPool(dev, pool)
+    except RuntimeError:  # capture_end had ended it
+        pass
+    torch._C._cuda_releasePool(dev, pool)
 
 
 class StepRunner:

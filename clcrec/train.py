@@ -28,7 +28,7 @@ from clcrec.execution import hybrid_rate, plan_execution, resolve_device, step_c
 from clcrec.generations import AHEAD, HELD_OUT_NOTE, GenerationSupply, check_cache, upcoming_generations
 from clcrec.loader import ChunkStream, batches_on_device
 from clcrec.model import CLCRec, concat_normalised_features
-from clcrec.step import StepRunner, epoch_key, make_optimizer
+from clcrec.step import StepRunner, epoch_key, load_optimizer_state, make_optimizer
 from pipeline.dataset import load_dataset
 from pipeline.errors import DatasetChangedError, TrainingDivergedError, UserError
 from pipeline.fsutil import clean_tmp_leftovers
@@ -147,7 +147,7 @@ class Trainer:
             ck = load_checkpoint(self.run.last, map_location="cpu")  # checked by rank 0 above
             self.cfg.check_resumable(ck["config"])
             self.model.load_state_dict(ck["model"])
-            self.opt.load_state_dict(ck["optimizer"])
+            load_optimizer_state(self.opt, ck["optimizer"], capturable=self.plan.graph)
             if ck["scaler"]:  # a disabled scaler (fp32/bf16) saved {}: resuming with fp16 starts it fresh
                 self.scaler.load_state_dict(ck["scaler"])
             set_rng_state(ck["rng"])

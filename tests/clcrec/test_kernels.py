@@ -100,3 +100,24 @@ def test_cuda_torch_path_equals_the_cpu_kernels():
     torch.testing.assert_close(loss_c.cpu(), loss, rtol=1e-4, atol=1e-4)  # TF32 may be on for bmm
     torch.testing.assert_close(tc.grad.cpu(), table.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(vc.grad.cpu(), vec.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("form", ["gather", "dense"])
+def test_bf16_scores_are_upcast_before_the_temperature(form):
+    """Under bf16 autocast the scores come out of the matmul in bf16; they are divided by the
+    temperature in fp32, so the logits are rounded once (to bf16, by the matmul), not twice."""
+    from clcrec.kernels import dense_contrastive_loss, info_nce, torch_gather_dot
+
+    torch.manual_seed(0)
+    table, vec = torch.randn(50, 16), torch.randn(32, 16)
+    idx = torch.randint(0, 50, (32, 9))
+    temp = 0.3  # not a power of two: the division rounds
+    loss_fn = torch_contrastive_loss if form == "gather" else dense_contrastive_loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = loss_fn(table, idx, vec, temp)
+        scores = torch_gather_dot(table, idx, vec) if form == "gather" else torch.gather(vec @ table.t(), 1, idx)
+    assert scores.dtype == torch.bfloat16
+    once = info_nce(scores.double() / temp).item()  # the bf16 scores, then exact arithmetic
+    twice = info_nce((scores / temp).double()).item()  # divided in bf16: the defect
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(once, rel=1e-6)  # measured 7e-8
+    assert twice != pytest.approx(once, rel=1e-4)  # the defect's error, measured 3.5e-4: the test tells them apart

@@ -190,3 +190,35 @@ def test_device_assembly_widens_ids_past_int16_and_int32_ids_exactly(tmp_path, n
     served = served_rows(stream(g, num_items, batch_size=50, dedupe=False, assemble="device"))
     assert served[:, 1:].max() >= 32_768 and served[:, 1:].min() >= 0
     assert np.array_equal(sort_rows(served), sort_rows(generation_rows(g)))
+
+
+def test_an_early_stop_cancels_the_chunk_reads_not_yet_started(gen, tiny_dataset, monkeypatch):
+    """With `readers` threads the producer keeps 2 x readers reads submitted; when the stream stops
+    (the generator of prepared chunks is closed), those not yet started are cancelled: only the
+    reads in flight finish, instead of every submitted one."""
+    import numpy as np
+
+    from pipeline.dataset import load_dataset
+
+    n = load_dataset(tiny_dataset).num_items
+    s = stream(gen, n, readers=2)
+    started, gate = [], threading.Event()
+    real = ChunkStream._prepare
+
+    def gated(self, c, g0):  # the first read runs; the others wait until the test releases them
+        started.append(c)
+        if len(started) > 1:
+            gate.wait(timeout=30)
+        return real(self, c, g0)
+
+    monkeypatch.setattr(ChunkStream, "_prepare", gated)
+    chunks = s._prepared_chunks()
+    next(chunks)  # chunk 1 of 6 served; 2 reads in flight (gated), 2 more submitted behind them
+    assert gen.num_chunks == 6
+    releaser = threading.Timer(0.5, gate.set)  # after close() has cancelled what it can
+    releaser.start()
+    chunks.close()  # what an early stop does to the producer's generator
+    releaser.join()
+    # the served chunk and at most the two reads in flight (a reader may not yet have taken the
+    # second when the stop cancels it); without the cancellation all four submitted ran: 5
+    assert len(started) <= 1 + 2, started

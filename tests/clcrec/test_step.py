@@ -361,3 +361,101 @@ def test_a_failed_capture_trains_on_eagerly_or_stops_under_on(tiny_dataset, tiny
     with pytest.raises(UserError, match=r"^--cuda-graph on: capturing the training step failed \(RuntimeError: "
                                         r"operation not permitted .*\); pass --cuda-graph off$"):
         run_steps(tiny_dataset, tiny_cache, FailingCapture, graph_mode="on")
+
+
+class GraphStandIn:
+    """torch.cuda.CUDAGraph's capture calls as CUDA behaves: an error inside the captured function
+    invalidates the capture, so capture_end then fails too (with a secondary message)."""
+
+    def __init__(self, end_fails=False):
+        self.calls, self.end_fails = [], end_fails
+
+    def capture_begin(self, capture_error_mode="global"):
+        self.calls.append(("begin", capture_error_mode))
+
+    def capture_end(self):
+        self.calls.append("end")
+        if self.end_fails:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+
+class StreamStandIn:
+    def __init__(self):
+        self.entered = self.exited = 0
+
+    def __enter__(self):
+        self.entered += 1
+
+    def __exit__(self, *exc):
+        self.exited += 1
+
+
+def test_a_capture_that_fails_leaves_the_capture_stream_releases_the_pool_and_names_the_first_error():
+    from clcrec.step import capture_into
+
+    def sync_inside_capture():
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    for fn, end_fails, first in [(sync_inside_capture, True, "operation not permitted"),  # fn's error, not capture_end's
+                                 (lambda: None, True, "previous error during capture")]:  # capture_end's own
+        graph, stream, released = GraphStandIn(end_fails), StreamStandIn(), []
+        with pytest.raises(RuntimeError, match=first):
+            capture_into(graph, fn, stream, lambda: released.append(True))
+        assert graph.calls == [("begin", "thread_local"), "end"]  # the capture is always ended
+        assert stream.exited == stream.entered == 1  # back on the caller's stream
+        assert released == [True]  # the graph's pool is given back to the allocator
+    graph, stream, released = GraphStandIn(), StreamStandIn(), []
+    capture_into(graph, lambda: None, stream, lambda: released.append(True))
+    assert stream.exited == 1 and released == []  # a good capture keeps its pool
+
+
+def test_resuming_sets_adams_capturable_from_the_plan_not_from_the_checkpoint():
+    from clcrec.step import load_optimizer_state
+
+    model = torch.nn.Linear(3, 2)
+    saved = torch.optim.Adam(model.parameters(), lr=0.01, capturable=False)
+    model(torch.randn(4, 3)).sum().backward()
+    saved.step()
+    state = saved.state_dict()
+    graph_run = torch.optim.Adam(model.parameters(), lr=0.01, capturable=True)  # a run whose plan captures
+    load_optimizer_state(graph_run, state, capturable=True)
+    assert all(g["capturable"] for g in graph_run.param_groups)  # plain load_state_dict restores False
+    assert all(st["step"].dtype == torch.float32 for st in graph_run.state.values())
+    eager_run = torch.optim.Adam(model.parameters(), lr=0.01)
+    load_optimizer_state(eager_run, graph_run.state_dict(), capturable=False)
+    assert not any(g["capturable"] for g in eager_run.param_groups)
+
+
+def test_a_cuda_device_is_bound_as_the_current_one(monkeypatch):
+    """--device cuda:N makes GPU N current, so streams and graphs are created on it (CPU test of
+    the logic: torch.cuda's calls recorded)."""
+    from clcrec import execution
+
+    bound = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: bound.append(torch.device(d)))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert execution.resolve_device(TrainConfig(device="cuda:1")) == torch.device("cuda", 1)
+    assert execution.resolve_device(TrainConfig(device="cuda")) == torch.device("cuda", 0)
+    assert execution.resolve_device(TrainConfig(device="auto"), local_rank=0) == torch.device("cuda", 0)
+    assert bound == [torch.device("cuda", 1), torch.device("cuda", 0), torch.device("cuda", 0)]
+    assert execution.resolve_device(TrainConfig(device="cpu")) == torch.device("cpu") and len(bound) == 3
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a CUDA device (two of them)")
+def test_a_captured_step_on_a_second_gpu_trains(tiny_dataset, tiny_cache, tmp_path):
+    """--device cuda:1 with a CUDA graph: the replays change the parameters (an empty graph, captured
+    on GPU 0's stream, would leave them as the warm-up steps left them)."""
+    from clcrec.checkpoint import load_checkpoint
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    out = {}
+    for graph in ("off", "on"):
+        cfg = config(tiny_dataset, tiny_cache, tmp_path / graph, epochs=1, device="cuda:1", amp="fp32",
+                     scoring="dense", cuda_graph=graph)
+        train(cfg, console=quiet())
+        out[graph] = load_checkpoint(tmp_path / graph / "checkpoints" / "last.pt")["model"]
+    for k, v in out["off"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(out["on"][k], v, rtol=1e-3, atol=1e-4)
