@@ -1,7 +1,7 @@
 # The two quickstart commands: `make demo` and `make test`. Each sets up .venv first.
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-portable-trajectory constraints bench clean
+.PHONY: setup demo test test-portable-trajectory bounds constraints bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -17,6 +17,11 @@ test: setup
 PORTABLE := ATEN_CPU_CAPABILITY=default NUMBA_CPU_NAME=generic
 test-portable-trajectory: setup
 	$(PORTABLE) $(PY) -m pytest -q -m trajectory
+
+# Re-derive the trajectory tests' bounds over seeds and kernel targets (after changing training
+# defaults: about 15 minutes on 2 cores; tests/trajectory.py says why).
+bounds: setup
+	$(PY) scripts/derive_bounds.py --write
 
 # Re-resolve and pin the dependencies (after changing pyproject.toml's, or to move to newer ones).
 constraints:
