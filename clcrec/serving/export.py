@@ -17,7 +17,14 @@ import numpy as np
 import polars as pl
 
 from clcrec.rundir import open_run
-from common.fsutil import atomic_write_json, check_output, clean_tmp_leftovers, fsync_tree, make_tmp_dir, publish_dir
+from common.fsutil import (
+    atomic_write_json,
+    check_output,
+    clean_tmp_leftovers,
+    fsync_tree,
+    make_tmp_dir,
+    publish_dir,
+)
 from pipeline.dataset import STATUS_NAMES
 
 

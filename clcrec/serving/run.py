@@ -316,7 +316,6 @@ class Run:
                       force: bool = False, progress: bool = False, user_block: int | None = None) -> dict:
         """Top-k for every user into the Parquet file `out` (clcrec.serving.recommend_all); returns a summary."""
         from clcrec.evaluation.topk import iter_topk
-
         from common.fsutil import check_output
 
         out = Path(out)

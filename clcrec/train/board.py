@@ -46,7 +46,9 @@ class Board:
     """A SummaryWriter on the run directory, one step per epoch."""
 
     def __init__(self, run_root: Path, first_epoch: int):
-        from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard loads in ~1 s
+        from torch.utils.tensorboard import (
+            SummaryWriter,  # lazy: tensorboard loads in ~1 s
+        )
 
         # purge_step: points at or past the first epoch trained now are dropped from earlier files
         self.writer = SummaryWriter(str(run_root), purge_step=first_epoch)

@@ -43,10 +43,10 @@ from clcrec.train.generations import (
     upcoming_generations,
 )
 from clcrec.train.plan import hybrid_rate, plan_execution, step_config
+from clcrec.train.results import write_results
 from clcrec.train.selection import (
     EpochAverage,
     check_selectable,
-    describe_selection,
     first_selectable,
     select_score,
     smoothed_score,
@@ -371,35 +371,13 @@ class Trainer:
         return dist.broadcast_flag(stop, self.ctx)
 
     def finish(self) -> dict:
-        """Load the best checkpoint and evaluate it on validation and test (rank 0)."""
+        """Load the best checkpoint, evaluate it and write results.json and the plots (rank 0)."""
         if not self.ctx.is_main:
             return {}
         best = load_checkpoint(self.run.best, map_location=self.device)
         self.model.load_state_dict(best["model"])
-        results = {
-            "best_epoch": best["epoch"],
-            "select": describe_selection(self.cfg),
-            "val": self.evaluate("val"),
-        }
-        if self.test:  # with reference points on the same test split: content-only cosine, random, oracle
-            from clcrec.evaluation.baselines import baseline_results
-
-            results["test"] = self.evaluate("test")
-            results["baselines"] = {"test": baseline_results(self.dataset, "test", self.eval_cfg, seed=self.cfg.seed)}
-        results["negatives_exclude"] = self.cfg.exclude
-        results["uses_held_out_data"] = self.cfg.exclude != "train"
-        if results["uses_held_out_data"]:
-            results["note"] = HELD_OUT_NOTE
-        from common.fsutil import atomic_write_json
-
-        atomic_write_json(self.run.results_path, results)
-        try:
-            from clcrec.train.plots import plot_run
-
-            plot_run(self.metrics, self.run.root, k=self.cfg.select_k, best_epoch=best["epoch"])
-        except Exception as e:  # plots are a convenience; never lose a finished run over them
-            self.console.print(f"[yellow]warning:[/yellow] plotting failed: {e}")
-        return results
+        return write_results(self.run, self.cfg, self.dataset, self.evaluate, self.eval_cfg, self.metrics,
+                             best["epoch"], self.console, test=self.test)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = None, **hooks) -> dict:

@@ -160,7 +160,13 @@ def retry_killed(study, storage, console: Console) -> None:
 def run_trials(study, params: list[Param], base: TrainConfig, root: Path, tc: TuneConfig, n: int,
                console: Console) -> None:
     import optuna
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from clcrec.train.trainer import train
 
