@@ -115,7 +115,9 @@ class TrainConfig:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             ok = ok and (kind is float or float(v).is_integer())
             ok = ok and (v > lo if lo_open else v >= lo) and (hi is None or v <= hi)
-            rng = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
+            # the bound that failed (both when the value is not a number at all)
+            low_ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (v > lo if lo_open else v >= lo)
+            rng = f"{'>' if lo_open else '>='} {lo}" if not low_ok or hi is None else f"<= {hi}"
             checks.append((ok, f"{option_name(name)} must be {'an integer' if kind is int else 'a finite number'} "
                                f"{rng}, got {v!r}"))
         checks.append((self.select_k in self.ks, f"--select-k {self.select_k} must be one of ks={self.ks}"))

@@ -230,14 +230,14 @@ def check_output(path: Path, what: str, kind: str, force: bool, *,
     want = FILE_KINDS[kind] if is_file else OUTPUT_KINDS[kind][0]
     if is_file:
         if p.is_dir() and not p.is_symlink():
-            raise UserError(f"{what} {p} is a directory; {what} needs a file name such as recs.parquet")
+            raise error(f"{what} {p} is a directory; {what} needs a file name such as recs.parquet")
         if p.is_symlink():
-            raise UserError(f"{what} {p} is a symbolic link (to {os.readlink(p)}); pass the path of a new file")
+            raise error(f"{what} {p} is a symbolic link (to {os.readlink(p)}); pass the path of a new file")
         check_output_dir(p.parent if str(p.parent) else Path("."), f"{what} {p}: its directory")
     else:
         check_output_dir(p, what)
     found, desc = output_kind(p)
-    if found is None and not desc or found == "empty":
+    if (found is None and not desc) or found == "empty":  # nothing there, or an empty directory
         return
     if found == kind:
         if not force:

@@ -270,8 +270,9 @@ def movies_format(path: Path) -> str:
         return "u.item"
     if first.count(",") >= 2 or first.lower().startswith("movieid"):
         return "movies.csv"
-    raise InputError(f"movies file {path}: its first line is neither u.item rows (id|title|date|...|genre flags), "
-                     f"movies.dat rows (id::title::genres) nor movies.csv (movieId,title,genres): {first[:80]!r}")
+    raise InputError(f"movies file {path} is in none of the MovieLens movie formats (u.item, movies.dat or "
+                     f"movies.csv: id|title|date|...|genre flags, id::title::genres, or a movieId,title,genres "
+                     f"header); its first line is {first[:80]!r}")
 
 
 def movie_rows_features(path: Path, dataset: Dataset) -> tuple[pl.DataFrame, dict[str, np.ndarray], dict]:

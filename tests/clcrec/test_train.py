@@ -214,6 +214,8 @@ def test_a_fp32_run_resumes_under_fp16_with_a_fresh_grad_scaler(tiny_dataset, ti
 @pytest.mark.parametrize("field,value,message", [
     ("log_every", 0, "--log-every must be an integer >= 1, got 0"),
     ("eval_block", 0, "--eval-block must be an integer >= 1"),
+    ("dim_E", 10**10, "--dim-e must be an integer <= 8192, got 10000000000"),  # bounded: no 600 GiB allocation
+    ("epochs", 10**12, "--epochs must be an integer <= 100000"),  # bounded: no endless planning loop
     ("select_k", 5, "--select-k 5 must be one of ks"),
     ("amp", "fp8", "amp must be one of"),
 ])
