@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--select-mode", default="all", help="parent and retrain: the test ranks all items, and "
                     "train's default (cold) reads a validation of a few users with cold items in time")
     ap.add_argument("--update-epochs", type=int, default=3)
+    ap.add_argument("--update-l-r", type=float, default=None, help="update's learning rate (default: the parent's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse", action="store_true", help="keep OUT's parent and retrain runs (and the retrain's "
                     "recorded wall time); only update again, e.g. with other --update-epochs")
@@ -109,7 +110,7 @@ def main() -> None:
     # --- update vs full retrain, one after the other ---
     t0 = time.perf_counter()
     update_run(out / "parent", out / "feed.csv", out / "updated",
-               config=UpdateConfig(epochs=a.update_epochs, seed=a.seed, device="cpu"), force=True)
+               config=UpdateConfig(epochs=a.update_epochs, seed=a.seed, device="cpu", l_r=a.update_l_r), force=True)
     update_s = time.perf_counter() - t0
     cut2 = datetime.fromtimestamp(t2, timezone.utc).replace(tzinfo=None).isoformat()
     if reuse:
@@ -139,7 +140,7 @@ def main() -> None:
     results = {"table": table, "update_s": update_s, "retrain_s": retrain_s, "blend_k": updated.blend_k,
                "items_per_group": {c: int(k.sum()) for c, k in cols.items()}, "feed_pairs": int(len(feed)),
                "test_pairs": int(len(rest)), "args": {k: str(v) for k, v in vars(a).items()}}
-    name = "results.json" if not reuse else f"results-update-epochs{a.update_epochs}.json"
+    name = "results.json" if not reuse else f"results-update-epochs{a.update_epochs}-lr{a.update_l_r}.json"
     (out / name).write_text(json.dumps(results, indent=1))
 
     head = "| model | " + " | ".join(f"{c} ({results['items_per_group'][c]} items)" for c in cols) + " |"
