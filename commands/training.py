@@ -133,6 +133,7 @@ def update(
     epochs: int = typer.Option(3, help="Fine-tuning epochs over the combined data."),
     val_fraction: float = typer.Option(0.1, help="Latest share of the new pairs held out to pick the epoch and the blend."),
     blend_k: Optional[float] = typer.Option(None, help="Fix k of the ID/content blend n/(n+k) instead of choosing it on validation."),
+    l_r: Optional[float] = typer.Option(None, "--l-r", help="Fine-tuning rate (default: the parent's)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
     threads: int = typer.Option(0),
@@ -146,7 +147,7 @@ def update(
 
     load_run(run_dir, device="cpu").update(
         interactions, out, new_items=new_items, movielens=movielens, epochs=epochs, val_fraction=val_fraction,
-        blend_k=blend_k, seed=seed, device=device, threads=threads, force=force, console=console)
+        blend_k=blend_k, l_r=l_r, seed=seed, device=device, threads=threads, force=force, console=console)
     results = json.loads((Path(out) / "results.json").read_text())
     rows = {"blend": results["test"], "ID only": results["test_id_only"]}
     Console().print(format_table(rows, ks=(10,), title=f"{out}: test (what the update did not see)"))

@@ -17,8 +17,8 @@ vector, the parent encoder's output, which the R-E loss trained to land where it
 would; a user without training pairs starts from the mean of their new items' vectors), build
 negative generation 0 of the combined data through the cache machinery (in the temporary
 directory, removed before publishing), fine-tune with the same trainer, step and selection for a
-few epochs (fresh Adam at the parent's rate, every epoch selectable on validation "all"), then
-choose the blend weight k of n / (n + k) on validation. The parent run is only read.
+few epochs (fresh Adam at the parent's rate unless --l-r, every epoch selectable on validation
+"all"), then choose the blend weight k of n / (n + k) on the held-out share of the new pairs. The parent run is only read.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class UpdateConfig:
     epochs: int = 3  # fine-tuning epochs over the combined data (each one selectable)
     val_fraction: float = 0.1  # latest share of the new pairs held out to select the epoch and k
     blend_k: float | None = None  # None: chosen on validation among BLEND_GRID
+    l_r: float | None = None  # None: the parent's rate (a fresh Adam either way)
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -150,7 +151,8 @@ def _fine_tune(parent: TrainedRun, ext: Extension, tmp: Path, modalities, config
     cfg = parent.cfg.replace(
         dataset=str(tmp / "dataset"), cache=str(tmp / "cache"), run_dir=str(tmp), modalities=tuple(modalities),
         epochs=config.epochs, patience=config.epochs, eval_ema=0.0, select_window=1, select_mode="all",
-        refresh_every=0, seed=config.seed, device=config.device, threads=config.threads)
+        refresh_every=0, seed=config.seed, device=config.device, threads=config.threads,
+        l_r=config.l_r if config.l_r is not None else parent.cfg.l_r)
     ensure_cache(Path(cfg.dataset), Path(cfg.cache), cfg.num_neg, cfg.seed, console, cfg.exclude)
     train(cfg, console=console, init=initial_state(parent, ds, modalities, ext))
     shutil.rmtree(tmp / "cache")  # serving never reads negatives; NEW_RUN stays small
@@ -158,15 +160,21 @@ def _fine_tune(parent: TrainedRun, ext: Extension, tmp: Path, modalities, config
     ecfg = EvalConfig(ks=tuple(cfg.ks), user_block=cfg.eval_block)
     key = f"recall@{cfg.select_k}"
 
-    def metrics(split: str, k: float) -> dict:
+    def metrics(split: str, k: float, pairs=None) -> dict:
         users, items = run.tables(blend_k=k)
-        return evaluate_ranking(users, items, ds.train, ds.split(split), ds.item_status, ecfg)
+        pairs = ds.split(split) if pairs is None else pairs
+        return evaluate_ranking(users, items, ds.train, pairs, ds.item_status, ecfg)
 
-    grid = {k: metrics("val", k)["all"][key] for k in BLEND_GRID} if config.blend_k is None else {}
+    # k is chosen on the held-out new pairs (the last rows of val): the future the blend must rank,
+    # where items with few interactions are; the parent's validation pairs predate them.
+    n_new = ext.summary["validation_pairs"]
+    held = np.asarray(ds.val)[len(ds.val) - n_new:] if n_new else None
+    grid = {k: metrics("val", k, held)["all"][key] for k in BLEND_GRID} if config.blend_k is None else {}
     best = config.blend_k if config.blend_k is not None else max(grid, key=lambda k: (grid[k], -k))
     results = json.loads((tmp / "results.json").read_text())
     results.update(val=metrics("val", best), test=metrics("test", best), test_id_only=metrics("test", 0.0))
     results["blend"] = {"k": float(best), "rule": "w = n / (n + k) on the ID embedding, 1 - w on content",
-                        "chosen_on": f"validation all {key}" if grid else "given (--blend-k)",
+                        "chosen_on": (f"validation all {key}, " + ("the held-out new pairs" if n_new else "all of it"))
+                        if grid else "given (--blend-k)",
                         "val": {f"{k:g}": round(v, 6) for k, v in grid.items()}}
     return results

@@ -47,3 +47,24 @@ def test_ingest_keeps_timestamps_and_splits_in_time(ml100k_small, tmp_path):
     with pytest.raises(InputError, match="no interactions on one side"):
         ingest_movielens(ml100k_small, tmp_path / "x", IngestConfig(split=TemporalSplitConfig("2020-01-01")))
     assert not (tmp_path / "x").exists()
+
+
+def test_options_that_do_not_go_together_are_named(tmp_path):
+    from commands.data import _split_config
+    from pipeline.ingest_common import assemble
+
+    args = (0, 0.2, 0.5, 0.1, 0.1)
+    with pytest.raises(InputError, match="needs --cutoff"):
+        _split_config(*args, None, "temporal", None)
+    with pytest.raises(InputError, match="--cutoff needs --split temporal"):
+        _split_config(*args, None, "random", "0.8")
+    with pytest.raises(InputError, match="--split must be random or temporal"):
+        _split_config(*args, None, "time", "0.8")
+    import polars as pl
+
+    untimed = pl.DataFrame({"user": [1, 2], "item": [1, 2]})
+    with pytest.raises(InputError, match="no timestamps, so it cannot be split in time"):
+        assemble(tmp_path / "d", interactions=untimed, items=pl.DataFrame({"original_id": [1, 2]}),
+                 features={"v": np.ones((2, 2), np.float32)}, config=IngestConfig(split=TemporalSplitConfig("0.5")),
+                 source={}, label="t")
+    assert not (tmp_path / "d").exists()
