@@ -137,7 +137,8 @@ class Run:
             raise UserError(f"{int(known.sum())} new item id(s) are already in run {self.loaded.cfg.run_dir} "
                             f"(e.g. item {ids[known][0]}); give new items new ids, or pass --replace to "
                             "replace their stored vectors")
-        vectors = encode_features(self.loaded.model, [feats[m] for m in self.modalities])
+        vectors = encode_features(self.loaded.model, [feats[m] for m in self.modalities],
+                                  item_status=self.loaded.dataset.item_status)
         meta["run_dir"] = str(self.loaded.cfg.run_dir)
         return NewItems(ids, vectors, self.encoder, titles, ids[known].tolist(), meta)
 

@@ -31,6 +31,12 @@ from torch import nn
 
 from clcrec.kernels import contrastive_loss, dense_contrastive_loss, mean0
 
+# raw: a cold item ranks by its encoder output as is (the reference code). normalised: by the unit
+# direction of that output (what the R-E loss trains: cosine to the item's ID embedding), scaled to
+# the mean norm of the warm items' ID embeddings, so no cold item outranks the others for every
+# user by its norm alone, and cold and warm rows have comparable scales in all-item rankings.
+COLD_VECTORS = ("raw", "normalised")
+
 
 def concat_normalised_features(features: list[np.ndarray]) -> torch.Tensor:
     """Each modality L2-normalised per row (as the reference does), then concatenated."""
@@ -49,8 +55,12 @@ class CLCRec(nn.Module):
         temp_value: float = 2.0,
         lr_lambda: float = 0.5,
         num_sample: float = 0.5,
+        cold_vectors: str = "raw",  # how cold items' encoder outputs rank: one of COLD_VECTORS
     ):
         super().__init__()
+        if cold_vectors not in COLD_VECTORS:
+            raise ValueError(f"cold_vectors must be one of {COLD_VECTORS}, got {cold_vectors!r}")
+        self.cold_vectors = cold_vectors
         self.num_users, self.num_items = num_users, num_items
         self.temp_value, self.lr_lambda, self.num_sample = temp_value, lr_lambda, num_sample
         self.user_emb = nn.Embedding(num_users, dim_E)
@@ -126,13 +136,28 @@ class CLCRec(nn.Module):
         return self.lr_lambda * loss_re + (1 - self.lr_lambda) * loss_ui + reg_weight * reg
 
     @torch.no_grad()
+    def cold_scale(self, item_status) -> float:
+        """Mean L2 norm of the warm items' ID embeddings (the scale of normalised cold rows)."""
+        warm = torch.as_tensor(item_status, device=self.item_emb.weight.device) == 0  # (I,)
+        norms = self.item_emb.weight.detach().float().norm(dim=1)  # (I,)
+        return float(norms[warm].mean()) if bool(warm.any()) else 1.0  # host sync (once per table)
+
+    def cold_rows(self, encoded: torch.Tensor, scale: float) -> torch.Tensor:
+        """(N, D) ranking rows of cold items from their encoder outputs (N, D), per `cold_vectors`."""
+        if self.cold_vectors == "raw":
+            return encoded
+        return F.normalize(encoded, dim=-1) * scale
+
+    @torch.no_grad()
     def ranking_table(self, item_status: torch.Tensor, block: int = 65536) -> torch.Tensor:
-        """(I, D) float32: warm items use their ID embedding, cold items their encoder output."""
+        """(I, D) float32: warm items use their ID embedding, cold items their encoder output
+        (as is, or its direction at the warm items' mean norm: `cold_vectors`)."""
         table = self.item_emb.weight.detach().float().clone()
         cold = torch.nonzero(item_status != 0).flatten()  # (C,)
+        scale = self.cold_scale(item_status) if self.cold_vectors != "raw" else 1.0
         for s in range(0, cold.numel(), block):
             idx = cold[s : s + block]
-            table[idx] = self.encode(idx).float()
+            table[idx] = self.cold_rows(self.encode(idx).float(), scale)
         return table
 
     @torch.no_grad()

@@ -55,7 +55,8 @@ def load_run(run_dir: Path, which: str = "best") -> LoadedRun:
             "re-train, or point the run at the original data"
         )
     feats = concat_normalised_features([dataset.features[m] for m in ck["modalities"]])
-    model = CLCRec(dataset.num_users, dataset.num_items, feats, cfg.dim_E, cfg.hidden, cfg.temp_value, cfg.lr_lambda, cfg.num_sample)
+    model = CLCRec(dataset.num_users, dataset.num_items, feats, cfg.dim_E, cfg.hidden, cfg.temp_value, cfg.lr_lambda, cfg.num_sample,
+                   cfg.cold_vectors)
     check_model_state(ck, model, run.best if which == "best" else run.last)
     model.load_state_dict(ck["model"])
     model.eval()

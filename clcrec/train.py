@@ -62,7 +62,7 @@ class Trainer:
         feats = concat_normalised_features([self.dataset.features[m] for m in self.modalities])
         self.model = CLCRec(
             self.dataset.num_users, self.dataset.num_items, feats, cfg.dim_E, cfg.hidden,
-            cfg.temp_value, cfg.lr_lambda, cfg.num_sample,
+            cfg.temp_value, cfg.lr_lambda, cfg.num_sample, cfg.cold_vectors,
         ).to(self.device)
         self.net = dist.wrap(self.model, self.device, self.ctx)  # DDP when world > 1
         self.plan = plan_execution(cfg, self.device, self.dataset.num_items, self.ctx.world)
@@ -333,6 +333,12 @@ class Trainer:
         from clcrec.baselines import baseline_results
 
         results["baselines"] = {"test": baseline_results(self.dataset, "test", self.eval_cfg, seed=self.cfg.seed)}
+        from clcrec.personalisation import below_content_baseline, personalisation_results
+
+        # Cold top-10 lists: distinct per user, coverage, popularity share (clcrec/personalisation.py)
+        results["personalisation"] = personalisation_results(
+            self.dataset, self.model.user_table(), self.model.ranking_table(self.item_status), seed=self.cfg.seed)
+        results["below_content_baseline"] = below_content_baseline(self.dataset, results["val"], self.cfg, self.eval_cfg)
         results["negatives_exclude"] = self.cfg.exclude
         results["uses_held_out_data"] = self.cfg.exclude != "train"
         if results["uses_held_out_data"]:

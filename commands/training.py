@@ -31,6 +31,8 @@ def train(
     num_sample: float = typer.Option(0.5, help="Fraction of U-I item slots that use the content encoder."),
     hybrid_draw: str = typer.Option("bernoulli", help="How those slots are drawn: bernoulli (each slot) or "
                                     "with-replacement (the reference: int(slots*num_sample) indices)."),
+    cold_vectors: str = typer.Option("raw", help="How cold items rank: raw (encoder output as is, the reference) or "
+                                     "normalised (its direction at the warm ID embeddings' mean norm)."),
     exclude: str = typer.Option("train", help="Negatives exclude the user's 'train' items, or 'all-known' "
                                 "(also validation/test: reproduces the reference, leaks held-out data)."),
     dim_e: int = typer.Option(64, "--dim-e", "--dim-E"),
@@ -90,7 +92,7 @@ def train(
     cfg = TrainConfig(
         dataset=str(dataset or ""), cache=str(cache or ""), run_dir=str(run_dir or ""),
         l_r=l_r if l_r is not None else preset.get("l_r", 0.001), reg_weight=reg_weight, num_neg=num_neg, lr_lambda=lr_lambda, temp_value=temp_value,
-        num_sample=num_sample, hybrid_draw=hybrid_draw, exclude=exclude, batch_size=batch_size, dim_E=dim_e,
+        num_sample=num_sample, hybrid_draw=hybrid_draw, cold_vectors=cold_vectors, exclude=exclude, batch_size=batch_size, dim_E=dim_e,
         has_v=has_v, has_a=has_a, has_t=has_t,
         modalities=tuple(modality), epochs=epochs if epochs is not None else preset.get("epochs", 30), patience=patience, select_mode=select_mode,
         select_k=select_k, eval_ema=eval_ema, select_window=select_window, refresh_every=refresh_every, seed=seed, device=device, amp=amp,
