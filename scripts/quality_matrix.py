@@ -175,7 +175,10 @@ def train_recorded(dataset: Path, run: Path, seed: int, mode: str, epochs: int, 
             shutil.rmtree(run)
         extra = MODES[mode]
         suffix = "" if mode == "honest" else "-all-known"
-        cache = ROOT / "caches" / f"{dataset.name}-neg128-seed{seed}{suffix}"
+        from pipeline.dataset import read_fingerprint
+
+        # named by the dataset's fingerprint: a regime re-prepared differently never meets a stale cache
+        cache = ROOT / "caches" / f"{dataset.name}-{read_fingerprint(dataset)[:12]}-neg128-seed{seed}{suffix}"
         console = Console(stderr=True, quiet=True)
         ensure_cache(dataset, cache, 128, seed, console, extra.get("exclude", "train"))
         cfg = TrainConfig(dataset=str(dataset), cache=str(cache), run_dir=str(run), epochs=epochs, patience=epochs,
@@ -278,6 +281,27 @@ def markdown(regime: str, note: str, rows: dict[str, dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def overview(summary: dict) -> str:
+    """Two tables across regimes: the defaults against the reference points, and the ablation
+    (test cold Recall@10 and the share of distinct cold lists of each variant)."""
+    f = lambda s, k: f"{s[k]['mean']:.4f} ± {s[k]['sd']:.4f}"  # noqa: E731
+    out = ["| regime | model | cold R@10 | cold N@10 | warm R@10 | all R@10 | distinct cold lists | coverage@10 | pop share@10 |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for regime, res in summary.items():
+        for name in ("default", "reproduction", "content", "random"):
+            r = res["rows"][name]
+            out.append(f"| {regime} | {name} | {f(r, 'cold recall@10')} | {f(r, 'cold ndcg@10')} | "
+                       f"{f(r, 'warm recall@10')} | {f(r, 'all recall@10')} | {r['distinct_share']:.0%} | "
+                       f"{r['coverage@10']:.2f} | {r['pop_share@10']:.2f} |")
+    names = [n for n in next(iter(summary.values()))["rows"] if n not in ("content", "random")] if summary else []
+    out += ["", "| test cold R@10 (distinct lists) | " + " | ".join(summary) + " |",
+            "|---|" + "---|" * len(summary)]
+    for n in names + ["content"]:
+        out.append(f"| {n} | " + " | ".join(f"{res['rows'][n]['cold recall@10']['mean']:.4f} "
+                                           f"({res['rows'][n]['distinct_share']:.0%})" for res in summary.values()) + " |")
+    return "\n".join(out) + "\n"
+
+
 def run_regime(regime: str, args, decay: float) -> tuple[dict | None, str]:
     from clcrec.baselines import baseline_results, content_baseline, random_baseline
     from clcrec.evaluate import EvalConfig
@@ -337,6 +361,9 @@ def main() -> None:
         text.append(md)
         if res is not None:
             summary[regime] = res
+    if summary:
+        text.append(overview(summary))
+        print(text[-1])
     (args.out / "matrix.json").write_text(json.dumps(summary, indent=1, default=float))
     (args.out / "matrix.md").write_text("\n".join(text))
 
