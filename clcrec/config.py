@@ -46,6 +46,7 @@ EXCLUDE_MODES = EXCLUSIONS  # which of a user's items negatives avoid (cache/man
 # bernoulli: each U-I slot uses the content representation with probability num_sample;
 # with-replacement: the reference's int(slots * num_sample) slot indices drawn with replacement.
 HYBRID_DRAWS = ("bernoulli", "with-replacement")
+COLD_VECTORS = ("raw", "normalised")  # how cold items rank (clcrec/model.py says what each does)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class TrainConfig:
     batch_size: int = 256  # positive pairs per step (global across ranks)
     dim_E: int = 64
     hidden: int = 256  # encoder hidden width (reference: 256)
+    cold_vectors: str = "raw"  # cold items rank by their encoder output as is, or "normalised" (README section 5)
     has_v: bool = True  # modality switches for datasets with v / a / t features
     has_a: bool = True
     has_t: bool = True
@@ -108,6 +110,7 @@ class TrainConfig:
             (self.assemble in ASSEMBLE_MODES, f"--assemble must be one of {ASSEMBLE_MODES}, got {self.assemble!r}"),
             (self.exclude in EXCLUDE_MODES, f"--exclude must be one of {EXCLUDE_MODES}, got {self.exclude!r}"),
             (self.hybrid_draw in HYBRID_DRAWS, f"--hybrid-draw must be one of {HYBRID_DRAWS}, got {self.hybrid_draw!r}"),
+            (self.cold_vectors in COLD_VECTORS, f"--cold-vectors must be one of {COLD_VECTORS}, got {self.cold_vectors!r}"),
         ]
         for name, lo, hi, lo_open in NUMERIC_RANGES:
             v = getattr(self, name)

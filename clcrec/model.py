@@ -30,9 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clcrec.config import TrainConfig
+from clcrec.config import COLD_VECTORS, TrainConfig
 from clcrec.losses import Losses, contrastive_loss, dense_contrastive_loss, mean0
 from common.errors import UserError
+
+# raw: a cold item ranks by its encoder output as is (the reference code). normalised: by the unit
+# direction of that output (what the R-E loss trains: cosine to the item's ID embedding), scaled to
+# the mean norm of the warm items' ID embeddings, so no cold item outranks the others for every
+# user by its norm alone, and cold and warm rows have comparable scales in all-item rankings.
+# (The modes: clcrec.config.COLD_VECTORS.)
 
 
 def concat_normalised_features(features: list[np.ndarray]) -> torch.Tensor:
@@ -65,8 +71,12 @@ class CLCRec(nn.Module):
         temp_value: float = 2.0,
         lr_lambda: float = 0.5,
         num_sample: float = 0.5,
+        cold_vectors: str = "raw",  # how cold items' encoder outputs rank: one of COLD_VECTORS
     ):
         super().__init__()
+        if cold_vectors not in COLD_VECTORS:
+            raise ValueError(f"cold_vectors must be one of {COLD_VECTORS}, got {cold_vectors!r}")
+        self.cold_vectors = cold_vectors
         self.num_users, self.num_items = num_users, num_items
         self.temp_value, self.lr_lambda, self.num_sample = temp_value, lr_lambda, num_sample
         self.user_emb = nn.Embedding(num_users, dim_E)
@@ -90,7 +100,7 @@ class CLCRec(nn.Module):
         check_fits_memory(dataset.num_users + dataset.num_items, cfg.dim_E)
         feats = concat_normalised_features([dataset.features[m] for m in modalities])
         return cls(dataset.num_users, dataset.num_items, feats, cfg.dim_E, cfg.hidden, cfg.temp_value,
-                   cfg.lr_lambda, cfg.num_sample)
+                   cfg.lr_lambda, cfg.num_sample, cfg.cold_vectors)
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """Content representation of `items` (any shape) -> (..., D)."""
@@ -155,24 +165,39 @@ class CLCRec(nn.Module):
         return self.lr_lambda * loss_re + (1 - self.lr_lambda) * loss_ui + reg_weight * reg
 
     @torch.no_grad()
+    def cold_scale(self, item_status) -> float:
+        """Mean L2 norm of the warm items' ID embeddings (the scale of normalised cold rows)."""
+        warm = torch.as_tensor(item_status, device=self.item_emb.weight.device) == 0  # (I,)
+        norms = self.item_emb.weight.detach().float().norm(dim=1)  # (I,)
+        return float(norms[warm].mean()) if bool(warm.any()) else 1.0  # host sync (once per table)
+
+    def cold_rows(self, encoded: torch.Tensor, scale: float) -> torch.Tensor:
+        """(N, D) ranking rows of cold items from their encoder outputs (N, D), per `cold_vectors`."""
+        if self.cold_vectors == "raw":
+            return encoded
+        return F.normalize(encoded, dim=-1) * scale
+
+    @torch.no_grad()
     def ranking_table(self, item_status: torch.Tensor, block: int = 65536, *,
                       counts: torch.Tensor | None = None, blend_k: float = 0.0) -> torch.Tensor:
-        """(I, D) float32: warm items use their ID embedding, cold items their encoder output.
+        """(I, D) float32: warm items use their ID embedding, cold items their encoder output (as is,
+        or its direction at the warm items' mean norm: `cold_vectors`).
 
         With `blend_k` > 0 every item is ranked by w * ID + (1 - w) * content, w = n / (n + k) from
         its training interaction count n (`counts`, (I,)): an item with a few interactions leans on
         its content, a popular one on its ID embedding, an item without any is pure content."""
         table = self.item_emb.weight.detach().float().clone()
+        scale = self.cold_scale(item_status) if self.cold_vectors != "raw" else 1.0
         if blend_k > 0:
             w = (counts.float() / (counts.float() + blend_k)).to(table.device)[:, None]  # (I, 1)
             for s in range(0, table.shape[0], block):
                 idx = torch.arange(s, min(s + block, table.shape[0]), device=table.device)
-                table[idx] = w[idx] * table[idx] + (1 - w[idx]) * self.encode(idx).float()
+                table[idx] = w[idx] * table[idx] + (1 - w[idx]) * self.cold_rows(self.encode(idx).float(), scale)
             return table
         cold = torch.nonzero(item_status != 0).flatten()  # (C,)
         for s in range(0, cold.numel(), block):
             idx = cold[s : s + block]
-            table[idx] = self.encode(idx).float()
+            table[idx] = self.cold_rows(self.encode(idx).float(), scale)
         return table
 
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Data pipeline commands: `synth` and `ingest movielens|refnpy|table` (pipeline/)."""
+"""Data pipeline commands: `synth` and `ingest movielens|refnpy|table|citeulike` (pipeline/)."""
 
 from __future__ import annotations
 
@@ -130,3 +130,23 @@ def ingest_table_cmd(
         features=tuple(parse_feature_spec(f) for f in feature),
     )
     _wrote(ingest_table(interactions, target, config, force))
+
+
+@ingest_app.command("citeulike")
+def ingest_citeulike_cmd(
+    source: Path = typer.Argument(..., help="The CiteULike-a directory (users.dat, item-tag.dat, tags.dat, citations.dat)."),
+    target: Path = typer.Argument(..., help="Dataset directory to create."),
+    tag_dim: int = typer.Option(128, help="Dimensions of the hashed tag bag (0: no tags modality)."),
+    citation_dim: int = typer.Option(64, help="Dimensions of the hashed bag of linked articles (0: no citations modality)."),
+    max_users: int = typer.Option(0, help="Keep a seeded random N of the users (0: all), e.g. to fit a small machine."),
+    seed: int = _SEED, cold_fraction: float = _COLD, cold_val_share: float = _COLD_VAL,
+    val_fraction: float = _VAL, test_fraction: float = _TEST, cold_items: Optional[Path] = _COLD_ITEMS,
+    force: bool = FORCE,
+) -> None:
+    """Ingest CiteULike-a: users' libraries, with hashed tag and citation bags as content."""
+    from pipeline.ingest_citeulike import ingest_citeulike
+    from pipeline.ingest_common import IngestConfig
+
+    split = _split_config(seed, cold_fraction, cold_val_share, val_fraction, test_fraction, cold_items)
+    _wrote(ingest_citeulike(source, target, IngestConfig(split=split, tag_dim=tag_dim), force,
+                            citation_dim=citation_dim, max_users=max_users))

@@ -33,6 +33,8 @@ def train(
     num_sample: float = typer.Option(0.5, help="Fraction of U-I item slots that use the content encoder."),
     hybrid_draw: str = typer.Option("bernoulli", help="How those slots are drawn: bernoulli (each slot) or "
                                     "with-replacement (the reference: int(slots*num_sample) indices)."),
+    cold_vectors: str = typer.Option("raw", help="How cold items rank: raw (encoder output as is, the reference) or "
+                                     "normalised (its direction at the warm ID embeddings' mean norm)."),
     exclude: str = typer.Option("train", help="Negatives exclude the user's 'train' items, or 'all-known' "
                                 "(also validation/test: reproduces the reference, leaks held-out data)."),
     dim_e: int = typer.Option(64, "--dim-e", "--dim-E"),

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clcrec.train.selection import EpochAverage, first_selectable, select_epoch  # noqa: E402
 from clcrec.config import TrainConfig  # noqa: E402
+from clcrec.train.selection import EpochAverage, first_selectable, select_epoch  # noqa: E402
 from clcrec.train.trainer import Trainer  # noqa: E402
 
 
@@ -46,8 +46,9 @@ class RecordingTrainer(Trainer):
 
 
 def run_seed(dataset: Path, out: Path, seed: int, epochs: int, decays: list[float], **kw) -> list[dict]:
-    from clcrec.train.flow import ensure_cache
     from rich.console import Console
+
+    from clcrec.train.flow import ensure_cache
 
     run = out / f"seed-{seed}"
     if not (run / "results.json").exists():

@@ -138,12 +138,19 @@ def encoder_id(model: CLCRec) -> str:
 
 
 @torch.no_grad()
-def encode_features(model: CLCRec, features: list[np.ndarray], block: int = 65536) -> np.ndarray:
-    """(N, D) float32 encoder outputs of feature rows given per modality in the run's order:
-    the same normalisation, concatenation and encoder as `CLCRec.ranking_table`'s cold rows."""
+def encode_features(model: CLCRec, features: list[np.ndarray], block: int = 65536, item_status=None) -> np.ndarray:
+    """(N, D) float32 ranking vectors of feature rows given per modality in the run's order:
+    the same normalisation, concatenation, encoder and cold-row scaling as `CLCRec.ranking_table`'s
+    cold rows (`item_status`, the run's dataset's, is needed when the run normalises cold rows)."""
     x = concat_normalised_features(features)  # (N, F)
     dev = next(model.parameters()).device
-    out = [model.encoder(x[s : s + block].to(dev)).float().cpu() for s in range(0, x.shape[0], block)]
+    scale = 1.0
+    if model.cold_vectors != "raw":
+        if item_status is None:
+            raise ValueError("this run normalises cold rows: pass the run's item_status to encode_features")
+        scale = model.cold_scale(item_status)
+    out = [model.cold_rows(model.encoder(x[s : s + block].to(dev)).float(), scale).cpu()
+           for s in range(0, x.shape[0], block)]
     return torch.cat(out).numpy()
 
 

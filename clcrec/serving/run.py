@@ -144,7 +144,8 @@ class Run:
             raise UserError(f"{int(known.sum())} new item id(s) are already in run {self.loaded.cfg.run_dir} "
                             f"(e.g. item {ids[known][0]}); give new items new ids, or pass --replace to "
                             "replace their stored vectors")
-        vectors = encode_features(self.loaded.model, [feats[m] for m in self.modalities])
+        vectors = encode_features(self.loaded.model, [feats[m] for m in self.modalities],
+                                  item_status=self.loaded.dataset.item_status)
         bad = ~np.isfinite(vectors).all(axis=1)
         if bad.any():  # finite features the encoder cannot take (e.g. values near float32's limit)
             raise InputError(f"{int(bad.sum())} new item(s) get non-finite vectors from the run's encoder, e.g. "

@@ -115,6 +115,17 @@ def report(run_dir: str, results: dict, console: Console) -> None:
     if base:
         rows = {"CLCRec": results["test"], **base}
         console.print(format_table(rows, ks=(20,), title="test split: CLCRec vs reference points", first="Model"))
+    pers = results.get("personalisation")
+    if pers:
+        from clcrec.evaluation.personalisation import describe
+
+        console.print("cold top-10 lists over all users: " + "; ".join(f"{n} {describe(v)}" for n, v in pers.items()),
+                      highlight=False, soft_wrap=True)
+    below = results.get("below_content_baseline")
+    if below and below["below"]:
+        console.print(f"[bold yellow]warning:[/bold yellow] this model is below its content-only baseline: "
+                      f"{below['metric']} {below['model']:.4f} < {below['content']:.4f} (content-only cosine); "
+                      "its cold recommendations are not a result", highlight=False, soft_wrap=True)
     if results.get("uses_held_out_data"):
         console.print(f"[yellow]note:[/yellow] {results['note']}")
     console.print(f"run directory: {run_dir}")

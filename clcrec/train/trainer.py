@@ -376,7 +376,8 @@ class Trainer:
             return {}
         best = load_checkpoint(self.run.best, map_location=self.device)
         self.model.load_state_dict(best["model"])
-        return write_results(self.run, self.cfg, self.dataset, self.evaluate, self.eval_cfg, self.metrics,
+        tables = lambda: (self.model.user_table(), self.model.ranking_table(self.item_status))  # noqa: E731
+        return write_results(self.run, self.cfg, self.dataset, self.evaluate, tables, self.eval_cfg, self.metrics,
                              best["epoch"], self.console, test=self.test)
 
 

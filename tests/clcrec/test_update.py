@@ -67,9 +67,9 @@ def feed(parent, tmp_path_factory):
 def test_tables_extend_from_content_and_the_users_items(parent, feed, tmp_path):
     """The initial state: parent rows kept, new/warmed items = their content vector, a user without
     training pairs = the mean of their items' initial vectors."""
+    from clcrec.serving.new_items import load_new_items
     from pipeline.extend_dataset import NewItemRows
     from pipeline.new_interactions import read_new_interactions
-    from clcrec.serving.new_items import load_new_items
 
     csv, new_dir, new_ids = feed
     new = load_new_items(new_dir)
