@@ -138,6 +138,9 @@ def publish_generation(cache_dir: Path, generation: int, *, wait: bool = True) -
         stage = cache_dir / STAGING / gen_name(g)
         n, infos = _staged_shards(stage, g)
         num_chunks = next(iter(infos.values()))["num_chunks"]
+        if n > num_chunks:  # staged before --shard was bounded: n-way splits past the chunk count
+            raise CacheError(f"{stage} holds shards of a {n}-way split of {num_chunks} chunk(s); delete it and "
+                             f"rebuild with --shard i/n, n at most {num_chunks}")
         missing = [i for i in range(n) if i not in infos]
         if missing:
             parts = []

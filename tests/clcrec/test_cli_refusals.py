@@ -281,7 +281,7 @@ def probe_world(w: dict, tmp: Path) -> dict:
 
     from clcrec.rundir import RUN_LOCK
 
-    r, run = w["root"], w["run"]
+    run = w["run"]
     p = {"tmp": tmp, "victim": tmp / "victim.txt", "keep": tmp / "keep", "newc": tmp / "newc", "new": tmp / "new"}
     p["victim"].write_text("the user's file\n")
     p["keep"].mkdir()
@@ -395,7 +395,6 @@ def test_the_hostile_probe_changes_nothing(world, tmp_path):
             runs.append(dict(argv=c["first"]))
         runs.append(c)
     exp, emb, recs = tmp_path / "exp", tmp_path / "emb", tmp_path / "recs.parquet"
-    ml_rows = ["--movielens", world["root"] / "ml" / "movies.csv"]
     ok = [  # an output of the command's own kind: refused without --force, replaced with it
         dict(argv=["export", run, "--out", exp]), dict(argv=["export", run, "--out", exp], says=["already exists; pass --force"], watch=[exp]),
         dict(argv=["export", run, "--out", exp, "--force"]),
@@ -403,7 +402,13 @@ def test_the_hostile_probe_changes_nothing(world, tmp_path):
         dict(argv=["recommend-all", run, "--out", recs, "-q", "--k", 3], says=["already exists; pass --force"], watch=[recs]),
         dict(argv=["recommend-all", run, "--out", recs, "-q", "--k", 3, "--force"]),
         dict(argv=["recommend", run, "--user", "0", "--k", 100000], says_ok=["note: --k 100000 is more than the", "showing all"]),
+        dict(argv=["embed-items", run, f"v={tmp_path / 'v3.npy'}:{tmp_path / 'ids3.txt'}", f"t={tmp_path / 't3.npy'}:{tmp_path / 'ids3.txt'}", "--out", emb]),
+        dict(argv=["embed-items", run, f"v={tmp_path / 'v3.npy'}:{tmp_path / 'ids3.txt'}", f"t={tmp_path / 't3.npy'}:{tmp_path / 'ids3.txt'}", "--out", emb, "--force"]),
     ]
+    np.save(tmp_path / "v3.npy", np.ones((3, 24), dtype=np.float32))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f".tmp-recs.parquet.{dead.pid}").write_bytes(b"left by a killed recommend-all")
     failed = []
     for c, res in zip(runs + ok, run_batch(runs + ok, tmp_path)):
         flat = " ".join(res["out"].split())
@@ -423,4 +428,5 @@ def test_the_hostile_probe_changes_nothing(world, tmp_path):
     import polars as pl
 
     assert pl.read_parquet(recs).columns == ["user", "rank", "item", "score", "status"]
-    assert not list(tmp_path.glob(".tmp-*")) and (ds / "meta.json").exists()
+    assert not list(tmp_path.glob(".tmp-*")) and (ds / "meta.json").exists()  # no leftovers, a dead writer's removed
+    assert len(np.load(emb / "vectors.npy")) == 3
