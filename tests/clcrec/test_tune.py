@@ -76,3 +76,20 @@ def test_two_trials_on_tiny_data_and_a_killed_tune_resumes(tiny_dataset, tiny_ca
                                                                 "[l_r]\nlow = 0.001\nhigh = 0.1"), quiet())
     with pytest.raises(UserError, match="another base config .epochs: 2 -> 3"):
         run_tune(TuneConfig(str(study_dir), trials=2), {"epochs": 3, "dataset": str(tiny_dataset)}, None, quiet())
+
+
+def test_a_trial_trailing_the_earlier_ones_is_pruned_at_its_epoch_report(tiny_dataset, tiny_cache, tmp_path):
+    """Trial 1 (a learning rate that cannot learn in 2 epochs) reports after its first epoch a score
+    below trial 0's at the same epoch: the median pruner stops it there, and it counts as finished."""
+    study_dir, text = tmp_path / "study", "[l_r]\nlow = 1e-8\nhigh = 0.1\nlog = true\n"
+    space = (parse_space(text, "s.toml"), text)
+    given = {"dataset": str(tiny_dataset), "cache": str(tiny_cache), "num_neg": 16, "epochs": 2, "l_r": 0.01,
+             "batch_size": 64, "select_k": 20, "select_window": 1, "eval_ema": 0.0}
+    run_tune(TuneConfig(str(study_dir), trials=1, prune_after=1), given, space, quiet())
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{study_dir / 'study.db'}")
+    study.enqueue_trial({"l_r": 1e-8})
+    summary = run_tune(TuneConfig(str(study_dir), trials=2, prune_after=1), {}, None, quiet())
+    trials = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{study_dir / 'study.db'}").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert trials[1].user_attrs["epochs"] == 1 and list(trials[1].intermediate_values) == [0]
+    assert summary["best_trial"] == 0 and summary["finished"] == 2
