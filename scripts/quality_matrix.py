@@ -168,7 +168,7 @@ class RecordingTrainer(Trainer):
         return super().end_epoch(epoch, generation, record)
 
 
-def train_recorded(dataset: Path, run: Path, seed: int, mode: str, epochs: int, decay: float, synthetic: bool) -> list[dict]:
+def train_recorded(dataset: Path, run: Path, seed: int, mode: str, epochs: int, decay: float, preset: bool) -> list[dict]:
     from clcrec.flow import ensure_cache
 
     done = run / "done.json"
@@ -184,7 +184,7 @@ def train_recorded(dataset: Path, run: Path, seed: int, mode: str, epochs: int, 
         console = Console(stderr=True, quiet=True)
         ensure_cache(dataset, cache, 128, seed, console, extra.get("exclude", "train"))
         cfg = TrainConfig(dataset=str(dataset), cache=str(cache), run_dir=str(run), epochs=epochs, patience=epochs,
-                          seed=seed, eval_ema=0, select_window=1, **extra, **(SYNTH_PRESET if synthetic else {}))
+                          seed=seed, eval_ema=0, select_window=1, **extra, **(SYNTH_PRESET if preset else {}))
         t0 = time.perf_counter()
         RecordingTrainer(cfg, decay, console=console).fit()
         done.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}))
