@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import shutil
 import statistics
 import subprocess
@@ -54,7 +52,6 @@ sys.path.insert(0, str(ROOT))
 
 import clcrec  # noqa: E402,F401 - first: sets the OpenMP spin default before torch loads (clcrec/__init__.py)
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from clcrec.averaging import EpochAverage, first_selectable, select_epoch  # noqa: E402
@@ -274,7 +271,7 @@ def markdown(regime: str, note: str, rows: dict[str, dict]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for name, s in rows.items():
-        f = lambda k: f"{s[k]['mean']:.4f} ± {s[k]['sd']:.4f}"  # noqa: E731
+        f = lambda k, s=s: f"{s[k]['mean']:.4f} ± {s[k]['sd']:.4f}"  # noqa: E731
         ep = ",".join("-" if e is None else str(e) for e in s["epochs"])
         lines.append(f"| {name} | {f('cold recall@10')} | {f('cold ndcg@10')} | {f('warm recall@10')} | "
                      f"{f('all recall@10')} | {f('all ndcg@10')} | {s['distinct_lists']:.0f}/{s['users']} "
