@@ -165,7 +165,7 @@ class RecordingTrainer(Trainer):
         return super().end_epoch(epoch, generation, record)
 
 
-def train_recorded(dataset: Path, run: Path, seed: int, mode: str, epochs: int, decay: float, synthetic: bool) -> list[dict]:
+def train_recorded(dataset: Path, run: Path, seed: int, mode: str, epochs: int, decay: float, preset: bool) -> list[dict]:
     from clcrec.train.flow import ensure_cache
 
     done = run / "done.json"
@@ -181,7 +181,7 @@ def train_recorded(dataset: Path, run: Path, seed: int, mode: str, epochs: int, 
         console = Console(stderr=True, quiet=True)
         ensure_cache(dataset, cache, 128, seed, console, extra.get("exclude", "train"))
         cfg = TrainConfig(dataset=str(dataset), cache=str(cache), run_dir=str(run), epochs=epochs, patience=epochs,
-                          seed=seed, eval_ema=0, select_window=1, **extra, **(SYNTH_PRESET if synthetic else {}))
+                          seed=seed, eval_ema=0, select_window=1, **extra, **(SYNTH_PRESET if preset else {}))
         t0 = time.perf_counter()
         RecordingTrainer(cfg, decay, console=console).fit()
         done.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}))
@@ -271,7 +271,7 @@ def markdown(regime: str, note: str, rows: dict[str, dict]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for name, s in rows.items():
-        f = lambda k: f"{s[k]['mean']:.4f} ± {s[k]['sd']:.4f}"  # noqa: E731
+        f = lambda k, s=s: f"{s[k]['mean']:.4f} ± {s[k]['sd']:.4f}"  # noqa: E731
         ep = ",".join("-" if e is None else str(e) for e in s["epochs"])
         lines.append(f"| {name} | {f('cold recall@10')} | {f('cold ndcg@10')} | {f('warm recall@10')} | "
                      f"{f('all recall@10')} | {f('all ndcg@10')} | {s['distinct_lists']:.0f}/{s['users']} "
