@@ -99,6 +99,8 @@ def publish_dir(tmp: Path, target: Path, *, force: bool = False) -> None:
     """
     tmp, target = Path(tmp), Path(target)
     old = None
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        target.rmdir()  # an empty directory holds nothing to lose (check_output lets it through)
     if target.exists():
         if not force:
             raise FileExistsError(target)

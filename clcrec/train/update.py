@@ -78,7 +78,7 @@ def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: Ne
     console = console or Console(stderr=True)
     t0 = time.perf_counter()
     parent_dir, out, interactions = Path(parent_dir), Path(out), Path(interactions)
-    check_new_target(out, force, "--out")
+    check_new_target(out, force, "--out", kind="run")  # a run, replaced only by --force
     if out.resolve() == parent_dir.resolve():
         raise UserError("--out must differ from the parent run: the parent run is never modified")
     parent = parent or open_run(parent_dir)
