@@ -29,7 +29,6 @@ import importlib
 import json
 import math
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -65,16 +64,6 @@ def native_capability() -> str:
     out = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
                          env=env, capture_output=True, text=True, check=True)
     return out.stdout.strip()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def available_targets(native: str) -> tuple[dict[str, dict[str, str]], list[str]]:
@@ -186,6 +175,9 @@ def main() -> None:
         targets = {t: targets[t] for t in args.targets}
     import numba
     import torch
+
+    sys.path.insert(0, str(REPO))
+    from common.machine import cpu_model  # the same description bench --json records
 
     machine = (f"{cpu_model()} ({os.cpu_count()} cores, torch's native capability {native}), "
                f"torch {torch.__version__}, numba {numba.__version__}, {datetime.date.today()}, commit {git_commit()}")
