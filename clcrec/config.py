@@ -17,7 +17,7 @@ from common.tomlconfig import read_toml_fields, toml_text
 
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
 # Fields a resumed run may change: where and how fast it runs, and how long, but not what it learns.
-RESUMABLE_CHANGES = {"run_dir", "epochs", "patience", "device", "amp", "threads", "log_every", "prefetch", "eval_block", "encode",
+RESUMABLE_CHANGES = {"run_dir", "content_prior", "epochs", "patience", "device", "amp", "threads", "log_every", "prefetch", "eval_block", "encode",
                      "scoring", "cuda_graph", "compile", "assemble", "readers", "tensorboard"}
 SELECT_MODES = ("cold", "warm", "all", "mean")
 ENCODE_MODES = ("auto", "unique", "slots", "all")
@@ -49,6 +49,16 @@ HYBRID_DRAWS = ("bernoulli", "with-replacement")
 COLD_VECTORS = ("raw", "normalised")  # how cold items rank (clcrec/model.py says what each does)
 
 
+def _prior_ok(value) -> bool:
+    if value in ("auto", "off"):
+        return True
+    try:
+        w = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return False
+    return 0 <= w <= 1
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     dataset: str = ""
@@ -67,6 +77,9 @@ class TrainConfig:
     dim_E: int = 64
     hidden: int = 256  # encoder hidden width (reference: 256)
     cold_vectors: str = "raw"  # cold items rank by their encoder output as is, or "normalised" (README section 5)
+    # Cold items rank by 1 - W of the model's score plus W of the content-only cosine (clcrec/model.py
+    # with_prior): "auto" chooses W on validation when training ends, "off" is W = 0, or W in [0, 1].
+    content_prior: str = "auto"
     has_v: bool = True  # modality switches for datasets with v / a / t features
     has_a: bool = True
     has_t: bool = True
@@ -111,6 +124,8 @@ class TrainConfig:
             (self.exclude in EXCLUDE_MODES, f"--exclude must be one of {EXCLUDE_MODES}, got {self.exclude!r}"),
             (self.hybrid_draw in HYBRID_DRAWS, f"--hybrid-draw must be one of {HYBRID_DRAWS}, got {self.hybrid_draw!r}"),
             (self.cold_vectors in COLD_VECTORS, f"--cold-vectors must be one of {COLD_VECTORS}, got {self.cold_vectors!r}"),
+            (_prior_ok(self.content_prior), f"--content-prior must be auto, off or a number W with 0 <= W <= 1, "
+                                            f"got {self.content_prior!r}"),
         ]
         for name, lo, hi, lo_open in NUMERIC_RANGES:
             v = getattr(self, name)
@@ -153,6 +168,11 @@ class TrainConfig:
 
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **kw)
+
+    @property
+    def prior_weight(self) -> float | None:
+        """The content prior's weight W (None: chosen on validation)."""
+        return None if self.content_prior == "auto" else 0.0 if self.content_prior == "off" else float(self.content_prior)
 
     def check_resumable(self, saved: dict) -> None:
         """Refuse to resume a checkpoint saved under a different training config."""

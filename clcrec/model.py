@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -58,6 +59,30 @@ def check_fits_memory(rows: int, dim: int) -> None:
     if need > have:
         raise UserError(f"--dim-e {dim}: the embedding tables of {rows:,} users and items need {need / 2**30:,.1f} "
                         f"GiB to train, past this machine's {have / 2**30:,.1f} GiB of memory; use a smaller --dim-e")
+
+
+# The content prior: cold items rank by (1 - W) * u . c_i + W * unit * (cos(profile_u, content_i) -
+# the user's mean cosine over cold items): a convex mix of the model's score and the content-only
+# cosine, the cosine scaled to the model's spread (`prior_unit`) and centred per user, so that the
+# mix reorders cold items without lifting them as a group, or widening their spread, above warm
+# items in all-item rankings. Both terms are dot products, so the tables grow by the F content
+# columns (users: beta = W * unit times the profile; items: lean * (content - centre)) and every
+# ranking path stays one matmul. `lean` is 1 for cold items, 0 for warm ones (and 1 - n / (n + k)
+# under an update's blend).
+PRIOR_GRID = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)  # weights W tried on validation (1: content alone)
+
+
+class Prior(NamedTuple):
+    weight: float  # W: the content cosine's share of a cold item's score
+    beta: float  # W * prior_unit: the factor on the user profiles
+
+    @classmethod
+    def of(cls, record: dict | None) -> "Prior":
+        """The prior a run recorded (config.json "content_prior"); none for runs without one."""
+        return cls(float((record or {}).get("weight", 0.0)), float((record or {}).get("beta", 0.0)))
+
+
+NO_PRIOR = Prior(0.0, 0.0)
 
 
 class CLCRec(nn.Module):
@@ -178,28 +203,93 @@ class CLCRec(nn.Module):
         return F.normalize(encoded, dim=-1) * scale
 
     @torch.no_grad()
-    def ranking_table(self, item_status: torch.Tensor, block: int = 65536, *,
-                      counts: torch.Tensor | None = None, blend_k: float = 0.0) -> torch.Tensor:
+    def ranking_table(self, item_status: torch.Tensor, block: int = 65536, *, counts: torch.Tensor | None = None,
+                      blend_k: float = 0.0, content_share: float = 1.0) -> torch.Tensor:
         """(I, D) float32: warm items use their ID embedding, cold items their encoder output (as is,
         or its direction at the warm items' mean norm: `cold_vectors`).
 
         With `blend_k` > 0 every item is ranked by w * ID + (1 - w) * content, w = n / (n + k) from
         its training interaction count n (`counts`, (I,)): an item with a few interactions leans on
-        its content, a popular one on its ID embedding, an item without any is pure content."""
+        its content, a popular one on its ID embedding, an item without any is pure content.
+        `content_share` scales every encoder-output part (a content prior's 1 - weight)."""
         table = self.item_emb.weight.detach().float().clone()
         scale = self.cold_scale(item_status) if self.cold_vectors != "raw" else 1.0
         if blend_k > 0:
             w = (counts.float() / (counts.float() + blend_k)).to(table.device)[:, None]  # (I, 1)
             for s in range(0, table.shape[0], block):
                 idx = torch.arange(s, min(s + block, table.shape[0]), device=table.device)
-                table[idx] = w[idx] * table[idx] + (1 - w[idx]) * self.cold_rows(self.encode(idx).float(), scale)
+                table[idx] = w[idx] * table[idx] + (1 - w[idx]) * content_share * self.cold_rows(
+                    self.encode(idx).float(), scale)
             return table
         cold = torch.nonzero(item_status != 0).flatten()  # (C,)
         for s in range(0, cold.numel(), block):
             idx = cold[s : s + block]
-            table[idx] = self.cold_rows(self.encode(idx).float(), scale)
+            table[idx] = content_share * self.cold_rows(self.encode(idx).float(), scale)
         return table
 
     @torch.no_grad()
     def user_table(self) -> torch.Tensor:
         return self.user_emb.weight.detach().float()
+
+    @torch.no_grad()
+    def tables(self, train: np.ndarray, item_status, prior: Prior = NO_PRIOR, *,
+               counts: torch.Tensor | None = None, blend_k: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user table, ranking table) as served: `ranking_table`'s rows, with the content `prior`
+        (`with_prior`) over the training pairs `train`."""
+        status = torch.as_tensor(item_status)  # numpy, or a tensor on any device
+        users = self.user_table()
+        items = self.ranking_table(status, counts=counts, blend_k=blend_k, content_share=1 - prior.weight)
+        if prior.beta <= 0:
+            return users, items
+        if blend_k > 0:
+            lean = blend_k / (counts.float() + blend_k)  # 1 - n / (n + k): the content share of each item
+        else:
+            lean = (status != 0).float()
+        return with_prior(users, items, *self.content_tables(train, item_status), lean, prior.beta)
+
+    @torch.no_grad()
+    def content_tables(self, train: np.ndarray, item_status, chunk: int = 1 << 18):
+        """(user profiles (U, F), item content (I, F), centre (F,)) float32. An item's content is the
+        encoder's input (each modality normalised) as a unit row; a user's profile is the unit mean
+        over their training items (zeros without any): profile . content is the content-only cosine
+        (clcrec/evaluation/baselines.py's, over the run's modalities). The centre is the mean content
+        of the cold items (`item_status` != 0): the prior ranks by the cosine less its mean over them."""
+        items = F.normalize(self.features.float(), dim=1)  # (I, F)
+        train = np.asarray(train)
+        users = items.new_zeros(self.num_users, items.shape[1], dtype=torch.float64)  # (U, F) sums
+        for s in range(0, len(train), chunk):
+            block = torch.as_tensor(np.asarray(train[s : s + chunk], dtype=np.int64), device=items.device)  # (C, 2)
+            users.index_add_(0, block[:, 0], items[block[:, 1]].double())
+        return F.normalize(users, dim=1).float(), items, self.content_centre(item_status)
+
+    @torch.no_grad()
+    def content_centre(self, item_status) -> torch.Tensor:
+        """(F,) the mean unit content row of the cold items (zeros without any)."""
+        items = F.normalize(self.features.float(), dim=1)  # (I, F)
+        cold = torch.as_tensor(item_status, device=items.device) != 0  # (I,)
+        return items[cold].mean(0) if bool(cold.any()) else items.new_zeros(items.shape[1])
+
+
+def with_prior(users: torch.Tensor, items: torch.Tensor, profiles: torch.Tensor, content: torch.Tensor,
+               centre: torch.Tensor, lean: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, D + F), (I, D + F): the ranking tables (their content rows already scaled by 1 - W)
+    with the content prior's columns, the profiles weighted by `beta`."""
+    lean = lean.to(device=items.device, dtype=items.dtype)[:, None]  # (I, 1)
+    return (torch.cat([users, beta * profiles.to(users.device)], dim=1),
+            torch.cat([items, lean * (content.to(items.device) - centre.to(items.device))], dim=1))
+
+
+@torch.no_grad()
+def prior_unit(users: torch.Tensor, items: torch.Tensor, profiles: torch.Tensor, content: torch.Tensor,
+               cold: torch.Tensor, sample: int = 2048) -> float:
+    """The cosine's factor at W = 1: the spread of the model's cold-item scores (pure, W = 0) over
+    that of the content cosines (each user's sd across cold items, averaged over the first `sample`
+    users: what orders one user's list), so that the mix's W is the cosine's share whatever the
+    scale of the encoder's outputs."""
+    idx = torch.nonzero(cold.to(items.device)).flatten()
+    if idx.numel() == 0:
+        return 0.0
+    model = users[:sample] @ items[idx].T  # (S, C)
+    cos = profiles[:sample].to(items.device) @ content[idx].to(items.device).T  # (S, C)
+    spread = float(cos.std(dim=1).mean()) if idx.numel() > 1 else 0.0
+    return float(model.std(dim=1).mean()) / spread if spread > 0 else 0.0

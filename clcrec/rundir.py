@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from clcrec.config import RESUMABLE_CHANGES, TrainConfig
-from clcrec.model import CLCRec
+from clcrec.model import CLCRec, Prior
 from common.errors import DatasetChangedError, UserError
 from common.fsutil import atomic_write_bytes, atomic_write_json
 from pipeline.dataset import Dataset, load_dataset
@@ -214,6 +214,10 @@ class RunDir:
         lock.acquire(wait=False)
         return lock
 
+    def record_update(self, **fields) -> None:
+        """Add `fields` to config.json (atomically): what the run chose when it finished."""
+        atomic_write_json(self.config_path, {**self.read_config(), **fields})
+
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.exists():
             return []
@@ -251,14 +255,19 @@ class TrainedRun:
         """k of the ID/content blend n / (n + k) chosen by `cli.py update` (0: none, ID or content by status)."""
         return float(((self.record or {}).get("blend") or {}).get("k", 0.0))
 
+    @property
+    def prior(self) -> Prior:
+        """The content prior chosen when the run finished (clcrec/model.py with_prior; none before)."""
+        return Prior.of((self.record or {}).get("content_prior"))
+
     @torch.no_grad()
     def tables(self, blend_k: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(user vectors (U, D), ranking table (I, D)) in float32, with the run's blend unless
-        `blend_k` is given (0: the ID embedding for warm items, content for cold ones)."""
-        status = torch.as_tensor(self.dataset.item_status)
+        `blend_k` is given (0: the ID embedding for warm items, content for cold ones), and the
+        run's content prior (then D is dim_E + the content width)."""
         k = self.blend_k if blend_k is None else blend_k
         counts = torch.as_tensor(item_counts(self.dataset)) if k > 0 else None
-        return self.model.user_table(), self.model.ranking_table(status, counts=counts, blend_k=k)
+        return self.model.tables(self.dataset.train, self.dataset.item_status, self.prior, counts=counts, blend_k=k)
 
 
 def item_counts(dataset: Dataset) -> np.ndarray:

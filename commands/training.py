@@ -35,6 +35,9 @@ def train(
                                     "with-replacement (the reference: int(slots*num_sample) indices)."),
     cold_vectors: str = typer.Option("raw", help="How cold items rank: raw (encoder output as is, the reference) or "
                                      "normalised (its direction at the warm ID embeddings' mean norm)."),
+    content_prior: str = typer.Option("auto", help="Cold items rank by 1 - W of the model's score plus W of the "
+                                      "content-only cosine: auto (W chosen on validation when training ends), "
+                                      "off (W = 0, the reference), or W in [0, 1]."),
     exclude: str = typer.Option("train", help="Negatives exclude the user's 'train' items, or 'all-known' "
                                 "(also validation/test: reproduces the reference, leaks held-out data)."),
     dim_e: int = typer.Option(64, "--dim-e", "--dim-E"),

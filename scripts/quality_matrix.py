@@ -56,6 +56,8 @@ from rich.console import Console  # noqa: E402
 import clcrec  # noqa: E402,F401 - first: sets the OpenMP spin default before torch loads (clcrec/__init__.py)
 from clcrec.config import TrainConfig  # noqa: E402
 from clcrec.evaluation.personalisation import cold_list_stats, held_out_popularity  # noqa: E402
+from clcrec.model import NO_PRIOR, Prior  # noqa: E402
+from clcrec.train.prior import choose_prior  # noqa: E402
 from clcrec.train.selection import EpochAverage, first_selectable, select_epoch  # noqa: E402
 from clcrec.train.trainer import Trainer  # noqa: E402
 
@@ -149,11 +151,20 @@ class RecordingTrainer(Trainer):
         out = {}
         for scoring in SCORINGS:
             self.model.cold_vectors = scoring
-            users, items = self.model.user_table(), self.model.ranking_table(self.item_status)
-            out[scoring] = {"val": _slim(self.evaluate("val")), "test": _slim(self.evaluate("test")),
-                            "pers": cold_list_stats(users, items, self.dataset.item_status, self.popularity)}
+            out[scoring] = self._measure()
         self.model.cold_vectors = self.cfg.cold_vectors
+        # the content prior as the trainer chooses it when a run ends (clcrec/train/prior.py), here
+        # at every epoch: the replay reports it at the epoch the pure model's curves select
+        prior = choose_prior(self.model, self.dataset, self.cfg.replace(content_prior="auto"))
+        self.prior = Prior.of(prior)
+        out["prior"] = {**self._measure(), "weight": prior["weight"]}
+        self.prior = NO_PRIOR
         return out
+
+    def _measure(self) -> dict:
+        users, items = self.model.tables(self.dataset.train, self.item_status, self.prior)
+        return {"val": _slim(self.evaluate("val")), "test": _slim(self.evaluate("test")),
+                "pers": cold_list_stats(users, items, self.dataset.item_status, self.popularity)}
 
     def end_epoch(self, epoch, generation, record):
         self.model.eval()
@@ -194,17 +205,19 @@ def train_recorded(dataset: Path, run: Path, seed: int, mode: str, epochs: int, 
 
 
 def rule(weights: str, select: str, window: int, patience: int | None, scoring: str, mode: str = "honest",
-         personal: float = 0.0) -> dict:
+         personal: float = 0.0, prior: bool = False) -> dict:
     """A selection rule: which weights and cold scoring, which validation recall (mode@K), the
-    window, the patience (None: all epochs), and optionally a floor on the distinct-list share."""
+    window, the patience (None: all epochs), optionally a floor on the distinct-list share, and
+    whether the selected epoch is reported with the content prior chosen on its validation."""
     return {"weights": weights, "select": select, "window": window, "patience": patience, "scoring": scoring,
-            "mode": mode, "personal": personal}
+            "mode": mode, "personal": personal, "prior": prior}
 
 
 def default_rule(mode: str = "honest") -> dict:
     d = TrainConfig()
     weights = f"ema{d.eval_ema}" if d.eval_ema > 0 else "raw"
-    return rule(weights, f"{d.select_mode}@{d.select_k}", d.select_window, d.patience, d.cold_vectors, mode)
+    return rule(weights, f"{d.select_mode}@{d.select_k}", d.select_window, d.patience, d.cold_vectors, mode,
+                prior=d.content_prior != "off")
 
 
 def variants(decay: float) -> dict[str, dict]:
@@ -214,7 +227,8 @@ def variants(decay: float) -> dict[str, dict]:
     ema = f"ema{decay}"
     rows = {
         "default": d,
-        f"cold vectors {other}": {**d, "scoring": other},
+        "no content prior": {**d, "prior": False},
+        f"cold vectors {other}": {**d, "scoring": other, "prior": False},
         "raw weights": {**d, "weights": "raw" if d["weights"] != "raw" else ema},
         "window 1": {**d, "window": 1 if d["window"] != 1 else 3},
         "select cold@20": {**d, "select": "cold@20"},
@@ -236,8 +250,9 @@ def replay(recs: list[dict], r: dict, decay: float) -> dict:
             scores = [s if good else -0.5 for s, good in zip(scores, ok)]
     first = first_selectable(decay if r["weights"] != "raw" else 0.0, len(scores))
     e, _ = select_epoch(scores, r["window"], r["patience"] or len(scores), first)
-    c = curves[e]
-    return {"epoch": e, "test": c["test"], "val_cold_r10": c["val"]["cold"]["recall@10"], "pers": c["pers"]}
+    c = recs[e]["curves"][r["weights"]]["prior"] if r.get("prior") else curves[e]
+    return {"epoch": e, "test": c["test"], "val_cold_r10": c["val"]["cold"]["recall@10"], "pers": c["pers"],
+            "prior_weight": c.get("weight")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,21 +276,23 @@ def summarise(picks: list[dict]) -> dict:
     out["distinct_lists"] = statistics.mean(p["pers"]["distinct_lists"] for p in picks)
     out["users"] = picks[0]["pers"]["users"]
     out["epochs"] = [p.get("epoch") for p in picks]
+    out["prior_weights"] = [p.get("prior_weight") for p in picks]
     out["below_content"] = sum(bool(p.get("below")) for p in picks)
     return out
 
 
 def markdown(regime: str, note: str, rows: dict[str, dict]) -> str:
     head = (f"**{regime}** {note}\n\n| | cold R@10 | cold N@10 | warm R@10 | all R@10 | all N@10 | "
-            "distinct cold lists | coverage@10 | pop share@10 | epochs | val below content |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "distinct cold lists | coverage@10 | pop share@10 | epochs | prior W | val below content |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for name, s in rows.items():
         f = lambda k, s=s: f"{s[k]['mean']:.4f} ± {s[k]['sd']:.4f}"  # noqa: E731
         ep = ",".join("-" if e is None else str(e) for e in s["epochs"])
+        ws = ",".join("-" if w is None else f"{w:g}" for w in s.get("prior_weights", []))
         lines.append(f"| {name} | {f('cold recall@10')} | {f('cold ndcg@10')} | {f('warm recall@10')} | "
                      f"{f('all recall@10')} | {f('all ndcg@10')} | {s['distinct_lists']:.0f}/{s['users']} "
-                     f"({s['distinct_share']:.0%}) | {s['coverage@10']:.2f} | {s['pop_share@10']:.2f} | {ep} | "
+                     f"({s['distinct_share']:.0%}) | {s['coverage@10']:.2f} | {s['pop_share@10']:.2f} | {ep} | {ws} | "
                      f"{s['below_content']}/{len(s['epochs'])} |")
     return head + "\n".join(lines) + "\n"
 
@@ -288,6 +305,8 @@ def overview(summary: dict) -> str:
            "|---|---|---|---|---|---|---|---|---|"]
     for regime, res in summary.items():
         for name in ("default", "reproduction", "content", "random"):
+            if name not in res["rows"]:
+                continue
             r = res["rows"][name]
             out.append(f"| {regime} | {name} | {f(r, 'cold recall@10')} | {f(r, 'cold ndcg@10')} | "
                        f"{f(r, 'warm recall@10')} | {f(r, 'all recall@10')} | {r['distinct_share']:.0%} | "
@@ -318,7 +337,7 @@ def run_regime(regime: str, args, decay: float) -> tuple[dict | None, str]:
     epochs = args.epochs or (15 if synthetic or regime == "citeulike" else 20)
     ds = load_dataset(dataset)
     recs = {(mode, s): train_recorded(dataset, args.out / regime / f"{mode}-s{s}", s, mode, epochs, decay, preset)
-            for s in args.seeds for mode in MODES}
+            for s in args.seeds for mode in args.modes}
     pop = held_out_popularity(ds.num_items, ds.val, ds.test)
     base: dict[str, list[dict]] = {"content": [], "random": []}
     content_val = {}
@@ -330,6 +349,8 @@ def run_regime(regime: str, args, decay: float) -> tuple[dict | None, str]:
             base[name].append({"test": b[name], "pers": cold_list_stats(*vecs, ds.item_status, pop), "epoch": None})
     rows, picks_all = {}, {}
     for name, r in variants(decay).items():
+        if r["mode"] not in args.modes:
+            continue
         picks = []
         for s in args.seeds:
             p = replay(recs[(r["mode"], s)], r, decay)
@@ -340,7 +361,7 @@ def run_regime(regime: str, args, decay: float) -> tuple[dict | None, str]:
         rows[name] = summarise(picks)
     rows["content"], rows["random"] = summarise(base["content"]), summarise(base["random"])
     secs = [json.loads((args.out / regime / f"{m}-s{s}" / "done.json").read_text())["seconds"]
-            for s in args.seeds for m in MODES]
+            for s in args.seeds for m in args.modes]
     note = (f"({ds.num_users:,} users x {ds.num_items:,} items, {len(ds.train):,} train pairs, "
             f"{int((ds.item_status != 0).sum()):,} cold items; {epochs} epochs, seeds "
             f"{','.join(map(str, args.seeds))}; {sum(secs):.0f} s of training)")
@@ -351,6 +372,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
+                    help="honest: the defaults and their ablation; repro: reproduction mode's rows")
     ap.add_argument("--epochs", type=int, default=0, help="0: 20 on MovieLens, 15 on CiteULike and synthetic data")
     ap.add_argument("--citeulike-users", type=int, default=400)
     ap.add_argument("--data", type=Path, default=ROOT / "data")

@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+import torch.nn.functional as F
 
-from clcrec.model import CLCRec, concat_normalised_features
+from clcrec.model import NO_PRIOR, CLCRec, Prior, concat_normalised_features
 from common.errors import InputError, UserError
 from pipeline.dataset import validate_features
 from pipeline.ingest_common import FeatureSpec, integer_ids
@@ -128,9 +129,12 @@ def load_new_items(path: Path) -> NewItems:
                     list(meta.get("replaced", [])), rest, feats)
 
 
-def encoder_id(model: CLCRec) -> str:
-    """SHA-256 of the encoder's weights: vectors made by one model are meaningless to another."""
+def encoder_id(model: CLCRec, prior: Prior = NO_PRIOR) -> str:
+    """SHA-256 of the encoder's weights (and of the run's content prior, when it has one): vectors
+    made by one model are meaningless to another."""
     h = hashlib.sha256()
+    if prior.beta > 0:
+        h.update(np.asarray(prior, dtype=np.float64).tobytes())
     for name, t in sorted(model.encoder.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
@@ -138,20 +142,25 @@ def encoder_id(model: CLCRec) -> str:
 
 
 @torch.no_grad()
-def encode_features(model: CLCRec, features: list[np.ndarray], block: int = 65536, item_status=None) -> np.ndarray:
+def encode_features(model: CLCRec, features: list[np.ndarray], block: int = 65536, item_status=None,
+                    prior: Prior = NO_PRIOR) -> np.ndarray:
     """(N, D) float32 ranking vectors of feature rows given per modality in the run's order:
-    the same normalisation, concatenation, encoder and cold-row scaling as `CLCRec.ranking_table`'s
-    cold rows (`item_status`, the run's dataset's, is needed when the run normalises cold rows)."""
+    the same normalisation, concatenation, encoder and cold-row scaling as `CLCRec.tables`'s cold
+    rows, with the run's content `prior` (then D = dim_E + the content width). `item_status`, the
+    run's dataset's, is needed when the run normalises cold rows or has a prior."""
     x = concat_normalised_features(features)  # (N, F)
     dev = next(model.parameters()).device
     scale = 1.0
+    if (model.cold_vectors != "raw" or prior.beta > 0) and item_status is None:
+        raise ValueError("this run normalises cold rows or has a content prior: pass the run's item_status")
     if model.cold_vectors != "raw":
-        if item_status is None:
-            raise ValueError("this run normalises cold rows: pass the run's item_status to encode_features")
         scale = model.cold_scale(item_status)
-    out = [model.cold_rows(model.encoder(x[s : s + block].to(dev)).float(), scale).cpu()
+    out = [(1 - prior.weight) * model.cold_rows(model.encoder(x[s : s + block].to(dev)).float(), scale).cpu()
            for s in range(0, x.shape[0], block)]
-    return torch.cat(out).numpy()
+    rows = torch.cat(out)  # (N, dim_E)
+    if prior.beta > 0:  # a new item is cold: its content columns in full (with_prior's lean 1)
+        rows = torch.cat([rows, F.normalize(x, dim=1) - model.content_centre(item_status).cpu()], dim=1)
+    return rows.numpy()
 
 
 def _spec(text: str | Path) -> tuple[FeatureSpec, bool]:

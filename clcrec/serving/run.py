@@ -89,7 +89,7 @@ class Run:
     @property
     def encoder(self) -> str:
         if self._encoder is None:
-            self._encoder = encoder_id(self.loaded.model)
+            self._encoder = encoder_id(self.loaded.model, self.loaded.prior)
         return self._encoder
 
     def user_index(self, user_ids) -> np.ndarray:
@@ -145,7 +145,7 @@ class Run:
                             f"(e.g. item {ids[known][0]}); give new items new ids, or pass --replace to "
                             "replace their stored vectors")
         vectors = encode_features(self.loaded.model, [feats[m] for m in self.modalities],
-                                  item_status=self.loaded.dataset.item_status)
+                                  item_status=self.loaded.dataset.item_status, prior=self.loaded.prior)
         bad = ~np.isfinite(vectors).all(axis=1)
         if bad.any():  # finite features the encoder cannot take (e.g. values near float32's limit)
             raise InputError(f"{int(bad.sum())} new item(s) get non-finite vectors from the run's encoder, e.g. "
@@ -165,8 +165,10 @@ class Run:
         if new_items.encoder != self.encoder:
             raise UserError(f"{where} were embedded by another model than run {self.loaded.cfg.run_dir}'s; "
                             "embed them again with this run (cli.py embed-items RUN ...)")
-        if new_items.vectors.shape[1] != self.loaded.cfg.dim_E:
-            raise UserError(f"{where} have {new_items.vectors.shape[1]} dims, the run {self.loaded.cfg.dim_E}")
+        width = self.tables()[1].shape[1]  # dim_E, plus the content prior's columns
+        if new_items.vectors.shape[1] != width:
+            raise UserError(f"{where} have {new_items.vectors.shape[1]} dims, the run {width}; "
+                            f"embed them again with this run (cli.py embed-items RUN ...)")
         return new_items
 
     def catalogue(self, new_items: NewItems | str | Path | None = None) -> Catalogue:

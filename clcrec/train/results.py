@@ -23,10 +23,11 @@ from common.fsutil import atomic_write_json
 
 
 def write_results(run: RunDir, cfg: TrainConfig, dataset, evaluate, tables, eval_cfg: EvalConfig,
-                  metrics: list[dict], best_epoch: int, console: Console, test: bool = True) -> dict:
+                  metrics: list[dict], best_epoch: int, console: Console, test: bool = True,
+                  extra: dict | None = None) -> dict:
     """results.json of the model now loaded (`evaluate(split)` ranks it, `tables()` gives its user
     and ranking tables) and the plots of `metrics`."""
-    results = {"best_epoch": best_epoch, "select": describe_selection(cfg), "val": evaluate("val")}
+    results = {"best_epoch": best_epoch, "select": describe_selection(cfg), **(extra or {}), "val": evaluate("val")}
     if test:  # with reference points on the same test split: content-only cosine, random, oracle
         from clcrec.evaluation.baselines import baseline_results
 

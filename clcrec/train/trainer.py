@@ -23,7 +23,7 @@ from clcrec.data.hybrid import epoch_key
 from clcrec.data.stream import ChunkStream, batches_on_device
 from clcrec.device import bind_device, resolve_device, wants_cuda
 from clcrec.evaluation.ranking import EvalConfig, RankingEvaluator
-from clcrec.model import CLCRec
+from clcrec.model import NO_PRIOR, CLCRec, Prior
 from clcrec.rundir import (
     RunDir,
     check_model_state,
@@ -43,6 +43,7 @@ from clcrec.train.generations import (
     upcoming_generations,
 )
 from clcrec.train.plan import hybrid_rate, plan_execution, step_config
+from clcrec.train.prior import choose_prior, describe_prior
 from clcrec.train.results import write_results
 from clcrec.train.selection import (
     EpochAverage,
@@ -106,6 +107,7 @@ class Trainer:
         self.scaler, self.amp_mode = self.steps.scaler, self.steps.amp_mode
         self._graph_noted = False
         self.item_status = torch.as_tensor(self.dataset.item_status, device=self.device)
+        self.prior = NO_PRIOR  # the content prior: none while epochs are selected, chosen in finish()
         self.eval_cfg = EvalConfig(ks=tuple(cfg.ks), user_block=cfg.eval_block)
         self._evaluators: dict[str, RankingEvaluator] = {}  # index tensors built once per split
 
@@ -272,7 +274,7 @@ class Trainer:
         if split not in self._evaluators:
             ds = self.dataset
             self._evaluators[split] = RankingEvaluator(ds.train, ds.split(split), ds.item_status, ds.num_users, self.eval_cfg)
-        return self._evaluators[split](self.model.user_table(), self.model.ranking_table(self.item_status))
+        return self._evaluators[split](*self.model.tables(self.dataset.train, self.item_status, self.prior))
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -376,9 +378,13 @@ class Trainer:
             return {}
         best = load_checkpoint(self.run.best, map_location=self.device)
         self.model.load_state_dict(best["model"])
-        tables = lambda: (self.model.user_table(), self.model.ranking_table(self.item_status))  # noqa: E731
+        prior = choose_prior(self.model, self.dataset, self.cfg)  # before results: they rank as served
+        self.run.record_update(content_prior=prior)
+        self.prior = Prior.of(prior)
+        self.console.print(describe_prior(prior), highlight=False)
+        tables = lambda: self.model.tables(self.dataset.train, self.item_status, self.prior)  # noqa: E731
         return write_results(self.run, self.cfg, self.dataset, self.evaluate, tables, self.eval_cfg, self.metrics,
-                             best["epoch"], self.console, test=self.test)
+                             best["epoch"], self.console, test=self.test, extra={"content_prior": prior})
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = None, **hooks) -> dict:

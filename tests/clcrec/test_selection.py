@@ -81,7 +81,8 @@ def read_metrics(run):
 
 
 def test_a_real_run_selects_by_the_smoothed_rule(tiny_dataset, tiny_cache, tmp_path):
-    cfg = config(tiny_dataset, tiny_cache, tmp_path / "run", select_window=3)
+    # results.json ranks as served; without a content prior that is how the epochs were logged
+    cfg = config(tiny_dataset, tiny_cache, tmp_path / "run", select_window=3, content_prior="off")
     results = train(cfg, console=quiet())
     metrics = read_metrics(tmp_path / "run")
     scores = [m["val"]["cold"]["recall@20"] for m in metrics]
@@ -118,7 +119,7 @@ def test_the_trainer_evaluates_and_keeps_an_ema_of_epoch_end_weights(tiny_datase
         run = tmp_path / f"raw{n}"
         train(config(tiny_dataset, tiny_cache, run, epochs=n), console=quiet())
         raw[n - 1] = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
-    cfg = config(tiny_dataset, tiny_cache, tmp_path / "ema", epochs=3, eval_ema=0.5, select_k=10)
+    cfg = config(tiny_dataset, tiny_cache, tmp_path / "ema", epochs=3, eval_ema=0.5, select_k=10, content_prior="off")
     results = train(cfg, console=quiet())
     last = load_checkpoint(tmp_path / "ema" / "checkpoints" / "last.pt")
     for k, v in raw[2].items():

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 def run_dir(tiny_dataset, tiny_cache, tmp_path_factory):
     path = tmp_path_factory.mktemp("run") / "run"
     cfg = TrainConfig(dataset=str(tiny_dataset), cache=str(tiny_cache), run_dir=str(path), num_neg=NUM_NEG,
-                      batch_size=64, epochs=2, l_r=0.01)
+                      batch_size=64, epochs=2, l_r=0.01, content_prior="0.5")  # every path serves the prior
     train(cfg, console=Console(file=open(os.devnull, "w")))
     return path
 
@@ -79,7 +79,8 @@ def test_export_writes_the_ranking_tables_with_ids(run_dir, tiny_dataset, tmp_pa
     out = export_embeddings(run_dir, tmp_path / "emb")
     ds = load_dataset(tiny_dataset)
     users, items = np.load(out / "users.npy"), np.load(out / "items.npy")
-    assert users.shape == (ds.num_users, 64) and items.shape == (ds.num_items, 64)
     u, t = load_run(run_dir).tables()
+    width = 64 + load_run(run_dir).model.features.shape[1]  # dim_E, then the content prior's columns
+    assert users.shape == (ds.num_users, width) and items.shape == (ds.num_items, width)
     np.testing.assert_array_equal(items, t.numpy())
     np.testing.assert_array_equal(users, u.numpy())

@@ -52,7 +52,7 @@ def env(tiny_dataset, tmp_path_factory):
     build_generation(data, root / "cache", 0, NegativeConfig(num_neg=NUM_NEG, seed=0), progress=False)
     run = root / "run"
     quiet_train(TrainConfig(dataset=str(data), cache=str(root / "cache"), run_dir=str(run), num_neg=NUM_NEG,
-                            batch_size=64, epochs=2, l_r=0.01))
+                            batch_size=64, epochs=2, l_r=0.01, content_prior="0.5"))  # new rows carry the prior
 
     ds = load_dataset(data)
     cold = np.flatnonzero(ds.item_status != 0)

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_run_directory_holds_config_metrics_checkpoints_results_and_plots(tiny_dataset, tiny_cache, tmp_path):
-    cfg = config(tiny_dataset, tiny_cache, tmp_path / "run", epochs=4)
+    cfg = config(tiny_dataset, tiny_cache, tmp_path / "run", epochs=4, content_prior="off")  # as logged
     results = train(cfg, console=quiet())
     run = tmp_path / "run"
     record = json.loads((run / "config.json").read_text())

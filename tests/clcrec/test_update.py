@@ -84,7 +84,10 @@ def test_tables_extend_from_content_and_the_users_items(parent, feed, tmp_path):
     kept = np.setdiff1d(np.arange(i0), ext.init_items)
     torch.testing.assert_close(state["item_emb.weight"][kept], old["item_emb.weight"][kept])
     assert set(range(i0, ds.num_items)) <= set(ext.init_items.tolist()) and (ext.init_items < i0).sum() == 3
-    content = torch.as_tensor(np.asarray(new.vectors))  # embed-items' vectors: the parent encoder's output
+    from clcrec.serving.new_items import encode_features
+
+    # the parent encoder's output (embed-items' vectors without the content prior's mix and columns)
+    content = torch.as_tensor(encode_features(parent.loaded.model, [new.features[m] for m in mods]))
     torch.testing.assert_close(state["item_emb.weight"][i0:], content, atol=1e-5, rtol=0)
     assert (ds.item_status[ext.init_items] == WARM).all()
     train = np.asarray(ds.train)
