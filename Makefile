@@ -9,14 +9,18 @@ setup:
 demo: setup
 	$(PY) cli.py train
 
+# The suite on every core (pytest-xdist; worksteal: a worker that runs dry takes queued tests from
+# the other, so the long end-to-end tests do not leave one core idle at the end).
+XDIST := -n auto --dist worksteal
+
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 # The tests whose figures move with the CPU's kernels, under torch's baseline kernels and numba's
 # generic x86-64 code: what a CPU unlike this one computes (.ci/run runs it after `make test`).
 PORTABLE := ATEN_CPU_CAPABILITY=default NUMBA_CPU_NAME=generic
 test-portable-trajectory: setup
-	$(PORTABLE) $(PY) -m pytest -q -m trajectory
+	$(PORTABLE) $(PY) -m pytest -q $(XDIST) -m trajectory
 
 # Re-derive the trajectory tests' bounds over seeds and kernel targets (after changing training
 # defaults: about 15 minutes on 2 cores; tests/trajectory.py says why).

@@ -62,8 +62,9 @@ def run_cli(*args, **kw):
 
 
 def test_killed_and_resumed_run_ends_with_the_same_metrics(tiny_dataset, tiny_cache, tmp_path):
-    common = ["--dataset", tiny_dataset, "--cache", tiny_cache, "--num-neg", NUM_NEG, "--batch-size", 16,
-              "--epochs", 6, "--patience", 10, "--l-r", 0.01, "--threads", 1]
+    # 5 epochs of 116 steps: the kill lands after epoch 1's checkpoint, with 3 epochs still to run
+    common = ["--dataset", tiny_dataset, "--cache", tiny_cache, "--num-neg", NUM_NEG, "--batch-size", 32,
+              "--epochs", 5, "--patience", 10, "--l-r", 0.01, "--threads", 1]
     straight = run_cli("train", *common, "--run-dir", tmp_path / "straight")
     out, err = straight.communicate(timeout=300)
     assert straight.returncode == 0, err
