@@ -192,3 +192,46 @@ def test_cli_bad_input_is_one_line_and_a_killed_update_leaves_no_run(parent, fee
     assert not (tmp_path / "o").exists()
     parent.update(csv, tmp_path / "o", new_items=new_dir, epochs=1, console=quiet())
     assert (tmp_path / "o" / "config.json").exists() and not list(tmp_path.glob(".tmp-o.*"))
+
+
+def test_update_takes_new_movies_from_movielens_rows(tmp_path):
+    """`--movielens FILE`: new movies get their content from the release's own rows (genres, year,
+    title words, built as ingest built the run's features), and the new run serves them."""
+    from clcrec import load_run
+    from clcrec.train.trainer import train
+    from pipeline.ingest_movielens import ingest_movielens
+
+    rng = np.random.default_rng(0)
+    ml = tmp_path / "ml"
+    ml.mkdir()
+    rows = [(u, int(i), 1000 + 15 * u + k) for u in range(1, 61) for k, i in enumerate(rng.choice(np.arange(1, 81), 15, replace=False))]
+    (ml / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},4,{t}\n" for u, i, t in rows))
+    genres = ["Drama", "Comedy", "Action", "Romance", "Thriller"]
+    (ml / "movies.csv").write_text("movieId,title,genres\n" + "".join(
+        f"{i},Movie {i} ({1980 + i % 30}),{genres[i % 5]}|{genres[i * 3 % 5]}\n" for i in range(1, 91)))  # 81-90: new
+    new = [(u, 81 + u % 5) for u in range(1, 40)] + [(u, u * 7 % 80 + 1) for u in range(1, 30)]
+    (tmp_path / "new.csv").write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in new))
+    data = ingest_movielens(ml, tmp_path / "ds")
+    from cache.build import build_generation
+    from cache.store import NegativeConfig
+
+    build_generation(data, tmp_path / "cache", 0, NegativeConfig(num_neg=8, seed=0), progress=False)
+    train(config(data, tmp_path / "cache", tmp_path / "run", num_neg=8, epochs=1, select_k=10), console=quiet())
+    before = tree_digest(tmp_path / "run")
+
+    parent = load_run(tmp_path / "run", device="cpu")
+    updated = parent.update(tmp_path / "new.csv", tmp_path / "upd", movielens=ml / "movies.csv", epochs=1,
+                            console=quiet())
+    assert tree_digest(tmp_path / "run") == before  # the parent is only read
+    lineage = json.loads((tmp_path / "upd" / "config.json").read_text())["lineage"]
+    assert lineage["new_items"]["kind"] == "movielens"
+    assert lineage["new_items"]["sha256"] == hashlib.sha256((ml / "movies.csv").read_bytes()).hexdigest()
+    # the five new movies (81-85) are items of the new run, warm (they have pairs), titled from the file
+    pos = {int(i): k for k, i in enumerate(updated.item_ids)}
+    assert set(range(81, 86)) <= set(pos) and not set(range(86, 91)) & set(pos)  # rows without pairs stay out
+    assert all(updated.dataset.item_status[pos[i]] == WARM for i in range(81, 86))
+    assert updated._titles[pos[83]] == "Movie 83 (2003)"
+    feats = np.asarray(updated.dataset.features["genre"])[pos[83]]
+    assert feats.sum() == 2  # Romance|Thriller, in the genre columns ingest built
+    top = updated.recommend([1], k=5)
+    assert top.height == 5 and top["user"].to_list() == [1] * 5
