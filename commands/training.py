@@ -83,6 +83,10 @@ def train(
         from clcrec.train.trainer import train as train_run
 
         record = RunDir(resume).read_config()
+        if record.get("lineage"):  # made by `cli.py update`: its negatives were not kept
+            raise UserError(f"{resume} was made by `cli.py update` and cannot be resumed (it keeps no negatives); "
+                            f"update its parent again with more --epochs, or fold further pairs into it with "
+                            f"`cli.py update {resume} --interactions FILE --out NEW_RUN`")
         # The trainer refuses overrides that would change what the model learns
         # (config.RESUMABLE_CHANGES lists the others).
         cfg = TrainConfig.from_dict({**record["config"], **from_file, **given, "run_dir": str(resume)})

@@ -192,6 +192,12 @@ def test_cli_bad_input_is_one_line_and_a_killed_update_leaves_no_run(parent, fee
     assert not (tmp_path / "o").exists()
     parent.update(csv, tmp_path / "o", new_items=new_dir, epochs=1, console=quiet())
     assert (tmp_path / "o" / "config.json").exists() and not list(tmp_path.glob(".tmp-o.*"))
+    # an updated run keeps no negatives: resuming it is refused with what to do instead
+    before = tree_digest(tmp_path / "o")
+    p = subprocess.run([sys.executable, str(REPO / "cli.py"), "train", "--resume", str(tmp_path / "o")],
+                       capture_output=True, text=True, env={**env, "COLUMNS": "300"})
+    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1 and "cannot be resumed" in p.stderr, p.stderr
+    assert tree_digest(tmp_path / "o") == before
 
 
 def test_update_takes_new_movies_from_movielens_rows(tmp_path):
