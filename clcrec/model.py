@@ -61,12 +61,14 @@ def check_fits_memory(rows: int, dim: int) -> None:
                         f"GiB to train, past this machine's {have / 2**30:,.1f} GiB of memory; use a smaller --dim-e")
 
 
-# The content prior: cold items rank by (1 - W) * u . c_i + W * unit * (cos(profile_u, content_i) -
-# the user's mean cosine over cold items): a convex mix of the model's score and the content-only
-# cosine, the cosine scaled to the model's spread (`prior_unit`) and centred per user, so that the
-# mix reorders cold items without lifting them as a group, or widening their spread, above warm
-# items in all-item rankings. Both terms are dot products, so the tables grow by the F content
-# columns (users: beta = W * unit times the profile; items: lean * (content - centre)) and every
+# The content prior: cold items rank by u . (c_mean + (1 - W) * (c_i - c_mean)) + W * unit *
+# (cos(profile_u, content_i) - the user's mean cosine over cold items): a convex mix of the
+# deviations of the model's score and of the content-only cosine from their means over the cold
+# items, the cosine scaled to the model's spread (`prior_unit`), the mix then scaled by g to the
+# model's spread again (`prior_gain`). A user's mean score over the cold items and (on average) its
+# spread stay the model's, so the mix reorders cold items without moving them as a group against
+# warm items in all-item rankings. Both terms are dot products, so the tables grow by the F content
+# columns (users: beta = g * W * unit times the profile; items: lean * (content - centre)) and every
 # ranking path stays one matmul. `lean` is 1 for cold items, 0 for warm ones (and 1 - n / (n + k)
 # under an update's blend).
 PRIOR_GRID = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)  # weights W tried on validation (1: content alone)
@@ -74,15 +76,18 @@ PRIOR_GRID = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)  # weights W tried on va
 
 class Prior(NamedTuple):
     weight: float  # W: the content cosine's share of a cold item's score
-    beta: float  # W * prior_unit: the factor on the user profiles
+    beta: float  # g * W * prior_unit: the factor on the user profiles
+    share: float  # g * (1 - W): the factor on the model's deviations from the cold mean row
 
     @classmethod
     def of(cls, record: dict | None) -> "Prior":
         """The prior a run recorded (config.json "content_prior"); none for runs without one."""
-        return cls(float((record or {}).get("weight", 0.0)), float((record or {}).get("beta", 0.0)))
+        r = record or {}
+        w = float(r.get("weight", 0.0))
+        return cls(w, float(r.get("beta", 0.0)), float(r.get("share", 1.0 - w)))
 
 
-NO_PRIOR = Prior(0.0, 0.0)
+NO_PRIOR = Prior(0.0, 0.0, 1.0)
 
 
 class CLCRec(nn.Module):
@@ -211,21 +216,38 @@ class CLCRec(nn.Module):
         With `blend_k` > 0 every item is ranked by w * ID + (1 - w) * content, w = n / (n + k) from
         its training interaction count n (`counts`, (I,)): an item with a few interactions leans on
         its content, a popular one on its ID embedding, an item without any is pure content.
-        `content_share` scales every encoder-output part (a content prior's 1 - weight)."""
+        `content_share` != 1 (a content prior's g * (1 - W)) scales every encoder-output row about the
+        cold items' mean row (`cold_centre`): a user's mean score over cold items stays the model's,
+        so all-item rankings keep the model's balance of warm and cold."""
         table = self.item_emb.weight.detach().float().clone()
         scale = self.cold_scale(item_status) if self.cold_vectors != "raw" else 1.0
+        centre = self.cold_centre(item_status, scale) if content_share != 1.0 else None
+
+        def rows(idx):
+            r = self.cold_rows(self.encode(idx).float(), scale)
+            return r if centre is None else centre + content_share * (r - centre)
+
         if blend_k > 0:
             w = (counts.float() / (counts.float() + blend_k)).to(table.device)[:, None]  # (I, 1)
             for s in range(0, table.shape[0], block):
                 idx = torch.arange(s, min(s + block, table.shape[0]), device=table.device)
-                table[idx] = w[idx] * table[idx] + (1 - w[idx]) * content_share * self.cold_rows(
-                    self.encode(idx).float(), scale)
+                table[idx] = w[idx] * table[idx] + (1 - w[idx]) * rows(idx)
             return table
         cold = torch.nonzero(item_status != 0).flatten()  # (C,)
         for s in range(0, cold.numel(), block):
             idx = cold[s : s + block]
-            table[idx] = content_share * self.cold_rows(self.encode(idx).float(), scale)
+            table[idx] = rows(idx)
         return table
+
+    @torch.no_grad()
+    def cold_centre(self, item_status, scale: float, block: int = 65536) -> torch.Tensor:
+        """(D,) the mean encoder-output ranking row of the cold items (zeros without any)."""
+        dev = self.item_emb.weight.device
+        cold = torch.nonzero(torch.as_tensor(item_status, device=dev) != 0).flatten()  # (C,)
+        total = torch.zeros(self.item_emb.weight.shape[1], device=dev)
+        for s in range(0, cold.numel(), block):
+            total += self.cold_rows(self.encode(cold[s : s + block]).float(), scale).sum(0)
+        return total / max(cold.numel(), 1)
 
     @torch.no_grad()
     def user_table(self) -> torch.Tensor:
@@ -238,7 +260,7 @@ class CLCRec(nn.Module):
         (`with_prior`) over the training pairs `train`."""
         status = torch.as_tensor(item_status)  # numpy, or a tensor on any device
         users = self.user_table()
-        items = self.ranking_table(status, counts=counts, blend_k=blend_k, content_share=1 - prior.weight)
+        items = self.ranking_table(status, counts=counts, blend_k=blend_k, content_share=prior.share)
         if prior.beta <= 0:
             return users, items
         if blend_k > 0:
@@ -272,11 +294,24 @@ class CLCRec(nn.Module):
 
 def with_prior(users: torch.Tensor, items: torch.Tensor, profiles: torch.Tensor, content: torch.Tensor,
                centre: torch.Tensor, lean: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, D + F), (I, D + F): the ranking tables (their content rows already scaled by 1 - W)
-    with the content prior's columns, the profiles weighted by `beta`."""
+    """(U, D + F), (I, D + F): the ranking tables (their encoder-output rows already scaled by the
+    prior's share) with the content prior's columns, the profiles weighted by `beta`."""
     lean = lean.to(device=items.device, dtype=items.dtype)[:, None]  # (I, 1)
     return (torch.cat([users, beta * profiles.to(users.device)], dim=1),
             torch.cat([items, lean * (content.to(items.device) - centre.to(items.device))], dim=1))
+
+
+@torch.no_grad()
+def prior_gain(users: torch.Tensor, items: torch.Tensor, mixed: torch.Tensor, cold: torch.Tensor,
+               sample: int = 2048) -> float:
+    """g: the model's within-user spread of cold scores (`items`) over that of the mix (`mixed`, the
+    users' table widened by with_prior), averaged over the first `sample` users."""
+    idx = torch.nonzero(cold.to(items.device)).flatten()
+    if idx.numel() < 2:
+        return 1.0
+    pure = float((users[:sample] @ items[idx].T).std(dim=1).mean())
+    mix = float((mixed[0][:sample] @ mixed[1][idx].T).std(dim=1).mean())
+    return pure / mix if mix > 0 else 1.0
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ import torch
 
 from clcrec.config import TrainConfig
 from clcrec.evaluation.ranking import EvalConfig, RankingEvaluator
-from clcrec.model import PRIOR_GRID, CLCRec, Prior, prior_unit, with_prior
+from clcrec.model import NO_PRIOR, PRIOR_GRID, CLCRec, Prior, prior_gain, prior_unit, with_prior
 
 
 @torch.no_grad()
@@ -32,7 +32,7 @@ def choose_prior(model: CLCRec, dataset, cfg: TrainConfig) -> dict:
     model.eval()
     fixed = cfg.prior_weight
     if fixed == 0.0:
-        return {"weight": 0.0, "beta": 0.0, "unit": None, "chosen_on": "off (--content-prior off)", "val": {}}
+        return {**NO_PRIOR._asdict(), "unit": None, "chosen_on": "off (--content-prior off)", "val": {}}
     status = np.asarray(dataset.item_status)
     users, items = model.user_table(), model.ranking_table(torch.as_tensor(status))
     profiles, content, centre = model.content_tables(dataset.train, status)
@@ -41,10 +41,12 @@ def choose_prior(model: CLCRec, dataset, cfg: TrainConfig) -> dict:
     key = f"recall@{cfg.select_k}"
     ecfg = EvalConfig(ks=(cfg.select_k,), user_block=cfg.eval_block, modes=("cold",))
 
-    def tables(w: float):
+    mean_row = items[cold.to(items.device)].mean(0)  # (D,) the cold rows' mean (ranking_table's cold_centre)
+
+    def tables(w: float, gain: float = 1.0):
         mixed = items.clone()
-        mixed[cold.to(items.device)] *= 1 - w
-        return with_prior(users, mixed, profiles, content, centre, cold.float(), w * unit)
+        mixed[cold.to(items.device)] = mean_row + gain * (1 - w) * (items[cold.to(items.device)] - mean_row)
+        return with_prior(users, mixed, profiles, content, centre, cold.float(), gain * w * unit)
 
     if fixed is None and unit > 0 and len(dataset.val):
         ev = RankingEvaluator(dataset.train, dataset.val, status, dataset.num_users, ecfg)
@@ -56,8 +58,10 @@ def choose_prior(model: CLCRec, dataset, cfg: TrainConfig) -> dict:
         chosen = f"given (--content-prior {cfg.content_prior})" if fixed is not None else "no cold validation items"
     if unit <= 0:
         weight = 0.0  # no cold items, or a constant ranking: nothing to mix
-    prior = Prior(float(weight), float(weight * unit))
-    return {**prior._asdict(), "unit": float(unit), "chosen_on": chosen,
+    # g does not change a cold ranking (both deviations scale together), only all-item ones
+    gain = prior_gain(users, items, tables(weight), cold) if weight > 0 else 1.0
+    prior = Prior(float(weight), float(gain * weight * unit), float(gain * (1 - weight)))
+    return {**prior._asdict(), "unit": float(unit), "gain": float(gain), "chosen_on": chosen,
             "val": {f"{w:g}": round(float(v), 6) for w, v in grid.items()}}
 
 
