@@ -23,7 +23,15 @@ import torch
 
 from clcrec.config import TrainConfig
 from clcrec.evaluation.ranking import EvalConfig, RankingEvaluator
-from clcrec.model import NO_PRIOR, PRIOR_GRID, CLCRec, Prior, prior_gain, prior_unit, with_prior
+from clcrec.model import (
+    NO_PRIOR,
+    PRIOR_GRID,
+    CLCRec,
+    Prior,
+    prior_gain,
+    prior_unit,
+    with_prior,
+)
 
 
 @torch.no_grad()

@@ -23,10 +23,12 @@ def _model(ds, seed=0):
 
 
 def test_scores_are_the_mix_of_the_model_and_the_centred_cosine(tmp_path):
+    """Slow and obvious: each cold score is the user's mean model score over cold items, plus `share`
+    of the model's deviation from it, plus beta times the cosine's deviation from its cold mean."""
     ds = load_dataset(make_dataset(tmp_path / "d", num_users=20, num_items=50, pairs=300))
     model = _model(ds)
-    w, beta = 0.35, 1.7
-    users, items = model.tables(ds.train, ds.item_status, Prior(w, beta))
+    w, beta, share = 0.35, 1.7, 0.6
+    users, items = model.tables(ds.train, ds.item_status, Prior(w, beta, share))
     got = (users @ items.T).numpy()  # (U, I)
 
     # slow and obvious, in numpy
@@ -43,8 +45,9 @@ def test_scores_are_the_mix_of_the_model_and_the_centred_cosine(tmp_path):
         prof = prof / max(np.linalg.norm(prof), 1e-12)
         cos = unit_f @ prof  # (I,)
         for i in range(ds.num_items):
-            if i in cold:
-                want[u, i] = (1 - w) * emb_u[u] @ enc[i] + beta * (cos[i] - cos[cold].mean())
+            if i in cold:  # the model's deviation from its cold mean shrunk, the cosine's added
+                model_mean = emb_u[u] @ enc[cold].mean(0)
+                want[u, i] = model_mean + share * (emb_u[u] @ enc[i] - model_mean) + beta * (cos[i] - cos[cold].mean())
             else:
                 want[u, i] = emb_u[u] @ emb_i[i]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
@@ -72,14 +75,19 @@ def test_the_unit_matches_the_spreads_and_the_choice_is_the_best_on_validation(t
     # every weight of the grid scored independently; the best wins, the smaller on ties
     recalls = {}
     for w in PRIOR_GRID:
-        u, i = model.tables(ds.train, ds.item_status, Prior(w, w * unit))
+        u, i = model.tables(ds.train, ds.item_status, Prior(w, w * unit, 1 - w))
         recalls[f"{w:g}"] = evaluate_ranking(u, i, ds.train, ds.val, ds.item_status, EvalConfig(ks=(10,)))["cold"]["recall@10"]
     assert prior["val"] == pytest.approx(recalls, abs=1e-6)
     best = max(PRIOR_GRID, key=lambda w: (recalls[f"{w:g}"], -w))
-    assert prior["weight"] == best and prior["beta"] == pytest.approx(best * unit)
+    g = prior["gain"]
+    assert prior["weight"] == best and prior["beta"] == pytest.approx(g * best * unit)
+    assert prior["share"] == pytest.approx(g * (1 - best))
+    # the gain keeps the model's within-user spread of cold scores: all-item lists keep their balance
+    u, i = model.tables(ds.train, ds.item_status, Prior.of(prior))
+    assert float((u @ i[cold].T).std(dim=1).mean()) == pytest.approx(float(m), rel=1e-4)
     # fixed and off
     fixed = choose_prior(model, ds, cfg.replace(content_prior="0.5"))
-    assert (fixed["weight"], fixed["val"]) == (0.5, {}) and fixed["beta"] == pytest.approx(0.5 * unit)
+    assert (fixed["weight"], fixed["val"]) == (0.5, {}) and fixed["beta"] == pytest.approx(fixed["gain"] * 0.5 * unit)
     assert choose_prior(model, ds, cfg.replace(content_prior="off"))["beta"] == 0.0
 
 
