@@ -114,11 +114,10 @@ def test_the_trainer_evaluates_and_keeps_an_ema_of_epoch_end_weights(tiny_datase
     """Averaging never touches training (the raw weights follow the same path as without it); the
     average is an exact EMA of the epoch-end weights; best.pt holds the averaged weights that were
     evaluated, last.pt the raw ones and the average, and a resumed run ends like a whole one."""
-    raw = {}
-    for n in (1, 2, 3):  # raw epoch-end weights, from runs without averaging
-        run = tmp_path / f"raw{n}"
-        train(config(tiny_dataset, tiny_cache, run, epochs=n), console=quiet())
-        raw[n - 1] = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    raw = {}  # raw epoch-end weights of a run without averaging: its last.pt as each epoch ends
+    last_pt = tmp_path / "raw" / "checkpoints" / "last.pt"
+    train(config(tiny_dataset, tiny_cache, tmp_path / "raw", epochs=3), console=quiet(),
+          on_epoch=lambda epoch, record, best: raw.__setitem__(epoch, load_checkpoint(last_pt)["model"]))
     cfg = config(tiny_dataset, tiny_cache, tmp_path / "ema", epochs=3, eval_ema=0.5, select_k=10, content_prior="off")
     results = train(cfg, console=quiet())
     last = load_checkpoint(tmp_path / "ema" / "checkpoints" / "last.pt")
