@@ -11,27 +11,27 @@ a margin; `python scripts/derive_bounds.py --write` measures them again and rewr
 
 Measured by scripts/derive_bounds.py:
     on AMD EPYC (2 cores, torch's native capability AVX2), torch 2.13.0+cpu, numba 0.68.1,
-    2026-12-06, commit 5106e25; seeds [0, 1, 2]; targets ['aten=avx2',
-    'aten=avx2+numba=generic', 'aten=default', 'aten=default+numba=generic']; aten=avx512: not
-    available on this CPU (torch reports AVX2), not measured:
-    cold / oracle: worst 0.3961 (seed 2, aten=avx2), bound 0.356 (worst - 10%)
+    2026-12-06, commit 432e835; seeds [0, 1, 2]; targets ['aten=avx2', 'aten=avx2+numba=generic',
+    'aten=default', 'aten=default+numba=generic']; aten=avx512: not available on this CPU (torch
+    reports AVX2), not measured:
+    cold / oracle: worst 0.4338 (seed 2, aten=avx2), bound 0.390 (worst - 10%)
       target                          seed 0    seed 1    seed 2
-      aten=avx2                       0.5190    0.4980    0.3961
-      aten=avx2+numba=generic         0.5175    0.5215    0.4388
-      aten=default                    0.5109    0.5032    0.4363
-      aten=default+numba=generic      0.5289    0.4621    0.3994
-    cold / content: worst 0.8333 (seed 0, aten=default), bound 0.749 (worst - 10%)
+      aten=avx2                       0.6145    0.5619    0.4338
+      aten=avx2+numba=generic         0.6128    0.5579    0.4519
+      aten=default                    0.6180    0.5631    0.4670
+      aten=default+numba=generic      0.6192    0.5580    0.4422
+    cold / content: worst 0.9996 (seed 0, aten=avx2+numba=generic), bound 0.899 (worst - 10%)
       target                          seed 0    seed 1    seed 2
-      aten=avx2                       0.8466    0.9060    0.9252
-      aten=avx2+numba=generic         0.8440    0.9488    1.0249
-      aten=default                    0.8333    0.9154    1.0190
-      aten=default+numba=generic      0.8628    0.8407    0.9329
-    cold / random: worst 1.9098 (seed 2, aten=avx2), bound 1.718 (worst - 10%)
+      aten=avx2                       1.0023    1.0222    1.0132
+      aten=avx2+numba=generic         0.9996    1.0150    1.0554
+      aten=default                    1.0080    1.0243    1.0907
+      aten=default+numba=generic      1.0099    1.0151    1.0327
+    cold / random: worst 2.0914 (seed 2, aten=avx2), bound 1.882 (worst - 10%)
       target                          seed 0    seed 1    seed 2
-      aten=avx2                       2.6825    2.1414    1.9098
-      aten=avx2+numba=generic         2.6745    2.2425    2.1156
-      aten=default                    2.6405    2.1637    2.1034
-      aten=default+numba=generic      2.7338    1.9870    1.9258
+      aten=avx2                       3.1760    2.4161    2.0914
+      aten=avx2+numba=generic         3.1674    2.3991    2.1786
+      aten=default                    3.1939    2.4211    2.2514
+      aten=default+numba=generic      3.2001    2.3992    2.1318
     warm / content warm: worst 1.5774 (seed 0, aten=default), bound 1.419 (worst - 10%)
       target                          seed 0    seed 1    seed 2
       aten=avx2                       1.5822    1.7737    1.6724

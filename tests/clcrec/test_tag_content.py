@@ -13,15 +13,15 @@ measures it again and rewrites this block:
 
 Measured by scripts/derive_bounds.py:
     on AMD EPYC (2 cores, torch's native capability AVX2), torch 2.13.0+cpu, numba 0.68.1,
-    2026-12-06, commit 5106e25; seeds [0, 1, 2]; targets ['aten=avx2',
-    'aten=avx2+numba=generic', 'aten=default', 'aten=default+numba=generic']; aten=avx512: not
-    available on this CPU (torch reports AVX2), not measured:
-    with tags / without: worst 2.1199 (seed 0, aten=avx2), bound 1.907 (worst - 10%)
+    2026-12-06, commit 432e835; seeds [0, 1, 2]; targets ['aten=avx2', 'aten=avx2+numba=generic',
+    'aten=default', 'aten=default+numba=generic']; aten=avx512: not available on this CPU (torch
+    reports AVX2), not measured:
+    with tags / without: worst 2.0603 (seed 0, aten=default+numba=generic), bound 1.854 (worst - 10%)
       target                          seed 0    seed 1    seed 2
-      aten=avx2                       2.1199    3.8255    4.2779
-      aten=avx2+numba=generic         2.1263    3.8255    4.2779
-      aten=default                    2.1199    3.8399    4.2551
-      aten=default+numba=generic      2.1336    3.8399    4.2551
+      aten=avx2                       2.0846    3.7356    4.3016
+      aten=avx2+numba=generic         2.1741    3.5694    4.3016
+      aten=default                    2.3419    4.0040    4.1692
+      aten=default+numba=generic      2.0603    4.0040    4.1077
 (end of measured block)
 """
 
