@@ -220,6 +220,7 @@ class CLCRec(nn.Module):
         cold items' mean row (`cold_centre`): a user's mean score over cold items stays the model's,
         so all-item rankings keep the model's balance of warm and cold."""
         table = self.item_emb.weight.detach().float().clone()
+        item_status = torch.as_tensor(item_status, device=table.device)  # numpy or a tensor anywhere: the model's device
         scale = self.cold_scale(item_status) if self.cold_vectors != "raw" else 1.0
         centre = self.cold_centre(item_status, scale) if content_share != 1.0 else None
 
@@ -258,7 +259,7 @@ class CLCRec(nn.Module):
                counts: torch.Tensor | None = None, blend_k: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(user table, ranking table) as served: `ranking_table`'s rows, with the content `prior`
         (`with_prior`) over the training pairs `train`."""
-        status = torch.as_tensor(item_status)  # numpy, or a tensor on any device
+        status = torch.as_tensor(item_status, device=self.item_emb.weight.device)  # numpy, or a tensor anywhere
         users = self.user_table()
         items = self.ranking_table(status, counts=counts, blend_k=blend_k, content_share=prior.share)
         if prior.beta <= 0:
