@@ -24,7 +24,7 @@ from common.fsutil import atomic_write_json
 
 def write_results(run: RunDir, cfg: TrainConfig, dataset, evaluate, tables, eval_cfg: EvalConfig,
                   metrics: list[dict], best_epoch: int, console: Console, test: bool = True,
-                  extra: dict | None = None) -> dict:
+                  extra: dict | None = None, plots: bool = True) -> dict:
     """results.json of the model now loaded (`evaluate(split)` ranks it, `tables()` gives its user
     and ranking tables) and the plots of `metrics`."""
     results = {"best_epoch": best_epoch, "select": describe_selection(cfg), **(extra or {}), "val": evaluate("val")}
@@ -41,6 +41,8 @@ def write_results(run: RunDir, cfg: TrainConfig, dataset, evaluate, tables, eval
     if results["uses_held_out_data"]:
         results["note"] = HELD_OUT_NOTE
     atomic_write_json(run.results_path, results)
+    if not plots:
+        return results
     try:
         from clcrec.train.plots import plot_run
 

@@ -66,12 +66,13 @@ from pipeline.dataset import load_dataset
 class Trainer:
     """`on_epoch(epoch, record, best_score)` runs on rank 0 after each epoch's checkpoint (a tuning
     trial reports there, and may raise to stop); `test=False`: never evaluate on the test split;
-    `init`: starting weights (cli.py update: the parent's, extended; clcrec/train/update.py)."""
+    `init`: starting weights (cli.py update: the parent's, extended; clcrec/train/update.py);
+    `report=False`: results.json without test, baselines and plots (update reports its own)."""
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, console: Console | None = None,
-                 on_epoch=None, test: bool = True, init: dict | None = None):
+                 on_epoch=None, test: bool = True, init: dict | None = None, report: bool = True):
         self.console = console or Console(stderr=True)
-        self.on_epoch, self.test, self.board = on_epoch, test, None
+        self.on_epoch, self.test, self.report, self.board = on_epoch, test and report, report, None
         self.ctx = dist.init(wants_cuda(cfg.device))
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
@@ -291,18 +292,12 @@ class Trainer:
                 self.run_lock = None
 
     def _fit(self) -> dict:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from rich import progress as rp
 
         cfg = self.cfg
         self.setup_run_dir()
-        progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        progress = rp.Progress(
+            rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TimeRemainingColumn(),
             console=self.console, transient=True, disable=not self.ctx.is_main,
         )
         stop = self.bad_epochs >= cfg.patience
@@ -384,11 +379,12 @@ class Trainer:
         self.console.print(describe_prior(prior), highlight=False)
         tables = lambda: self.model.tables(self.dataset.train, self.item_status, self.prior)  # noqa: E731
         return write_results(self.run, self.cfg, self.dataset, self.evaluate, tables, self.eval_cfg, self.metrics,
-                             best["epoch"], self.console, test=self.test, extra={"content_prior": prior})
+                             best["epoch"], self.console, test=self.test, extra={"content_prior": prior},
+                             plots=self.report)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = None, **hooks) -> dict:
-    """Train one run; `hooks` are Trainer's on_epoch, test and init."""
+    """Train one run; `hooks` are Trainer's on_epoch, test, init and report."""
     trainer = Trainer(cfg, resume=resume, console=console, **hooks)
     try:
         results = trainer.fit()

@@ -154,7 +154,8 @@ def _fine_tune(parent: TrainedRun, ext: Extension, tmp: Path, modalities, config
         refresh_every=0, seed=config.seed, device=config.device, threads=config.threads,
         l_r=config.l_r if config.l_r is not None else parent.cfg.l_r)
     ensure_cache(Path(cfg.dataset), Path(cfg.cache), cfg.num_neg, cfg.seed, console, cfg.exclude)
-    train(cfg, console=console, init=initial_state(parent, ds, modalities, ext))
+    # no test, baselines or plots: the new run's results.json is written below, with the blend
+    train(cfg, console=console, init=initial_state(parent, ds, modalities, ext), report=False)
     shutil.rmtree(tmp / "cache")  # serving never reads negatives; NEW_RUN stays small
     run = open_run(tmp)
     ecfg = EvalConfig(ks=tuple(cfg.ks), user_block=cfg.eval_block)
