@@ -36,7 +36,8 @@ from clcrec.model import (
 
 @torch.no_grad()
 def choose_prior(model: CLCRec, dataset, cfg: TrainConfig) -> dict:
-    """{"weight", "beta", "unit", "chosen_on", "val": {weight: recall}} for the model now loaded."""
+    """{"weight", "beta", "share" (a Prior), "unit", "gain", "chosen_on", "val": {weight: recall}}
+    for the model now loaded."""
     model.eval()
     fixed = cfg.prior_weight
     if fixed == 0.0:
@@ -52,6 +53,8 @@ def choose_prior(model: CLCRec, dataset, cfg: TrainConfig) -> dict:
     mean_row = items[cold.to(items.device)].mean(0)  # (D,) the cold rows' mean (ranking_table's cold_centre)
 
     def tables(w: float, gain: float = 1.0):
+        # = model.tables(..., Prior(w, gain * w * unit, gain * (1 - w))) from tables computed once
+        # (tests/clcrec/test_content_prior.py checks that the two agree)
         mixed = items.clone()
         mixed[cold.to(items.device)] = mean_row + gain * (1 - w) * (items[cold.to(items.device)] - mean_row)
         return with_prior(users, mixed, profiles, content, centre, cold.float(), gain * w * unit)
