@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
@@ -284,3 +285,22 @@ def check_new_target(target: Path, force: bool, what: str = "target", kind: str 
     from common.errors import InputError
 
     check_output(target, what, kind, force, error=InputError)
+
+
+@contextmanager
+def building_dir(target: Path, *, force: bool = False):
+    """The whole pattern for a directory: yields a fresh temporary directory beside `target` (the
+    leftovers of killed builds cleaned first) to build in; when the block ends, its files are
+    flushed and it replaces `target` (`publish_dir`; an existing target only with `force`). On any
+    exception it is removed and `target` is as it was (a copy moved aside goes back)."""
+    target = Path(target)
+    clean_tmp_leftovers(target.parent, target.name)
+    tmp = make_tmp_dir(target)
+    try:
+        yield tmp
+        fsync_tree(tmp)  # on disk before the rename, so a power loss cannot publish empty files
+        publish_dir(tmp, target, force=force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        recover_aside(target)  # interrupted between publish_dir's renames: the old copy goes back
+        raise

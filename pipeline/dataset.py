@@ -41,11 +41,8 @@ from common.errors import InputError
 from common.fsutil import (
     aside_path,
     atomic_write_json,
+    building_dir,
     check_new_target,
-    clean_tmp_leftovers,
-    fsync_tree,
-    make_tmp_dir,
-    publish_dir,
     recover_aside,
 )
 
@@ -287,9 +284,7 @@ def write_dataset(
         **(extra or {}),
     }
 
-    clean_tmp_leftovers(target.parent, target.name)
-    tmp = make_tmp_dir(target)
-    try:
+    with building_dir(target, force=force) as tmp:
         for name, arr in splits.items():
             np.save(tmp / f"{name}.npy", arr)
         np.save(tmp / "item_status.npy", item_status)
@@ -305,14 +300,6 @@ def write_dataset(
         meta["files"] = integrity.record_files(tmp)  # checked on every open (common/integrity.py)
         meta["digest"] = integrity.json_digest(meta)  # meta.json's own content, checked on open
         atomic_write_json(tmp / "meta.json", meta)  # last: its presence marks completeness
-        fsync_tree(tmp)  # on disk before the rename, so a power loss cannot publish empty files
-        publish_dir(tmp, target, force=force)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        recover_aside(target)  # interrupted between publish_dir's renames: the old copy goes back
-        raise
     return target
 
 

@@ -10,21 +10,13 @@ that lets `export --force` replace it, and nothing else), built beside DIR and r
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from clcrec.rundir import open_run
-from common.fsutil import (
-    atomic_write_json,
-    check_output,
-    clean_tmp_leftovers,
-    fsync_tree,
-    make_tmp_dir,
-    publish_dir,
-)
+from common.fsutil import atomic_write_json, building_dir, check_output
 from pipeline.dataset import STATUS_NAMES
 
 
@@ -35,9 +27,7 @@ def export_embeddings(run_dir: Path, out_dir: Path | None = None, force: bool = 
     check_output(out_dir, "--out", "export", force)  # only an earlier export is ever replaced
     lr = open_run(run_dir)
     users, items = lr.tables()
-    clean_tmp_leftovers(out_dir.parent, out_dir.name)
-    tmp = make_tmp_dir(out_dir)
-    try:
+    with building_dir(out_dir, force=out_dir.exists()) as tmp:
         np.save(tmp / "users.npy", users.numpy().astype(np.float32))
         np.save(tmp / "items.npy", items.numpy().astype(np.float32))
         lr.dataset.user_ids().write_parquet(tmp / "user_ids.parquet")
@@ -47,9 +37,4 @@ def export_embeddings(run_dir: Path, out_dir: Path | None = None, force: bool = 
         atomic_write_json(tmp / "export.json", {"format": "clcrec-export", "format_version": 1,
                                                 "run": str(run_dir), "users": int(users.shape[0]),
                                                 "items": int(items.shape[0]), "dim": int(users.shape[1])})
-        fsync_tree(tmp)
-        publish_dir(tmp, out_dir, force=out_dir.exists())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,21 +61,12 @@ class NewItems:
 
     def save(self, out: Path, force: bool = False) -> Path:
         """Write DIR atomically (built beside it, then renamed); an existing DIR only with force."""
-        from common.fsutil import (
-            atomic_write_json,
-            check_output,
-            clean_tmp_leftovers,
-            fsync_tree,
-            make_tmp_dir,
-            publish_dir,
-        )
+        from common.fsutil import atomic_write_json, building_dir, check_output
         from common.integrity import record_files
 
         out = Path(out)
         check_output(out, "--out", "new-items", force)  # only an earlier embed-items output is replaced
-        clean_tmp_leftovers(out.parent, out.name)
-        tmp = make_tmp_dir(out)
-        try:
+        with building_dir(out, force=out.exists()) as tmp:
             np.save(tmp / "vectors.npy", self.vectors.astype(np.float32))
             if self.features is not None:  # the content itself, so `update` can train these items
                 (tmp / "features").mkdir()
@@ -89,11 +79,6 @@ class NewItems:
                 "dim": int(self.vectors.shape[1]), "encoder_sha256": self.encoder,
                 "replaced": [int(i) for i in self.replaced], **self.meta,
             })  # fmt: skip
-            fsync_tree(tmp)
-            publish_dir(tmp, out, force=out.exists())
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out
 
 

@@ -37,14 +37,7 @@ from clcrec.evaluation.ranking import EvalConfig, evaluate_ranking
 from clcrec.model import concat_normalised_features
 from clcrec.rundir import RunDir, TrainedRun, open_run
 from common.errors import UserError
-from common.fsutil import (
-    atomic_write_json,
-    check_new_target,
-    clean_tmp_leftovers,
-    fsync_tree,
-    make_tmp_dir,
-    publish_dir,
-)
+from common.fsutil import atomic_write_json, building_dir, check_new_target
 from common.integrity import file_sha256
 from pipeline.dataset import Dataset, load_dataset
 from pipeline.extend_dataset import Extension, NewItemRows, extend_dataset
@@ -89,9 +82,7 @@ def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: Ne
                "interactions_file": str(interactions.resolve()), "interactions_sha256": file_sha256(interactions),
                "new_items": new_items_source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
-    clean_tmp_leftovers(out.parent, out.name)
-    tmp = make_tmp_dir(out)
-    try:
+    with building_dir(out, force=force) as tmp:
         ext = extend_dataset(parent.dataset, modalities, delta, new_items, tmp / "dataset",
                              val_fraction=config.val_fraction, seed=config.seed, label=str(interactions),
                              source={**parent.dataset.meta.get("source", {}),  # kind kept: --movielens again
@@ -106,11 +97,6 @@ def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: Ne
         results["update_seconds"] = seconds
         atomic_write_json(tmp / "config.json", record)
         atomic_write_json(tmp / "results.json", results)
-        fsync_tree(tmp)
-        publish_dir(tmp, out, force=force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     console.print(f"updated {parent_dir} -> {out} in {seconds:.1f} s: {ext.summary['training_pairs']:,} new training "
                   f"pairs, {ext.summary['new_items']} new items, {ext.summary['new_users']} new users, blend k "
                   f"{results['blend']['k']:g}", highlight=False)
