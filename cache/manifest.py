@@ -67,6 +67,10 @@ class NegativeConfig:
     on_short: str = "error"  # users with < num_neg allowed items: "error" or "repeat" (cycle them)
     cname: str = "lz4"  # blosc compressor; bit-shuffled lz4 measured best (see cache/bench.py)
     clevel: int = 5
+    # None: every training pair, every generation. r: the dataset's recent pairs (extras/train_recent.npy,
+    # written by `update`) and r times as many of the others, sampled afresh per generation (replay
+    # against forgetting: a fine-tune's epoch costs the delta, not the whole history)
+    replay: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.num_neg, int) or self.num_neg < 1:
@@ -91,6 +95,9 @@ class NegativeConfig:
             raise CacheError(f"cname must be one of {CNAMES}, got {self.cname!r}")
         if not 0 <= self.clevel <= 9:
             raise CacheError(f"clevel must be in 0..9, got {self.clevel!r}")
+        if self.replay is not None and (isinstance(self.replay, bool) or not isinstance(self.replay, (int, float))
+                                        or not np.isfinite(self.replay) or self.replay < 0):
+            raise CacheError(f"replay must be a finite number >= 0 (or None: every pair), got {self.replay!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "NegativeConfig":

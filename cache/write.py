@@ -5,8 +5,9 @@
 Reads the dataset directory (train.npy, item_status.npy, meta.json) once per build; writes zarr
 arrays users/pos/neg into a directory it is given (a `.tmp-gen-*` or `.tmp-shard-*` directory
 that the caller later renames). Chunk i of generation g is a pure function of (dataset, config,
-g, i): the pair shuffle is `pair_permutation(seed, g)` and the negatives of shuffled row r come
-from the counter-based stream (generation_key(seed, g), r), so any process can compute any chunk.
+g, i): the pair shuffle is `pair_permutation(seed, g)` (under replay, `replay_order`: the dataset's
+recent pairs and a sample of the others) and the negatives of shuffled row r come from the
+counter-based stream (generation_key(seed, g), r), so any process can compute any chunk.
 
 Sampling chunk i+1 (numba, GIL released) overlaps with compressing and writing chunk i (blosc
 and file I/O in a writer thread).
@@ -24,12 +25,15 @@ import zarr
 
 from cache.manifest import ARRAYS, NegativeConfig
 from cache.store import crc32c
+from common.errors import CacheError
 from pipeline.dataset import load_dataset
 from pipeline.negatives import (
     SamplingPlan,
     generation_key,
     item_dtype,
     pair_permutation,
+    replay_count,
+    replay_order,
 )
 
 
@@ -49,13 +53,28 @@ class GenerationSource:
         self.plan = SamplingPlan(self.warm, indptr, indices, ds.num_items, config.num_neg, config.on_short)
         self.plan.check_users(np.unique(self.train[:, 0]))  # fail before any writing
         self.item_dtype = item_dtype(ds.num_items)
-        self.num_rows = int(self.train.shape[0])
+        self.recent = self._recent(ds) if config.replay is not None else None
+        self.num_rows = int(self.train.shape[0]) if self.recent is None else int(
+            self.recent.sum() + replay_count(int(self.recent.sum()), int((~self.recent).sum()), config.replay))
         self.num_chunks = -(-self.num_rows // config.chunk_rows)
         self._perm: tuple[int, np.ndarray] | None = None
 
+    @staticmethod
+    def _recent(ds) -> np.ndarray:
+        """The dataset's recent-pair mask (bool (N_train,)), checked: replay needs one."""
+        recent = ds.extra_array("train_recent")
+        if recent is None or recent.dtype != np.bool_ or recent.shape != (len(ds.train),) or not recent.any():
+            what = "has none" if recent is None else f"has a bad one ({recent.dtype} {recent.shape})"
+            raise CacheError(f"replay needs the dataset's recent pairs (extras/train_recent.npy, bool, one per "
+                             f"training pair, written by `cli.py update`); {ds.root} {what}: build without replay")
+        return recent
+
     def permutation(self, generation: int) -> np.ndarray:
+        """int64 (num_rows,) indices into the training pairs: generation `generation`'s rows in order."""
         if self._perm is None or self._perm[0] != generation:
-            self._perm = (generation, pair_permutation(self.num_rows, self.config.seed, generation))
+            order = (pair_permutation(self.num_rows, self.config.seed, generation) if self.recent is None else
+                     replay_order(self.recent, self.config.replay, self.config.seed, generation))
+            self._perm = (generation, order)
         return self._perm[1]
 
     def chunk_range(self, i: int) -> tuple[int, int]:

@@ -143,6 +143,8 @@ def update(
     val_fraction: float = typer.Option(0.1, help="Latest share of the new pairs held out to pick the epoch and the blend."),
     blend_k: Optional[float] = typer.Option(None, help="Fix k of the ID/content blend n/(n+k) instead of choosing it on validation."),
     l_r: Optional[float] = typer.Option(None, "--l-r", help="Fine-tuning rate (default: the parent's)."),
+    replay: str = typer.Option("1", help="Each epoch goes over the new pairs and R times as many old ones (a seeded "
+                               "sample, against forgetting), so it costs the delta, not the history; 'all': every pair."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
     threads: int = typer.Option(0),
@@ -154,9 +156,13 @@ def update(
     from clcrec import load_run
     from clcrec.evaluation.report import format_table
 
+    try:
+        rep = None if replay.strip().lower() == "all" else float(replay)
+    except ValueError:
+        raise UserError(f"--replay must be 'all' or a number >= 0, got {replay!r}") from None
     load_run(run_dir, device="cpu").update(
         interactions, out, new_items=new_items, movielens=movielens, epochs=epochs, val_fraction=val_fraction,
-        blend_k=blend_k, l_r=l_r, seed=seed, device=device, threads=threads, force=force, console=console)
+        blend_k=blend_k, l_r=l_r, replay=rep, seed=seed, device=device, threads=threads, force=force, console=console)
     results = json.loads((Path(out) / "results.json").read_text())
     rows = {"blend": results["test"], "ID only": results["test_id_only"]}
     Console().print(format_table(rows, ks=(10,), title=f"{out}: test (what the update did not see)"))

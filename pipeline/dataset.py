@@ -13,9 +13,10 @@ Layout of DATASET/ (all arrays are plain .npy, so later stages can memory-map th
     features/<name>.npy  float32 (num_items, dim), one per modality, rows aligned to item index
     users.parquet        columns user (0..n-1), original_id
     items.parquet        columns item (0..n-1), original_id [, title]
-    extras/<name>.npy    optional arrays that training never reads (e.g. planted synthetic
-                         factors for the oracle, {train,val,test}_time.npy: int64 unix seconds
-                         per split row when the source has timestamps); not in the fingerprint
+    extras/<name>.npy    optional arrays, not in the fingerprint: planted synthetic factors for
+                         the oracle, {train,val,test}_time.npy (int64 unix seconds per split row
+                         when the source has timestamps), train_recent.npy (bool per training
+                         pair: the ones an `update` added, read by a replay cache, cache/write.py)
 
 Users and items are re-indexed to 0..n-1; the parquet tables map back to the original ids.
 The fingerprint is a SHA-256 of the interaction arrays, the item status and the features; caches

@@ -13,6 +13,8 @@ dataset directory (pipeline.dataset.write_dataset, atomic) whose indexes extend 
     test            the parent's test pairs not in the file (what the update did not see)
     item_status     warm once an item has a training pair; new items without one: cold-val
     features        the run's modalities only, new items' rows appended
+    extras          train_recent (bool per training pair: this update's), and the splits' times when
+                    both the parent and the file have them
 
 Returns what the model side needs to extend its tables (`Extension`).
 """
@@ -147,15 +149,17 @@ def extend_dataset(parent: Dataset, modalities: list[str], delta: pl.DataFrame, 
         "items_warmed": int(len(was_cold)), "users_initialised": int(len(init_users)),
         "parent_val_pairs_removed": int((~keep_val).sum()), "parent_test_pairs_removed": int((~keep_test).sum()),
     }
-    extra_arrays = None
+    # this update's training pairs: a fine-tune with replay (cache/write.py) trains on them and a sample of the rest
+    extra_arrays = {"train_recent": np.arange(len(train)) >= len(parent.train)}
     if times is not None and parent.times("train") is not None:
         def kept(name, mask):
             return np.asarray(parent.times(name), dtype=np.int64)[mask]
-        extra_arrays = {"train_time": np.concatenate([np.asarray(parent.times("train")), times[~is_val]]),
-                        "val_time": np.concatenate([kept("val", keep_val), times[is_val]]),
-                        "test_time": kept("test", keep_test)}
-        sort = np.lexsort((train[:, 1], train[:, 0]))  # write_dataset sorts train so: keep times aligned
-        train, extra_arrays["train_time"] = train[sort], extra_arrays["train_time"][sort]
+        extra_arrays.update(train_time=np.concatenate([np.asarray(parent.times("train")), times[~is_val]]),
+                            val_time=np.concatenate([kept("val", keep_val), times[is_val]]),
+                            test_time=kept("test", keep_test))
+    sort = np.lexsort((train[:, 1], train[:, 0]))  # write_dataset sorts train so: keep the row arrays aligned
+    train = train[sort]
+    extra_arrays = {k: v[sort] if k.startswith("train_") else v for k, v in extra_arrays.items()}
     write_dataset(target, train=train, val=val, test=test, item_status=status, features=feats,
                   user_ids=user_ids, item_ids=item_ids, source=source,
                   split={"protocol": "update", "val_fraction": val_fraction, "seed": seed,

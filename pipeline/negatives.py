@@ -65,6 +65,21 @@ def pair_permutation(num_pairs: int, seed: int, generation: int) -> np.ndarray:
     return rng.permutation(num_pairs)
 
 
+def replay_count(num_recent: int, num_old: int, replay: float) -> int:
+    """Old pairs replayed per generation beside `num_recent` recent ones (all of them at most)."""
+    return min(num_old, int(round(replay * num_recent)))
+
+
+def replay_order(recent: np.ndarray, replay: float, seed: int, generation: int) -> np.ndarray:
+    """The generation's rows under replay: int64 indices into the training pairs, every pair where
+    `recent` (bool (N,)) and a sample of `replay_count` others without repeats, shuffled together.
+    A stream of its own (seed, generation, 1), so the default shuffle stays what it was."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(generation), 1])))
+    new, old = np.flatnonzero(recent), np.flatnonzero(~recent)
+    rows = np.concatenate([new, rng.choice(old, size=replay_count(len(new), len(old), replay), replace=False)])
+    return rows[rng.permutation(len(rows))]
+
+
 # ---------------------------------------------------------------------------------------------
 # numba kernels: arrays and scalars in, nothing raised
 # ---------------------------------------------------------------------------------------------

@@ -10,11 +10,14 @@ interactions before the test period masked:
   update, blend      after `update` (ID and content blended by n / (n + k), k chosen on validation)
   update, ID only    the same run, every item with interactions by its ID embedding
   full retrain       ingest with the cutoff at the start of the test period, train from scratch
+                     (and served with its cold rows normalised, as the update serves them)
 Recall@10 / NDCG@10 over all items (ranked among all items), and over the new items (first seen
 after the cutoff), all of them and grouped by how many interactions the update file held for them
 (0, 1, 2-5, 6-20, >20): ranked among the new items (the paper's cold-start ranking), counting the
-group's test pairs only. Wall time of `update` and of the retrain (ingest, negatives,
-training) are measured one after the other in this process.
+group's test pairs only; and each group of more than K items ranked among its own items (how well
+a model orders items seen n times, apart from how it places them against the other groups).
+Wall time of `update` and of the retrain (ingest, negatives, training) are measured one after the
+other in this process.
 
 Writes OUT (default out/bench-update/): the datasets, runs, feed.csv and results.json.
 """
@@ -81,6 +84,7 @@ def main() -> None:
                     "train's default (cold) reads a validation of a few users with cold items in time")
     ap.add_argument("--update-epochs", type=int, default=3)
     ap.add_argument("--update-l-r", type=float, default=None, help="update's learning rate (default: the parent's)")
+    ap.add_argument("--update-replay", default=None, help="update's --replay: a number or 'all' (default: update's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse", action="store_true", help="keep OUT's parent and retrain runs (and the retrain's "
                     "recorded wall time); only update again, e.g. with other --update-epochs")
@@ -108,9 +112,11 @@ def main() -> None:
                                  run_dir=str(out / "parent"), **base))
 
     # --- update vs full retrain, one after the other ---
+    replay = {} if a.update_replay is None else {"replay": None if a.update_replay == "all" else float(a.update_replay)}
     t0 = time.perf_counter()
     update_run(out / "parent", out / "feed.csv", out / "updated",
-               config=UpdateConfig(epochs=a.update_epochs, seed=a.seed, device="cpu", l_r=a.update_l_r), force=True)
+               config=UpdateConfig(epochs=a.update_epochs, seed=a.seed, device="cpu", l_r=a.update_l_r,
+                                                   **replay), force=True)
     update_s = time.perf_counter() - t0
     cut2 = datetime.fromtimestamp(t2, timezone.utc).replace(tzinfo=None).isoformat()
     if reuse:
@@ -133,20 +139,30 @@ def main() -> None:
     assert updated.dataset.num_items == ds.num_items  # every item of the file was in the parent already
     models = {"old run, content": parent.tables(), "update, blend": updated.tables(),
               "update, ID only": updated.tables(blend_k=0.0), "full retrain": retrain.tables()}
+    # the retrain served as the update serves (cold rows at the ID scale), for a like-for-like comparison
+    retrain.model.cold_vectors = "normalised"
+    models["full retrain, cold rows normalised"] = retrain.tables()
     cols = {"all items": np.ones(ds.num_items, bool), "new items": new,
             **{f"new, {name}": new & (n_feed >= lo) & (n_feed <= hi) for name, lo, hi in GROUPS}}
     table = {m: {c: metrics(*tabs, seen, rest, keep, None if c == "all items" else new) for c, keep in cols.items()}
              for m, tabs in models.items()}
-    results = {"table": table, "update_s": update_s, "retrain_s": retrain_s, "blend_k": updated.blend_k,
+    # each group ranked among its own items: how well a model orders items with n interactions,
+    # apart from how it places them against items with more or fewer (groups of more than K items)
+    groups = {c: keep for c, keep in cols.items() if c.startswith("new, ") and keep.sum() > K}
+    within = {m: {c: metrics(*tabs, seen, rest, keep, keep) for c, keep in groups.items()} for m, tabs in models.items()}
+    results = {"table": table, "within_group": within, "update_s": update_s, "retrain_s": retrain_s, "blend_k": updated.blend_k,
                "items_per_group": {c: int(k.sum()) for c, k in cols.items()}, "feed_pairs": int(len(feed)),
                "test_pairs": int(len(rest)), "args": {k: str(v) for k, v in vars(a).items()}}
-    name = "results.json" if not reuse else f"results-update-epochs{a.update_epochs}-lr{a.update_l_r}.json"
+    name = "results.json" if not reuse else f"results-update-epochs{a.update_epochs}-lr{a.update_l_r}-replay{a.update_replay or 'default'}.json"
     (out / name).write_text(json.dumps(results, indent=1))
 
     head = "| model | " + " | ".join(f"{c} ({results['items_per_group'][c]} items)" for c in cols) + " |"
     print(head + "\n|" + "---|" * (len(cols) + 1))
     for m, row in table.items():
         print(f"| {m} | " + " | ".join(f"{row[c]['recall']:.4f} / {row[c]['ndcg']:.4f}" for c in cols) + " |")
+    print("\neach group ranked among its own items:\n| model | " + " | ".join(groups) + " |\n|" + "---|" * (len(groups) + 1))
+    for m, row in within.items():
+        print(f"| {m} | " + " | ".join(f"{row[c]['recall']:.4f} / {row[c]['ndcg']:.4f}" for c in groups) + " |")
     print(f"\nRecall@{K} / NDCG@{K}; blend k = {updated.blend_k:g}; feed {len(feed):,} pairs, test {len(rest):,} pairs")
     print(f"wall time: update {update_s:.1f} s, full retrain {retrain_s:.1f} s ({retrain_s / update_s:.1f}x)")
 

@@ -35,7 +35,7 @@ def ensure_synthetic(path: Path, scale: str, seed: int, console: Console) -> Pat
 
 
 def ensure_cache(dataset: Path, cache: Path, num_neg: int, seed: int, console: Console,
-                 exclude: str = "train") -> Path:
+                 exclude: str = "train", replay: float | None = None) -> Path:
     """Reuse `cache` when it was built from this dataset with this num_neg and exclusion mode;
     else build gen 0."""
     from cache.build import build_generation
@@ -53,7 +53,8 @@ def ensure_cache(dataset: Path, cache: Path, num_neg: int, seed: int, console: C
 
         check_new_cache_dir(cache)  # refused (a file, a dataset...) before saying it builds there
     console.print(f"building negative generation 0 in {cache}")
-    build_generation(dataset, cache, 0, NegativeConfig(num_neg=num_neg, seed=seed, exclusion=exclude), progress=True)
+    build_generation(dataset, cache, 0, NegativeConfig(num_neg=num_neg, seed=seed, exclusion=exclude, replay=replay),
+                     progress=True)
     return cache
 
 

@@ -13,12 +13,15 @@ Reads the parent run (its best checkpoint, config and dataset), the new interact
     NEW_RUN/checkpoints, metrics.jsonl, results.json (test with the blend and ID-only), plots
 
 Steps: extend the tables (a new or formerly cold item's ID embedding starts from its content
-vector, the parent encoder's output, which the R-E loss trained to land where its ID embedding
-would; a user without training pairs starts from the mean of their new items' vectors), build
-negative generation 0 of the combined data through the cache machinery (in the temporary
+vector, the parent encoder's output, which the R-E loss trained to point where its ID embedding
+would, taken at the ID embeddings' scale; a user without training pairs starts from the mean of
+their new items' vectors), build negative generation 0 through the cache machinery (of every
+training pair, or with --replay R of the new pairs and R times as many old ones; in the temporary
 directory, removed before publishing), fine-tune with the same trainer, step and selection for a
 few epochs (fresh Adam at the parent's rate unless --l-r, every epoch selectable on validation
-"all"), then choose the blend weight k of n / (n + k) on the held-out share of the new pairs. The parent run is only read.
+"all"), then choose the blend weight k of n / (n + k) on the held-out share of the new pairs. The
+new run ranks every item on one scale (cold_vectors "normalised"), so the blend mixes like with
+like. The parent run is only read.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ class UpdateConfig:
     val_fraction: float = 0.1  # latest share of the new pairs held out to select the epoch and k
     blend_k: float | None = None  # None: chosen on validation among BLEND_GRID
     l_r: float | None = None  # None: the parent's rate (a fresh Adam either way)
+    # r: each epoch over the new training pairs and r times as many old ones (a seeded sample, against
+    # forgetting), so an epoch costs the delta, not the history. None: over every pair. 1 and None
+    # were level on ml-100k's temporal bench (README section 3), 1 half the epoch there.
+    replay: float | None = 1.0
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -60,6 +67,8 @@ class UpdateConfig:
     def __post_init__(self):
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise UserError(f"--epochs must be an integer >= 1, got {self.epochs!r}")
+        if self.replay is not None and not (np.isfinite(self.replay) and self.replay >= 0):
+            raise UserError(f"--replay must be a finite number >= 0, got {self.replay!r}")
         if self.blend_k is not None and not (np.isfinite(self.blend_k) and self.blend_k >= 0):
             raise UserError(f"--blend-k must be a finite number >= 0, got {self.blend_k!r}")
 
@@ -114,7 +123,10 @@ def initial_state(parent: TrainedRun, ds: Dataset, modalities: list[str], ext: E
     if len(ext.init_items):
         idx = torch.as_tensor(ext.init_items)
         feats = concat_normalised_features([np.asarray(ds.features[m])[ext.init_items] for m in modalities])
-        items[idx] = parent.model.encoder.cpu()(feats).float()  # (N, D) the content vector
+        model = parent.model
+        enc = model.encoder(feats.to(model.item_emb.weight.device)).float().cpu()  # (N, D) the content vector...
+        # ...at the ID embeddings' scale, as the new run serves it (cold_vectors "normalised", below)
+        items[idx] = torch.nn.functional.normalize(enc, dim=1) * model.cold_scale(parent.dataset.item_status)
     users = old_users.mean(0, keepdim=True).repeat(ds.num_users, 1)  # users without any item: the mean user
     users[: ext.parent_users] = old_users
     if len(ext.init_users):
@@ -138,8 +150,13 @@ def _fine_tune(parent: TrainedRun, ext: Extension, tmp: Path, modalities, config
         dataset=str(tmp / "dataset"), cache=str(tmp / "cache"), run_dir=str(tmp), modalities=tuple(modalities),
         epochs=config.epochs, patience=config.epochs, eval_ema=0.0, select_window=1, select_mode="all",
         refresh_every=0, seed=config.seed, device=config.device, threads=config.threads,
+        # one scale for every ranking row: the blend interpolates an item's ID embedding and its content
+        # vector, so the content is taken at the ID embeddings' scale (its direction at the warm items'
+        # mean norm); raw encoder outputs are ~3x longer (no L2 term) and would lift every item with few
+        # interactions over the popular ones in all-item lists
+        cold_vectors="normalised",
         l_r=config.l_r if config.l_r is not None else parent.cfg.l_r)
-    ensure_cache(Path(cfg.dataset), Path(cfg.cache), cfg.num_neg, cfg.seed, console, cfg.exclude)
+    ensure_cache(Path(cfg.dataset), Path(cfg.cache), cfg.num_neg, cfg.seed, console, cfg.exclude, config.replay)
     # no test, baselines or plots: the new run's results.json is written below, with the blend
     train(cfg, console=console, init=initial_state(parent, ds, modalities, ext), report=False)
     shutil.rmtree(tmp / "cache")  # serving never reads negatives; NEW_RUN stays small

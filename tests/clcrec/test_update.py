@@ -65,7 +65,7 @@ def feed(parent, tmp_path_factory):
 
 
 def test_tables_extend_from_content_and_the_users_items(parent, feed, tmp_path):
-    """The initial state: parent rows kept, new/warmed items = their content vector, a user without
+    """The initial state: parent rows kept, new/warmed items = their content vector at the ID scale, a user without
     training pairs = the mean of their items' initial vectors."""
     from clcrec.serving.new_items import load_new_items
     from pipeline.extend_dataset import NewItemRows
@@ -86,9 +86,12 @@ def test_tables_extend_from_content_and_the_users_items(parent, feed, tmp_path):
     assert set(range(i0, ds.num_items)) <= set(ext.init_items.tolist()) and (ext.init_items < i0).sum() == 3
     from clcrec.serving.new_items import encode_features
 
-    # the parent encoder's output (embed-items' vectors without the content prior's mix and columns)
+    # the parent encoder's output (embed-items' vectors without the content prior's mix and columns),
+    # its direction at the warm ID embeddings' mean norm
     content = torch.as_tensor(encode_features(parent.loaded.model, [new.features[m] for m in mods]))
-    torch.testing.assert_close(state["item_emb.weight"][i0:], content, atol=1e-5, rtol=0)
+    warm_norm = old["item_emb.weight"][torch.as_tensor(parent.dataset.item_status) == WARM].norm(dim=1).mean()
+    torch.testing.assert_close(state["item_emb.weight"][i0:], content / content.norm(dim=1, keepdim=True) * warm_norm,
+                               atol=1e-5, rtol=0)
     assert (ds.item_status[ext.init_items] == WARM).all()
     train = np.asarray(ds.train)
     mine = train[train[:, 0] == u0, 1]
@@ -112,6 +115,7 @@ def test_update_writes_a_new_run_and_leaves_the_parent_alone(parent, feed, tmp_p
     assert lin["interactions_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
     assert record["blend"]["k"] in [float(k) for k in record["blend"]["val"]] and len(record["blend"]["val"]) == 8
     assert record["update"]["new_items"] == 5 and record["update"]["new_users"] == 1
+    assert record["update"]["replay"] == 1.0 and record["config"]["cold_vectors"] == "normalised"  # the defaults
     assert not (tmp_path / "new-run" / "cache").exists() and not list(tmp_path.glob(".tmp-*"))
     # the new run serves: new items and the new user are known, with the blend recorded
     reopened = load_run(tmp_path / "new-run", device="cpu")
@@ -127,6 +131,52 @@ def test_update_writes_a_new_run_and_leaves_the_parent_alone(parent, feed, tmp_p
     np.testing.assert_array_equal(np.load(exported / "items.npy"), table.numpy())  # the blended table
     summary = reopened.recommend_all(tmp_path / "recs.parquet", k=3)
     assert summary["users"] == parent.dataset.num_users + 1 and summary["rows"] == 3 * summary["users"]
+
+
+def test_replay_trains_on_the_new_pairs_and_a_sample_of_the_old(parent, feed, tmp_path):
+    """A generation under replay r holds every new training pair once and round(r * new) distinct
+    old ones, a fresh sample per generation; negatives still exclude every training item of the
+    user, replayed or not. A dataset without recent pairs is refused."""
+    from cache.build import build_generation
+    from cache.store import CacheStore, NegativeConfig
+    from clcrec.serving.new_items import load_new_items
+    from common.errors import CacheError
+    from pipeline.extend_dataset import NewItemRows
+    from pipeline.new_interactions import read_new_interactions
+
+    csv, new_dir, _ = feed
+    new = load_new_items(new_dir)
+    ext = extend_dataset(parent.dataset, list(parent.modalities), read_new_interactions(csv),
+                         NewItemRows(new.ids, new.features), tmp_path / "ds", val_fraction=0.1, seed=0, label="t",
+                         source={"kind": "test"})
+    ds = load_dataset(tmp_path / "ds")
+    train, recent = np.asarray(ds.train, dtype=np.int64), ds.extra_array("train_recent")
+
+    def keys(a):
+        return np.asarray(a, dtype=np.int64) @ np.array([ds.num_items, 1])
+
+    old_keys = keys(parent.dataset.train)
+    assert recent.sum() == ext.summary["training_pairs"] and np.isin(keys(train[~recent]), old_keys).all()
+    assert not np.isin(keys(train[recent]), old_keys).any()
+    cfg = NegativeConfig(num_neg=8, seed=0, chunk_rows=64, replay=0.5)
+    for g in (0, 1):
+        build_generation(tmp_path / "ds", tmp_path / "cache", g, cfg, progress=False)
+    store, n_new = CacheStore(tmp_path / "cache"), int(recent.sum())
+    replayed = []
+    for g in (0, 1):
+        gen = store.open_generation(g)
+        users, pos, neg = (np.concatenate(a) for a in zip(*(gen.read_chunk(i) for i in range(gen.num_chunks))))
+        got = keys(np.stack([users, pos.astype(np.int64)], 1))
+        assert len(got) == n_new + round(0.5 * n_new) and len(np.unique(got)) == len(got)  # no pair twice
+        assert np.isin(keys(train[recent]), got).all() and np.isin(got, keys(train)).all()
+        replayed.append(set(got[~np.isin(got, keys(train[recent]))].tolist()))
+        indptr, items = ds.train_csr()
+        for u, negs in zip(users, neg.astype(np.int64)):  # the whole training history is excluded
+            assert not np.isin(negs, items[indptr[u]:indptr[u + 1]]).any()
+    assert replayed[0] != replayed[1]  # replay draws afresh per generation
+    with pytest.raises(CacheError, match="train_recent.npy.*build without replay"):
+        build_generation(parent.dataset.root, tmp_path / "c2", 0, cfg, progress=False)
+    assert not (tmp_path / "c2").exists()
 
 
 def test_blend_is_the_shrinkage_it_claims(parent):
@@ -182,15 +232,17 @@ def test_cli_bad_input_is_one_line_and_a_killed_update_leaves_no_run(parent, fee
     p = subprocess.run(cmd + ["--interactions", str(tmp_path / "bad.csv")], capture_output=True, text=True, env=env)
     assert p.returncode == 1 and "movie" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     # SIGKILL once the new run is being built: no NEW_RUN appears, and the next update cleans up
-    proc = subprocess.Popen(cmd + ["--interactions", str(csv), "--new-items", str(new_dir), "--epochs", "30"],
+    proc = subprocess.Popen(cmd + ["--interactions", str(csv), "--new-items", str(new_dir), "--epochs", "30",
+                                   "--replay", "all"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".tmp-o.*/checkpoints/last.pt")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed mid-build, not refused (its options, --replay all, parse)
     assert not (tmp_path / "o").exists()
-    parent.update(csv, tmp_path / "o", new_items=new_dir, epochs=1, console=quiet())
+    parent.update(csv, tmp_path / "o", new_items=new_dir, epochs=1, replay=None, console=quiet())  # every pair
     assert (tmp_path / "o" / "config.json").exists() and not list(tmp_path.glob(".tmp-o.*"))
     # an updated run keeps no negatives: resuming it is refused with what to do instead
     before = tree_digest(tmp_path / "o")
