@@ -20,6 +20,12 @@ Wall time of `update` and of the retrain (ingest, negatives, training) are measu
 other in this process.
 
 Writes OUT (default out/bench-update/): the datasets, runs, feed.csv and results.json.
+
+    python scripts/bench_update.py --paired out/bench-update out/bench-update-s1 out/bench-update-s2
+
+prints blend minus content-only and minus ID-only per user, pooled over runs of several seeds
+(mean ± standard error), for items seen 1 and 2-5 times: the groups are small, so a difference
+is only read against its standard error.
 """
 
 from __future__ import annotations
@@ -52,30 +58,75 @@ GROUPS = (("0 (still cold)", 0, 0), ("1", 1, 1), ("2-5", 2, 5), ("6-20", 6, 20),
 K = 10
 
 
-def metrics(users: torch.Tensor, items: torch.Tensor, seen: np.ndarray, test: np.ndarray, keep: np.ndarray,
-            candidates: np.ndarray | None = None) -> dict:
-    """Recall@K / NDCG@K of the test pairs on items where `keep`, ranking the `candidates` (default
-    all items), `seen` masked."""
+def per_user(users: torch.Tensor, items: torch.Tensor, seen: np.ndarray, test: np.ndarray, keep: np.ndarray,
+             candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(users, Recall@K, NDCG@K), one entry per user with a test pair on an item where `keep`,
+    ranking the `candidates` (default all items), `seen` masked."""
     scores = (users @ items.T).numpy().astype(np.float64)  # (U, I)
     scores[seen[:, 0], seen[:, 1]] = -np.inf
     if candidates is not None:
         scores[:, ~candidates] = -np.inf
     top = np.argsort(-scores, axis=1, kind="stable")[:, :K]  # (U, K)
     test = test[keep[test[:, 1]]]
-    rec, ndcg = [], []
+    who, rec, ndcg = np.unique(test[:, 0]), [], []
     disc = 1.0 / np.log2(np.arange(2, K + 2))
-    for u in np.unique(test[:, 0]):
+    for u in who:
         pos = set(test[test[:, 0] == u, 1].tolist())
         hit = np.array([i in pos for i in top[u]])
         rec.append(hit.sum() / len(pos))
         ndcg.append((hit * disc).sum() / disc[: min(len(pos), K)].sum())
-    return {"recall": float(np.mean(rec)) if rec else float("nan"), "ndcg": float(np.mean(ndcg)) if ndcg else float("nan"),
-            "users": len(rec), "pairs": int(len(test))}
+    return who, np.array(rec), np.array(ndcg)
+
+
+def metrics(users, items, seen, test, keep, candidates=None) -> dict:
+    """Mean Recall@K / NDCG@K of `per_user`, with the users' and test pairs' counts."""
+    who, rec, ndcg = per_user(users, items, seen, test, keep, candidates)
+    return {"recall": float(rec.mean()) if len(rec) else float("nan"), "ndcg": float(ndcg.mean()) if len(ndcg) else float("nan"),
+            "users": len(who), "pairs": int(keep[test[:, 1]].sum())}
+
+
+def protocol(out: Path, feed_share: float):
+    """(parent dataset, feed pairs, test pairs, pairs masked at test, feed count per item, new-item mask)."""
+    ds = load_dataset(out / "parent-data")
+    t = ds.times("test")
+    t2 = time_at_fraction(t, feed_share)
+    test = np.asarray(ds.test, dtype=np.int64)
+    feed, rest = test[t < t2], test[t >= t2]
+    seen = np.concatenate([np.asarray(ds.train), np.asarray(ds.val), feed]).astype(np.int64)
+    n_feed = np.bincount(feed[:, 1], minlength=ds.num_items)
+    return ds, feed, rest, seen, n_feed, ds.item_status == COLD_TEST  # new: first seen after the cutoff
+
+
+def paired(dirs: list[Path]) -> None:
+    """Blend minus content-only and minus ID-only, per user, pooled over the benchmark directories
+    `dirs` (one per seed): mean and standard error for items seen 1 and 2-5 times, ranked within
+    their group and among the new items."""
+    diffs: dict[tuple, list] = {}
+    for out in dirs:
+        feed_share = float(json.loads((out / "results.json").read_text())["args"]["feed_share"])
+        ds, _, rest, seen, n_feed, new = protocol(out, feed_share)
+        parent, updated = open_run(out / "parent"), open_run(out / "updated")
+        models = {"content": parent.tables(), "blend": updated.tables(), "ID only": updated.tables(blend_k=0.0)}
+        for name, lo, hi in GROUPS[1:3]:
+            keep = new & (n_feed >= lo) & (n_feed <= hi)
+            for where, cand in (("within the group", keep), ("among the new items", new)):
+                rec = {m: per_user(*tabs, seen, rest, keep, cand)[1] for m, tabs in models.items()}
+                for other in ("content", "ID only"):
+                    diffs.setdefault((other, f"{name}, {where}"), []).extend(rec["blend"] - rec[other])
+    cols = list(dict.fromkeys(c for _, c in diffs))
+    print(f"blend minus, Recall@{K} per user over {len(dirs)} run(s): mean ± standard error (users)")
+    print("| blend minus | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
+    for other in ("content", "ID only"):
+        cells = [np.array(diffs[(other, c)]) for c in cols]
+        print(f"| {other} | " + " | ".join(f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} ({len(d)})"
+                                           for d in cells) + " |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("source", type=Path)
+    ap.add_argument("source", type=Path, nargs="?", help="the MovieLens release (not with --paired)")
+    ap.add_argument("--paired", type=Path, nargs="+", metavar="OUT", help="instead: the paired per-user differences "
+                    "for items seen 1 and 2-5 times over these benchmark directories (one per seed)")
     ap.add_argument("--out", type=Path, default=Path("out/bench-update"))
     ap.add_argument("--cutoff", default="0.5", help="0.5: 216 items first seen after it, 121 of them seen 1-5 times in the feed")
     ap.add_argument("--feed-share", type=float, default=0.5)
@@ -89,17 +140,19 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="keep OUT's parent and retrain runs (and the retrain's "
                     "recorded wall time); only update again, e.g. with other --update-epochs")
     a = ap.parse_args()
+    if a.paired:
+        return paired(a.paired)
+    if a.source is None:
+        ap.error("give the MovieLens release (or --paired OUT...)")
     out = a.out
     out.mkdir(parents=True, exist_ok=True)
     base = dict(epochs=a.epochs, seed=a.seed, device="cpu", select_mode=a.select_mode)
 
     # --- the parent: everything before the cutoff ---
     ingest_movielens(a.source, out / "parent-data", IngestConfig(split=TemporalSplitConfig(a.cutoff)), force=True)
-    ds = load_dataset(out / "parent-data")
+    ds, feed, rest, seen, n_feed, new = protocol(out, a.feed_share)
     t = ds.times("test")
     t2 = time_at_fraction(t, a.feed_share)
-    test = np.asarray(ds.test, dtype=np.int64)
-    feed, rest = test[t < t2], test[t >= t2]
     uid, iid = ds.user_ids()["original_id"].to_numpy(), ds.item_ids()["original_id"].to_numpy()
     pl.DataFrame({"user": uid[feed[:, 0]], "item": iid[feed[:, 1]], "timestamp": t[t < t2]}).write_csv(out / "feed.csv")
     import shutil
@@ -132,9 +185,6 @@ def main() -> None:
     re = load_dataset(out / "retrain-data")
     assert (re.item_ids()["original_id"].to_numpy() == iid).all() and (re.user_ids()["original_id"].to_numpy() == uid).all()
     assert len(np.asarray(re.test)) == len(rest)
-    seen = np.concatenate([np.asarray(ds.train), np.asarray(ds.val), feed]).astype(np.int64)
-    n_feed = np.bincount(feed[:, 1], minlength=ds.num_items)
-    new = ds.item_status == COLD_TEST  # first seen after the cutoff
     parent, updated, retrain = open_run(out / "parent"), open_run(out / "updated"), open_run(out / "retrain")
     assert updated.dataset.num_items == ds.num_items  # every item of the file was in the parent already
     models = {"old run, content": parent.tables(), "update, blend": updated.tables(),
