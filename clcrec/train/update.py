@@ -58,7 +58,7 @@ class UpdateConfig:
     l_r: float | None = None  # None: the parent's rate (a fresh Adam either way)
     # r: each epoch over the new training pairs and r times as many old ones (a seeded sample, against
     # forgetting), so an epoch costs the delta, not the history. None: over every pair. 1 and None
-    # were level on ml-100k's temporal bench (README section 3), 1 half the epoch there.
+    # were level on ml-100k's temporal bench (README section 3), 1 at 2/3 of the rows there.
     replay: float | None = 1.0
     seed: int = 0
     device: str = "auto"
@@ -67,7 +67,8 @@ class UpdateConfig:
     def __post_init__(self):
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise UserError(f"--epochs must be an integer >= 1, got {self.epochs!r}")
-        if self.replay is not None and not (np.isfinite(self.replay) and self.replay >= 0):
+        if self.replay is not None and (isinstance(self.replay, bool) or not isinstance(self.replay, (int, float))
+                                        or not np.isfinite(self.replay) or self.replay < 0):
             raise UserError(f"--replay must be a finite number >= 0, got {self.replay!r}")
         if self.blend_k is not None and not (np.isfinite(self.blend_k) and self.blend_k >= 0):
             raise UserError(f"--blend-k must be a finite number >= 0, got {self.blend_k!r}")
