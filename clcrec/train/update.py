@@ -98,6 +98,8 @@ def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: Ne
                              source={**parent.dataset.meta.get("source", {}),  # kind kept: --movielens again
                                      "updated_from": {"run": lineage["parent_run"],
                                                       "dataset": str(parent.dataset.root)}})
+        if (note := outgrown(ext.summary["training_pairs"], len(parent.dataset.train))) is not None:
+            console.print(f"warning: {note}", style="yellow", highlight=False)
         results = _fine_tune(parent, ext, tmp, modalities, config, console)
         record = json.loads((tmp / "config.json").read_text())
         record["config"].update(dataset=str(out / "dataset"), cache="", run_dir=str(out))
@@ -111,6 +113,15 @@ def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: Ne
                   f"pairs, {ext.summary['new_items']} new items, {ext.summary['new_users']} new users, blend k "
                   f"{results['blend']['k']:g}", highlight=False)
     return results
+
+
+def outgrown(new_pairs: int, history: int) -> str | None:
+    """What to tell a user whose file holds more new training pairs than the run was trained on
+    (None otherwise): there a 3-epoch update fell 17-23% short of a retrain (README section 3)."""
+    if new_pairs <= history:
+        return None
+    return (f"the file holds more new training pairs ({new_pairs:,}) than the run was trained on ({history:,}); "
+            "an update falls short of a full retrain there (README section 3): retrain, or raise --epochs")
 
 
 @torch.no_grad()

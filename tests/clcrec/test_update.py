@@ -179,6 +179,13 @@ def test_replay_trains_on_the_new_pairs_and_a_sample_of_the_old(parent, feed, tm
     assert not (tmp_path / "c2").exists()
 
 
+def test_a_file_larger_than_the_history_is_told_to_retrain():
+    from clcrec.train.update import outgrown
+
+    assert outgrown(100, 100) is None and outgrown(0, 5) is None
+    assert "more new training pairs (35,000) than the run was trained on (30,000)" in outgrown(35_000, 30_000)
+
+
 def test_blend_is_the_shrinkage_it_claims(parent):
     model = parent.loaded.model
     status = torch.as_tensor(parent.dataset.item_status)
