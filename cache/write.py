@@ -54,8 +54,10 @@ class GenerationSource:
         self.plan.check_users(np.unique(self.train[:, 0]))  # fail before any writing
         self.item_dtype = item_dtype(ds.num_items)
         self.recent = self._recent(ds) if config.replay is not None else None
-        self.num_rows = int(self.train.shape[0]) if self.recent is None else int(
-            self.recent.sum() + replay_count(int(self.recent.sum()), int((~self.recent).sum()), config.replay))
+        self.num_rows = int(self.train.shape[0])
+        if self.recent is not None:  # the recent pairs and their replayed share of the others
+            n_new = int(self.recent.sum())
+            self.num_rows = n_new + replay_count(n_new, self.num_rows - n_new, config.replay)
         self.num_chunks = -(-self.num_rows // config.chunk_rows)
         self._perm: tuple[int, np.ndarray] | None = None
 

@@ -52,12 +52,12 @@ def choose_prior(model: CLCRec, dataset, cfg: TrainConfig) -> dict:
 
     mean_row = items[cold.to(items.device)].mean(0)  # (D,) the cold rows' mean (ranking_table's cold_centre)
 
-    def tables(w: float, gain: float = 1.0):
-        # = model.tables(..., Prior(w, gain * w * unit, gain * (1 - w))) from tables computed once
-        # (tests/clcrec/test_content_prior.py checks that the two agree)
+    def tables(w: float):
+        # = model.tables(..., Prior(w, w * unit, 1 - w)) from tables computed once (the gain g, 1
+        # here, is measured on these; tests/clcrec/test_content_prior.py checks that the two agree)
         mixed = items.clone()
-        mixed[cold.to(items.device)] = mean_row + gain * (1 - w) * (items[cold.to(items.device)] - mean_row)
-        return with_prior(users, mixed, profiles, content, centre, cold.float(), gain * w * unit)
+        mixed[cold.to(items.device)] = mean_row + (1 - w) * (items[cold.to(items.device)] - mean_row)
+        return with_prior(users, mixed, profiles, content, centre, cold.float(), w * unit)
 
     if fixed is None and unit > 0 and len(dataset.val):
         ev = RankingEvaluator(dataset.train, dataset.val, status, dataset.num_users, ecfg)

@@ -98,14 +98,15 @@ def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: Ne
                              source={**parent.dataset.meta.get("source", {}),  # kind kept: --movielens again
                                      "updated_from": {"run": lineage["parent_run"],
                                                       "dataset": str(parent.dataset.root)}})
-        if (note := outgrown(ext.summary["training_pairs"], len(parent.dataset.train))) is not None:
-            console.print(f"warning: {note}", style="yellow", highlight=False)
+        if (warning := outgrown(ext.summary["training_pairs"], len(parent.dataset.train))) is not None:
+            console.print(f"warning: {warning}", style="yellow", highlight=False)
         results = _fine_tune(parent, ext, tmp, modalities, config, console)
         record = json.loads((tmp / "config.json").read_text())
         record["config"].update(dataset=str(out / "dataset"), cache="", run_dir=str(out))
         seconds = round(time.perf_counter() - t0, 3)
         record.update(dataset_dir="dataset", lineage=lineage, blend=results["blend"],
-                      update={**ext.summary, **asdict(config), "seconds": seconds})
+                      update={**ext.summary, **asdict(config), "seconds": seconds,
+                              **({"warning": warning} if warning else {})})
         results["update_seconds"] = seconds
         atomic_write_json(tmp / "config.json", record)
         atomic_write_json(tmp / "results.json", results)
