@@ -141,10 +141,12 @@ def update(
     movielens: Optional[Path] = typer.Option(None, "--movielens", help="Or MovieLens movie rows (u.item, movies.dat, movies.csv)."),
     epochs: int = typer.Option(3, help="Fine-tuning epochs over the combined data."),
     val_fraction: float = typer.Option(0.1, help="Latest share of the new pairs held out to pick the epoch and the blend."),
-    blend_k: Optional[float] = typer.Option(None, help="Fix k of the ID/content blend n/(n+k) instead of choosing it on validation."),
+    blend_k: str = typer.Option("2", help="k of the ID/content blend n/(n+k), or 'auto': chosen on the held-out new pairs."),
     l_r: Optional[float] = typer.Option(None, "--l-r", help="Fine-tuning rate (default: the parent's)."),
     replay: str = typer.Option("1", help="Each epoch goes over the new pairs and R times as many old ones (a seeded "
                                "sample, against forgetting), so it costs the delta, not the history; 'all': every pair."),
+    item_init: str = typer.Option("fold-in", help="Where a formerly cold or new item's ID embedding starts: "
+                                  "'fold-in' (its users' mean direction) or 'content'."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
     threads: int = typer.Option(0),
@@ -160,9 +162,13 @@ def update(
         rep = None if replay.strip().lower() == "all" else float(replay)
     except ValueError:
         raise UserError(f"--replay must be 'all' or a number >= 0, got {replay!r}") from None
+    try:
+        k = "auto" if blend_k.strip().lower() == "auto" else float(blend_k)
+    except ValueError:
+        raise UserError(f"--blend-k must be 'auto' or a number >= 0, got {blend_k!r}") from None
     load_run(run_dir, device="cpu").update(
         interactions, out, new_items=new_items, movielens=movielens, epochs=epochs, val_fraction=val_fraction,
-        blend_k=blend_k, l_r=l_r, replay=rep, seed=seed, device=device, threads=threads, force=force, console=console)
+        blend_k=k, l_r=l_r, replay=rep, item_init=item_init, seed=seed, device=device, threads=threads, force=force, console=console)
     results = json.loads((Path(out) / "results.json").read_text())
     rows = {"blend": results["test"], "ID only": results["test_id_only"]}
     Console().print(format_table(rows, ks=(10,), title=f"{out}: test (what the update did not see)"))

@@ -9,19 +9,22 @@ Reads the parent run (its best checkpoint, config and dataset), the new interact
     NEW_RUN/dataset/     the parent's dataset extended (pipeline/extend_dataset.py), opened by load_run
     NEW_RUN/config.json  the parent's config with this update's schedule, plus "lineage" (parent run,
                          the SHA-256 of its best.pt, the interactions file's SHA-256, the new items'
-                         source), "blend" (k and the validation recall of every k tried), "update"
+                         source), "blend" (k, how it was chosen, the validation recall of every k
+                         of the grid on all items and on the new ones), "update"
     NEW_RUN/checkpoints, metrics.jsonl, results.json (test with the blend and ID-only), plots
 
-Steps: extend the tables (a new or formerly cold item's ID embedding starts from its content
+Steps: extend the tables (a new or formerly cold item's ID embedding starts from its fold-in, the
+direction of the sum of its known users' embeddings, or with --item-init content from its content
 vector, the parent encoder's output, which the R-E loss trained to point where its ID embedding
-would, taken at the ID embeddings' scale; a user without training pairs starts from the mean of
+would; either at the ID embeddings' scale; a user without training pairs starts from the mean of
 their new items' vectors), build negative generation 0 through the cache machinery (of every
 training pair, or with --replay R of the new pairs and R times as many old ones; in the temporary
 directory, removed before publishing), fine-tune with the same trainer, step and selection for a
 few epochs (fresh Adam at the parent's rate unless --l-r, every epoch selectable on validation
-"all"), then choose the blend weight k of n / (n + k) on the held-out share of the new pairs. The
-new run ranks every item on one scale (cold_vectors "normalised"), so the blend mixes like with
-like. The parent run is only read.
+"all"), then rank by the blend n / (n + k) of ID and content (k = 2, or --blend-k; every k of the
+grid is tried on the held-out share of the new pairs and recorded, and --blend-k auto picks from
+it). The new run ranks every item on one scale (cold_vectors "normalised"), so the blend mixes
+like with like. The parent run is only read.
 """
 
 from __future__ import annotations
@@ -42,24 +45,35 @@ from clcrec.rundir import RunDir, TrainedRun, open_run
 from common.errors import UserError
 from common.fsutil import atomic_write_json, building_dir, check_new_target
 from common.integrity import file_sha256
-from pipeline.dataset import Dataset, load_dataset
+from pipeline.dataset import COLD_VAL, Dataset, load_dataset
 from pipeline.extend_dataset import Extension, NewItemRows, extend_dataset
 from pipeline.new_interactions import read_new_interactions
 
-# k of the blend n / (n + k): 0 ranks every item with interactions by its ID embedding alone
-BLEND_GRID = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+# k of the blend n / (n + k): 0 ranks every item with interactions by its ID embedding alone.
+# 2 by default: with items' ID embeddings starting from their users (fold-in), k = 1-2 ranked items
+# seen 1-5 times best over the regimes measured (ml-100k in time, and items revealed 1-5 times on
+# ml-100k, a fifth of its users and weak-content synthetic data: scripts/bench_update.py and
+# bench_warmup.py, README section 3), 2 the better where users are few. A k chosen per file on the
+# held-out new pairs ("auto") followed their noise: a file of a few hundred pairs holds a few dozen,
+# and all-item Recall was flat in k.
+BLEND_K = 2.0
+BLEND_GRID = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # tried on validation (recorded; "auto" picks)
+ITEM_INIT = ("fold-in", "content")
 
 
 @dataclass(frozen=True)
 class UpdateConfig:
     epochs: int = 3  # fine-tuning epochs over the combined data (each one selectable)
     val_fraction: float = 0.1  # latest share of the new pairs held out to select the epoch and k
-    blend_k: float | None = None  # None: chosen on validation among BLEND_GRID
+    blend_k: float | str = BLEND_K  # or "auto": chosen on validation among BLEND_GRID
     l_r: float | None = None  # None: the parent's rate (a fresh Adam either way)
     # r: each epoch over the new training pairs and r times as many old ones (a seeded sample, against
     # forgetting), so an epoch costs the delta, not the history. None: over every pair. 1 and None
     # were level on ml-100k's temporal bench (README section 3), 1 at 2/3 of the rows there.
     replay: float | None = 1.0
+    # where a formerly cold or new item's ID embedding starts: "fold-in" (its users' mean direction,
+    # content where none of its users is known) or "content" (its content vector)
+    item_init: str = "fold-in"
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -70,8 +84,11 @@ class UpdateConfig:
         if self.replay is not None and (isinstance(self.replay, bool) or not isinstance(self.replay, (int, float))
                                         or not np.isfinite(self.replay) or self.replay < 0):
             raise UserError(f"--replay must be a finite number >= 0, got {self.replay!r}")
-        if self.blend_k is not None and not (np.isfinite(self.blend_k) and self.blend_k >= 0):
-            raise UserError(f"--blend-k must be a finite number >= 0, got {self.blend_k!r}")
+        if self.item_init not in ITEM_INIT:
+            raise UserError(f"--item-init must be one of {', '.join(ITEM_INIT)}, got {self.item_init!r}")
+        if self.blend_k != "auto" and (isinstance(self.blend_k, (bool, str)) or not isinstance(self.blend_k, (int, float))
+                                       or not np.isfinite(self.blend_k) or self.blend_k < 0):
+            raise UserError(f"--blend-k must be 'auto' or a finite number >= 0, got {self.blend_k!r}")
 
 
 def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: NewItemRows | None = None,
@@ -126,8 +143,10 @@ def outgrown(new_pairs: int, history: int) -> str | None:
 
 
 @torch.no_grad()
-def initial_state(parent: TrainedRun, ds: Dataset, modalities: list[str], ext: Extension) -> dict:
-    """The parent's weights with the user and item tables extended to the new dataset."""
+def initial_state(parent: TrainedRun, ds: Dataset, modalities: list[str], ext: Extension,
+                  item_init: str = "fold-in") -> dict:
+    """The parent's weights with the user and item tables extended to the new dataset, formerly cold
+    and new items starting from their fold-in or content (`item_init`)."""
     state = {k: v.detach().clone().cpu() for k, v in parent.model.state_dict().items()}
     old_items, old_users = state["item_emb.weight"], state["user_emb.weight"]
     dim = old_items.shape[1]
@@ -139,7 +158,10 @@ def initial_state(parent: TrainedRun, ds: Dataset, modalities: list[str], ext: E
         model = parent.model
         enc = model.encoder(feats.to(model.item_emb.weight.device)).float().cpu()  # (N, D) the content vector...
         # ...at the ID embeddings' scale, as the new run serves it (cold_vectors "normalised", below)
-        items[idx] = torch.nn.functional.normalize(enc, dim=1) * model.cold_scale(parent.dataset.item_status)
+        scale = model.cold_scale(parent.dataset.item_status)
+        items[idx] = torch.nn.functional.normalize(enc, dim=1) * scale
+        if item_init == "fold-in":
+            items[idx] = fold_in(items[idx], ds, ext, old_users, scale)
     users = old_users.mean(0, keepdim=True).repeat(ds.num_users, 1)  # users without any item: the mean user
     users[: ext.parent_users] = old_users
     if len(ext.init_users):
@@ -152,6 +174,24 @@ def initial_state(parent: TrainedRun, ds: Dataset, modalities: list[str], ext: E
         users[idx] = sums[idx] / n[idx]
     state["item_emb.weight"], state["user_emb.weight"] = items, users
     return state
+
+
+def fold_in(content: torch.Tensor, ds: Dataset, ext: Extension, parent_users: torch.Tensor,
+            scale: float) -> torch.Tensor:
+    """(N, D) starting ID embeddings of the items `ext.init_items`: the direction of the sum of their
+    training users' parent embeddings, at `scale`; `content` (N, D) where no such user is known.
+
+    In a dot-product model the unit vector that scores an item's users highest is the direction of
+    their sum: what the item's ID embedding says after its first interactions, before any step. The
+    few steps an update gives an item seen 1-5 times barely move it from where it starts."""
+    pairs = np.asarray(ds.train, dtype=np.int64)
+    pairs = pairs[np.isin(pairs[:, 1], ext.init_items) & (pairs[:, 0] < ext.parent_users)]
+    row = np.searchsorted(ext.init_items, pairs[:, 1])  # init_items is sorted: a row per item
+    sums = torch.zeros_like(content).index_add_(0, torch.as_tensor(row), parent_users[torch.as_tensor(pairs[:, 0])])
+    known = torch.as_tensor(np.bincount(row, minlength=len(content)) > 0)
+    out = content.clone()
+    out[known] = torch.nn.functional.normalize(sums[known], dim=1) * scale
+    return out
 
 
 def _fine_tune(parent: TrainedRun, ext: Extension, tmp: Path, modalities, config: UpdateConfig, console) -> dict:
@@ -171,27 +211,49 @@ def _fine_tune(parent: TrainedRun, ext: Extension, tmp: Path, modalities, config
         l_r=config.l_r if config.l_r is not None else parent.cfg.l_r)
     ensure_cache(Path(cfg.dataset), Path(cfg.cache), cfg.num_neg, cfg.seed, console, cfg.exclude, config.replay)
     # no test, baselines or plots: the new run's results.json is written below, with the blend
-    train(cfg, console=console, init=initial_state(parent, ds, modalities, ext), report=False)
+    train(cfg, console=console, init=initial_state(parent, ds, modalities, ext, config.item_init), report=False)
     shutil.rmtree(tmp / "cache")  # serving never reads negatives; NEW_RUN stays small
     run = open_run(tmp)
     ecfg = EvalConfig(ks=tuple(cfg.ks), user_block=cfg.eval_block)
     key = f"recall@{cfg.select_k}"
 
-    def metrics(split: str, k: float, pairs=None) -> dict:
+    def metrics(split: str, k: float, pairs=None, status=ds.item_status) -> dict:
         users, items = run.tables(blend_k=k)
         pairs = ds.split(split) if pairs is None else pairs
-        return evaluate_ranking(users, items, ds.train, pairs, ds.item_status, ecfg)
+        return evaluate_ranking(users, items, ds.train, pairs, status, ecfg)
 
-    # k is chosen on the held-out new pairs (the last rows of val): the future the blend must rank,
-    # where items with few interactions are; the parent's validation pairs predate them.
+    # Every k of the grid is tried on the held-out new pairs (the last rows of val: the future the
+    # blend must rank, where the items with few interactions are; the parent's validation pairs
+    # predate them), ranked among all items and among the items the parent had no ID embedding for
+    # (its cold items and the new ones: where k matters). Recorded; --blend-k auto picks from it.
     n_new = ext.summary["validation_pairs"]
     held = np.asarray(ds.val)[len(ds.val) - n_new:] if n_new else None
-    grid = {k: metrics("val", k, held)["all"][key] for k in BLEND_GRID} if config.blend_k is None else {}
-    best = config.blend_k if config.blend_k is not None else max(grid, key=lambda k: (grid[k], -k))
+    fresh = ds.item_status.copy()
+    fresh[ext.init_items] = COLD_VAL  # "cold" below: the items without a parent ID embedding
+    grid = {}
+    for k in BLEND_GRID if held is not None else ():  # recorded either way: what each k did
+        m = metrics("val", k, held, fresh)
+        grid[k] = (m["all"][key], m["cold"][key])
+    auto = config.blend_k == "auto"
+    best = (choose_blend_k(grid) if grid else BLEND_K) if auto else float(config.blend_k)
     results = json.loads((tmp / "results.json").read_text())
     results.update(val=metrics("val", best), test=metrics("test", best), test_id_only=metrics("test", 0.0))
+    tied = bool(grid) and len(set(grid.values())) == 1
+    if not auto:
+        how = "given (--blend-k)" if float(config.blend_k) != BLEND_K else "the default (README section 3)"
+    elif grid:
+        how = (f"validation {key} of the {n_new:,} held-out new pairs, among the new items, then all items"
+               + ("; every k tied there: the largest, content-leaning" if tied else ""))
+    else:
+        how = "the default: no held-out new pairs to choose on"
     results["blend"] = {"k": float(best), "rule": "w = n / (n + k) on the ID embedding, 1 - w on content",
-                        "chosen_on": (f"validation all {key}, " + ("the held-out new pairs" if n_new else "all of it"))
-                        if grid else "given (--blend-k)",
-                        "val": {f"{k:g}": round(v, 6) for k, v in grid.items()}}
+                        "chosen_on": how, "val": {f"{k:g}": round(v[0], 6) for k, v in grid.items()},
+                        "val_new_items": {f"{k:g}": round(v[1], 6) for k, v in grid.items()}}
     return results
+
+
+def choose_blend_k(grid: dict[float, tuple[float, float]]) -> float:
+    """--blend-k auto: the k of `grid` ({k: (all-item, new-item validation recall)}) best on the new
+    items, where k decides how an item seen a few times ranks, then on all items; on a tie the largest
+    (no evidence for the ID embeddings: content, which the parent served those items by)."""
+    return max(grid, key=lambda k: (grid[k][1], grid[k][0], k))

@@ -65,8 +65,9 @@ def feed(parent, tmp_path_factory):
 
 
 def test_tables_extend_from_content_and_the_users_items(parent, feed, tmp_path):
-    """The initial state: parent rows kept, new/warmed items = their content vector at the ID scale, a user without
-    training pairs = the mean of their items' initial vectors."""
+    """The initial state: parent rows kept, new/warmed items = their content vector at the ID scale (--item-init
+    content) or their known users' summed direction at that scale (fold-in), a user without training pairs = the
+    mean of their items' initial vectors."""
     from clcrec.serving.new_items import load_new_items
     from pipeline.extend_dataset import NewItemRows
     from pipeline.new_interactions import read_new_interactions
@@ -78,7 +79,7 @@ def test_tables_extend_from_content_and_the_users_items(parent, feed, tmp_path):
                          tmp_path / "ds", val_fraction=0.0, seed=0, label="t", source={"kind": "test"})
     ds = load_dataset(tmp_path / "ds")
     assert ds.num_items == parent.dataset.num_items + 5 and ds.num_users == parent.dataset.num_users + 1
-    state = initial_state(parent.loaded, ds, mods, ext)
+    state = initial_state(parent.loaded, ds, mods, ext, "content")
     old = parent.loaded.model.state_dict()
     i0, u0 = ext.parent_items, ext.parent_users
     kept = np.setdiff1d(np.arange(i0), ext.init_items)
@@ -98,6 +99,25 @@ def test_tables_extend_from_content_and_the_users_items(parent, feed, tmp_path):
     assert u0 in ext.init_users and len(mine) == 7
     torch.testing.assert_close(state["user_emb.weight"][u0], state["item_emb.weight"][mine].mean(0))
 
+    # fold-in: the slow, obvious way, item by item; the new user (no parent embedding) is left out
+    folded = initial_state(parent.loaded, ds, mods, ext, "fold-in")
+    users = old["user_emb.weight"]
+    for i in ext.init_items:
+        known = [u for u, j in train if j == i and u < u0]
+        if known:
+            v = users[known].sum(0)
+            torch.testing.assert_close(folded["item_emb.weight"][i], v / v.norm() * warm_norm, atol=1e-5, rtol=0)
+        else:
+            torch.testing.assert_close(folded["item_emb.weight"][i], state["item_emb.weight"][i])
+    from dataclasses import replace
+
+    from clcrec.train.update import fold_in
+
+    rows = state["item_emb.weight"][torch.as_tensor(ext.init_items)]
+    assert torch.equal(fold_in(rows, ds, replace(ext, parent_users=0), users, 1.0), rows)  # no user known: content
+    torch.testing.assert_close(folded["item_emb.weight"][kept], old["item_emb.weight"][kept])
+    torch.testing.assert_close(folded["user_emb.weight"][u0], folded["item_emb.weight"][mine].mean(0))
+
 
 def test_update_writes_a_new_run_and_leaves_the_parent_alone(parent, feed, tmp_path):
     from clcrec import load_run
@@ -113,9 +133,11 @@ def test_update_writes_a_new_run_and_leaves_the_parent_alone(parent, feed, tmp_p
     lin = record["lineage"]
     assert lin["parent_checkpoint_sha256"] == hashlib.sha256((root / "checkpoints" / "best.pt").read_bytes()).hexdigest()
     assert lin["interactions_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
-    assert record["blend"]["k"] in [float(k) for k in record["blend"]["val"]] and len(record["blend"]["val"]) == 8
+    assert record["blend"]["k"] == 2.0 and record["blend"]["chosen_on"] == "the default (README section 3)"
+    assert len(record["blend"]["val"]) == 9 and record["blend"]["val_new_items"].keys() == record["blend"]["val"].keys()
     assert record["update"]["new_items"] == 5 and record["update"]["new_users"] == 1
     assert record["update"]["replay"] == 1.0 and record["config"]["cold_vectors"] == "normalised"  # the defaults
+    assert record["update"]["item_init"] == "fold-in" and record["update"]["blend_k"] == 2.0
     assert not (tmp_path / "new-run" / "cache").exists() and not list(tmp_path.glob(".tmp-*"))
     # the new run serves: new items and the new user are known, with the blend recorded
     reopened = load_run(tmp_path / "new-run", device="cpu")
@@ -184,6 +206,15 @@ def test_a_file_larger_than_the_history_is_told_to_retrain():
 
     assert outgrown(100, 100) is None and outgrown(0, 5) is None
     assert "more new training pairs (35,000) than the run was trained on (30,000)" in outgrown(35_000, 30_000)
+
+
+def test_auto_blend_k_is_chosen_on_new_items_then_all_and_leans_on_content_on_a_tie():
+    from clcrec.train.update import choose_blend_k
+
+    assert choose_blend_k({0.0: (0.2, 0.1), 5.0: (0.3, 0.0), 50.0: (0.25, 0.9)}) == 50.0  # new items first
+    assert choose_blend_k({0.0: (0.2, 0.4), 5.0: (0.3, 0.4), 50.0: (0.2, 0.3)}) == 5.0  # then all items
+    # no held-out pair tells the k's apart (a small file): the largest k, what the parent served by
+    assert choose_blend_k({0.0: (0.0, 0.03), 2.0: (0.0, 0.03), 100.0: (0.0, 0.03)}) == 100.0
 
 
 def test_blend_is_the_shrinkage_it_claims(parent):
