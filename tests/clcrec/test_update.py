@@ -280,8 +280,12 @@ def test_cli_bad_input_is_one_line_and_a_killed_update_leaves_no_run(parent, fee
     proc.wait()
     assert proc.returncode == -signal.SIGKILL  # killed mid-build, not refused (its options, --replay all, parse)
     assert not (tmp_path / "o").exists()
-    parent.update(csv, tmp_path / "o", new_items=new_dir, epochs=1, replay=None, console=quiet())  # every pair
+    parent.update(csv, tmp_path / "o", new_items=new_dir, epochs=1, replay=None, blend_k="auto",  # every pair
+                  console=quiet())
     assert (tmp_path / "o" / "config.json").exists() and not list(tmp_path.glob(".tmp-o.*"))
+    blend = json.loads((tmp_path / "o" / "config.json").read_text())["blend"]  # auto: the k best on validation
+    grid = {float(k): (blend["val"][k], blend["val_new_items"][k]) for k in blend["val"]}
+    assert blend["chosen_on"].startswith("validation") and blend["k"] == max(grid, key=lambda k: (grid[k][1], grid[k][0], k))
     # an updated run keeps no negatives: resuming it is refused with what to do instead
     before = tree_digest(tmp_path / "o")
     p = subprocess.run([sys.executable, str(REPO / "cli.py"), "train", "--resume", str(tmp_path / "o")],
