@@ -46,7 +46,7 @@ EXCLUDE_MODES = EXCLUSIONS  # which of a user's items negatives avoid (cache/man
 # bernoulli: each U-I slot uses the content representation with probability num_sample;
 # with-replacement: the reference's int(slots * num_sample) slot indices drawn with replacement.
 HYBRID_DRAWS = ("bernoulli", "with-replacement")
-COLD_VECTORS = ("raw", "normalised")  # how cold items rank (clcrec/model.py says what each does)
+COLD_VECTORS = ("raw", "normalised", "scaled")  # how cold items rank (clcrec/model.py says what each does)
 
 
 def _prior_ok(value) -> bool:
@@ -76,7 +76,7 @@ class TrainConfig:
     batch_size: int = 256  # positive pairs per step (global across ranks)
     dim_E: int = 64
     hidden: int = 256  # encoder hidden width (reference: 256)
-    cold_vectors: str = "raw"  # cold items rank by their encoder output as is, or "normalised" (README section 5)
+    cold_vectors: str = "raw"  # cold items rank by their encoder output as is, "normalised" or "scaled" (README section 5)
     # Cold items rank by 1 - W of the model's score plus W of the content-only cosine (clcrec/model.py
     # with_prior): "auto" chooses W on validation when training ends, "off" is W = 0, or W in [0, 1].
     content_prior: str = "auto"

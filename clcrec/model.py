@@ -39,7 +39,9 @@ from common.errors import UserError
 # direction of that output (what the R-E loss trains: cosine to the item's ID embedding), scaled to
 # the mean norm of the warm items' ID embeddings, so no cold item outranks the others for every
 # user by its norm alone, and cold and warm rows have comparable scales in all-item rankings.
-# (The modes: clcrec.config.COLD_VECTORS.)
+# scaled: the output times one factor that brings the warm items' outputs to their ID embeddings'
+# mean norm: on the ID scale on average, while each item keeps its output's relative length (the
+# popularity signal the raw norm carries among cold items). (The modes: clcrec.config.COLD_VECTORS.)
 
 
 def concat_normalised_features(features: list[np.ndarray]) -> torch.Tensor:
@@ -201,10 +203,29 @@ class CLCRec(nn.Module):
         norms = self.item_emb.weight.detach().float().norm(dim=1)  # (I,)
         return float(norms[warm].mean()) if bool(warm.any()) else 1.0  # host sync (once per table)
 
+    @torch.no_grad()
+    def content_scale(self, item_status, block: int = 65536) -> float:
+        """The factor `cold_rows` takes under `cold_vectors`: 1 (raw); the warm ID embeddings' mean
+        norm (normalised); that over the warm items' mean encoder-output norm (scaled; over every
+        item without warm ones)."""
+        if self.cold_vectors == "raw":
+            return 1.0
+        scale = self.cold_scale(item_status)
+        if self.cold_vectors == "normalised":
+            return scale
+        dev = self.item_emb.weight.device
+        warm = torch.nonzero(torch.as_tensor(item_status, device=dev) == 0).flatten()  # (W,)
+        idx = warm if warm.numel() else torch.arange(self.num_items, device=dev)
+        total = sum(float(self.encode(idx[s : s + block]).float().norm(dim=1).sum()) for s in range(0, idx.numel(), block))
+        return scale / max(total / max(idx.numel(), 1), 1e-12)
+
     def cold_rows(self, encoded: torch.Tensor, scale: float) -> torch.Tensor:
-        """(N, D) ranking rows of cold items from their encoder outputs (N, D), per `cold_vectors`."""
+        """(N, D) ranking rows of cold items from their encoder outputs (N, D), per `cold_vectors`,
+        `scale` from `content_scale`."""
         if self.cold_vectors == "raw":
             return encoded
+        if self.cold_vectors == "scaled":
+            return encoded * scale
         return F.normalize(encoded, dim=-1) * scale
 
     @torch.no_grad()
@@ -221,7 +242,7 @@ class CLCRec(nn.Module):
         so all-item rankings keep the model's balance of warm and cold."""
         table = self.item_emb.weight.detach().float().clone()
         item_status = torch.as_tensor(item_status, device=table.device)  # numpy or a tensor anywhere: the model's device
-        scale = self.cold_scale(item_status) if self.cold_vectors != "raw" else 1.0
+        scale = self.content_scale(item_status)
         centre = self.cold_centre(item_status, scale) if content_share != 1.0 else None
 
         def rows(idx):

@@ -135,11 +135,9 @@ def encode_features(model: CLCRec, features: list[np.ndarray], block: int = 6553
     run's dataset's, is needed when the run normalises cold rows or has a prior."""
     x = concat_normalised_features(features)  # (N, F)
     dev = next(model.parameters()).device
-    scale = 1.0
     if (model.cold_vectors != "raw" or prior.beta > 0) and item_status is None:
         raise ValueError("this run normalises cold rows or has a content prior: pass the run's item_status")
-    if model.cold_vectors != "raw":
-        scale = model.cold_scale(item_status)
+    scale = model.content_scale(item_status)
     out = [model.cold_rows(model.encoder(x[s : s + block].to(dev)).float(), scale).cpu()
            for s in range(0, x.shape[0], block)]
     rows = torch.cat(out)  # (N, dim_E)

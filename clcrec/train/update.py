@@ -23,8 +23,8 @@ directory, removed before publishing), fine-tune with the same trainer, step and
 few epochs (fresh Adam at the parent's rate unless --l-r, every epoch selectable on validation
 "all"), then rank by the blend n / (n + k) of ID and content (k = 2, or --blend-k; every k of the
 grid is tried on the held-out share of the new pairs and recorded, and --blend-k auto picks from
-it). The new run ranks every item on one scale (cold_vectors "normalised"), so the blend mixes
-like with like. The parent run is only read.
+it). The new run ranks every item on one scale (cold_vectors "scaled"), so the blend mixes like
+with like. The parent run is only read.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def initial_state(parent: TrainedRun, ds: Dataset, modalities: list[str], ext: E
         feats = concat_normalised_features([np.asarray(ds.features[m])[ext.init_items] for m in modalities])
         model = parent.model
         enc = model.encoder(feats.to(model.item_emb.weight.device)).float().cpu()  # (N, D) the content vector...
-        # ...at the ID embeddings' scale, as the new run serves it (cold_vectors "normalised", below)
+        # ...its direction at the ID embeddings' mean norm (the new run serves content at that scale on average)
         scale = model.cold_scale(parent.dataset.item_status)
         items[idx] = torch.nn.functional.normalize(enc, dim=1) * scale
         if item_init == "fold-in":
@@ -204,10 +204,13 @@ def _fine_tune(parent: TrainedRun, ext: Extension, tmp: Path, modalities, config
         epochs=config.epochs, patience=config.epochs, eval_ema=0.0, select_window=1, select_mode="all",
         refresh_every=0, seed=config.seed, device=config.device, threads=config.threads,
         # one scale for every ranking row: the blend interpolates an item's ID embedding and its content
-        # vector, so the content is taken at the ID embeddings' scale (its direction at the warm items'
-        # mean norm); raw encoder outputs are ~3x longer (no L2 term) and would lift every item with few
-        # interactions over the popular ones in all-item lists
-        cold_vectors="normalised",
+        # vector, so the content is taken at the ID embeddings' scale (times the factor that brings the
+        # warm items' outputs to their ID embeddings' mean norm); raw encoder outputs are ~3x longer (no
+        # L2 term) and would lift every item with few interactions over the popular ones in all-item
+        # lists. "scaled" rather than "normalised" keeps each output's relative length, which ranks
+        # cold items among themselves: +16% over the new items in time and over ml-100k's test-cold
+        # items revealed 1-5 times, level on all items (README section 3)
+        cold_vectors="scaled",
         l_r=config.l_r if config.l_r is not None else parent.cfg.l_r)
     ensure_cache(Path(cfg.dataset), Path(cfg.cache), cfg.num_neg, cfg.seed, console, cfg.exclude, config.replay)
     # no test, baselines or plots: the new run's results.json is written below, with the blend

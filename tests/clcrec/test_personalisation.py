@@ -76,6 +76,21 @@ def test_normalised_cold_rows_take_the_warm_mean_norm(model):
         encode_features(model, [model.features[2:].numpy()])
 
 
+def test_scaled_cold_rows_keep_their_lengths_at_the_warm_scale(model):
+    status = torch.as_tensor(STATUS)
+    raw = model.ranking_table(status)
+    model.cold_vectors = "scaled"
+    table = model.ranking_table(status)
+    with torch.no_grad():  # the slow, obvious factor: warm ID norm over warm encoder-output norm, item by item
+        ids = [float(model.item_emb.weight[i].norm()) for i in range(2)]
+        outs = [float(model.encode(torch.tensor([i]))[0].norm()) for i in range(2)]
+    factor = (sum(ids) / 2) / (sum(outs) / 2)
+    torch.testing.assert_close(table[:2], raw[:2])  # warm rows untouched
+    torch.testing.assert_close(table[2:], raw[2:] * factor)  # one factor: relative lengths kept
+    new = encode_features(model, [model.features[2:].numpy()], item_status=STATUS)
+    np.testing.assert_allclose(new, table[2:].numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_unknown_cold_vectors_is_refused():
     with pytest.raises(ValueError, match="cold_vectors"):
         CLCRec(2, 2, torch.ones(2, 2), dim_E=2, cold_vectors="cosine")

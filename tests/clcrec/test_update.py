@@ -136,7 +136,7 @@ def test_update_writes_a_new_run_and_leaves_the_parent_alone(parent, feed, tmp_p
     assert record["blend"]["k"] == 2.0 and record["blend"]["chosen_on"] == "the default (README section 3)"
     assert len(record["blend"]["val"]) == 9 and record["blend"]["val_new_items"].keys() == record["blend"]["val"].keys()
     assert record["update"]["new_items"] == 5 and record["update"]["new_users"] == 1
-    assert record["update"]["replay"] == 1.0 and record["config"]["cold_vectors"] == "normalised"  # the defaults
+    assert record["update"]["replay"] == 1.0 and record["config"]["cold_vectors"] == "scaled"  # the defaults
     assert record["update"]["item_init"] == "fold-in" and record["update"]["blend_k"] == 2.0
     assert not (tmp_path / "new-run" / "cache").exists() and not list(tmp_path.glob(".tmp-*"))
     # the new run serves: new items and the new user are known, with the blend recorded
