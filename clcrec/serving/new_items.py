@@ -132,11 +132,11 @@ def encode_features(model: CLCRec, features: list[np.ndarray], block: int = 6553
     """(N, D) float32 ranking vectors of feature rows given per modality in the run's order:
     the same normalisation, concatenation, encoder and cold-row scaling as `CLCRec.tables`'s cold
     rows, with the run's content `prior` (then D = dim_E + the content width). `item_status`, the
-    run's dataset's, is needed when the run normalises cold rows or has a prior."""
+    run's dataset's, is needed when the run rescales cold rows or has a prior."""
     x = concat_normalised_features(features)  # (N, F)
     dev = next(model.parameters()).device
     if (model.cold_vectors != "raw" or prior.beta > 0) and item_status is None:
-        raise ValueError("this run normalises cold rows or has a content prior: pass the run's item_status")
+        raise ValueError("this run rescales cold rows or has a content prior: pass the run's item_status")
     scale = model.content_scale(item_status)
     out = [model.cold_rows(model.encoder(x[s : s + block].to(dev)).float(), scale).cpu()
            for s in range(0, x.shape[0], block)]
