@@ -103,16 +103,24 @@ def evaluate(out: Path, bands: tuple[int, ...], seed: int) -> tuple[dict, dict]:
 
 
 def paired(dirs: list[Path]) -> None:
-    """Blend minus each other model, per user, pooled over `dirs` (one per seed)."""
+    """Blend minus each other model, per user, pooled over `dirs` (one per seed); "n = 2-5" takes
+    each user's mean difference over the bands of 2-5 interactions they have test pairs in (the
+    issue's grouping)."""
     diffs: dict = {}
     for out in dirs:
         r = json.loads((out / "results.json").read_text())
         _, users = evaluate(out, tuple(r["bands"]), r["seed"])
+        pooled: dict = {}
         for (m, c), (who, rec) in users.items():
             if m != "update, blend":
                 ref_who, ref = users[("update, blend", c)]
                 assert (who == ref_who).all()
                 diffs.setdefault((m, c), []).extend(ref - rec)
+                if c.startswith("n = ") and 2 <= int(c.split()[2].rstrip(",")) <= 5:
+                    for u, d in zip(who.tolist(), ref - rec):
+                        pooled.setdefault(m, {}).setdefault(u, []).append(d)
+        for m, per_user_diffs in pooled.items():
+            diffs.setdefault((m, "n = 2-5, within, per user"), []).extend(np.mean(v) for v in per_user_diffs.values())
     cols = list(dict.fromkeys(c for _, c in diffs))
     print(f"blend minus, Recall@10 per user, {len(dirs)} run(s): mean ± SE (users)")
     print("| blend minus | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
