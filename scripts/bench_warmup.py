@@ -10,18 +10,20 @@ bench controls the count instead. On a dataset with the paper's random cold item
 directory): train the parent on it; of the test-cold items with more than max(--bands)
 interactions, a seeded permutation gives each a band n in turn; the feed holds each such item's
 first n interactions (in time where the dataset has times, else a seeded order) and goes to
-`update`; the test is every other interaction of the test-cold items. So each band holds a quarter
-of the eligible items and thousands of test pairs.
+`update`; the test is every other interaction of the test-cold items. So each band holds an equal
+share of the eligible items (a quarter with the default bands) and, on ml-100k, thousands of test
+pairs.
 
 Four models, each user's training, validation and fed pairs masked:
   old run, content      the parent as served today (every cold item by content)
-  update, blend         after `update`, w = n / (n + k) on the ID embedding, k chosen on validation
+  update, blend         after `update`, w = n / (n + k) on the ID embedding (the run's k)
   update, ID only       the same run, every item with interactions by its ID embedding
   update, content only  the same run, every item by its content vector (the new encoder)
 Recall@10 / NDCG@10 of every test-cold pair ranked among the test-cold items (the paper's
 cold-start ranking) and among all items, and of each band's pairs ranked among the band's items
-(how well a model orders items seen n times, apart from how it places them against the others). `--paired` pools runs of several seeds
-and prints blend minus each other model per user, mean ± standard error.
+(how well a model orders items seen n times, apart from how it places them against the others).
+`--paired` pools runs of several seeds and prints blend minus each other model per user, mean ±
+standard error, band by band and over the bands of 2-5 interactions.
 
 Writes OUT: parent/, parent-cache/, feed.csv, updated/, results.json.
 """
