@@ -148,6 +148,9 @@ def update(
                                "sample, against forgetting), so it costs the delta, not the history; 'all': every pair."),
     item_init: str = typer.Option("fold-in", help="Where a formerly cold or new item's ID embedding starts: "
                                   "'fold-in' (its users' mean direction) or 'content'."),
+    cold_vectors: str = typer.Option("scaled", "--cold-vectors", help="How the new run ranks content rows: scaled "
+                                     "(on the ID scale, like the blend's ID half), normalised or raw (as a parent "
+                                     "trained with the default ranks cold items)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
     threads: int = typer.Option(0),
@@ -169,7 +172,7 @@ def update(
         raise UserError(f"--blend-k must be 'auto' or a number >= 0, got {blend_k!r}") from None
     load_run(run_dir, device="cpu").update(
         interactions, out, new_items=new_items, movielens=movielens, epochs=epochs, val_fraction=val_fraction,
-        blend_k=k, l_r=l_r, replay=rep, item_init=item_init, seed=seed, device=device, threads=threads, force=force, console=console)
+        blend_k=k, l_r=l_r, replay=rep, item_init=item_init, cold_vectors=cold_vectors, seed=seed, device=device, threads=threads, force=force, console=console)
     results = json.loads((Path(out) / "results.json").read_text())
     rows = {"blend": results["test"], "ID only": results["test_id_only"]}
     Console().print(format_table(rows, ks=(10,), title=f"{out}: test (what the update did not see)"))

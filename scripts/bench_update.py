@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--update-l-r", type=float, default=None, help="update's learning rate (default: the parent's)")
     ap.add_argument("--update-replay", default=None, help="update's --replay: a number or 'all' (default: update's)")
     ap.add_argument("--update-item-init", default=None, help="update's --item-init (default: update's)")
+    ap.add_argument("--update-cold-vectors", default=None, help="update's --cold-vectors (default: update's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse", action="store_true", help="keep OUT's parent and retrain runs (and the retrain's "
                     "recorded wall time); only update again, e.g. with other --update-epochs")
@@ -167,7 +168,7 @@ def main() -> None:
 
     # --- update vs full retrain, one after the other ---
     given = {} if a.update_replay is None else {"replay": None if a.update_replay == "all" else float(a.update_replay)}
-    given |= {} if a.update_item_init is None else {"item_init": a.update_item_init}
+    given |= {k: v for k, v in (("item_init", a.update_item_init), ("cold_vectors", a.update_cold_vectors)) if v}
     t0 = time.perf_counter()
     update_run(out / "parent", out / "feed.csv", out / "updated",
                config=UpdateConfig(epochs=a.update_epochs, seed=a.seed, device="cpu", l_r=a.update_l_r,
@@ -208,7 +209,8 @@ def main() -> None:
                "items_per_group": {c: int(k.sum()) for c, k in cols.items()}, "feed_pairs": int(len(feed)),
                "test_pairs": int(len(rest)), "args": {k: str(v) for k, v in vars(a).items()}}
     name = "results.json" if not reuse else (f"results-update-epochs{a.update_epochs}-lr{a.update_l_r}-replay{a.update_replay or 'default'}"
-                                                  f"-init{a.update_item_init or 'default'}.json")
+                                                  f"-init{a.update_item_init or 'default'}"
+                                                  + (f"-{a.update_cold_vectors}" if a.update_cold_vectors else "") + ".json")
     (out / name).write_text(json.dumps(results, indent=1))
 
     head = "| model | " + " | ".join(f"{c} ({results['items_per_group'][c]} items)" for c in cols) + " |"

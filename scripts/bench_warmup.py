@@ -19,8 +19,9 @@ Four models, each user's training, validation and fed pairs masked:
   update, blend         after `update`, w = n / (n + k) on the ID embedding (the run's k)
   update, ID only       the same run, every item with interactions by its ID embedding
   update, content only  the same run, every item by its content vector (the new encoder)
-Recall@10 / NDCG@10 of every test-cold pair ranked among the test-cold items (the paper's
-cold-start ranking) and among all items, and of each band's pairs ranked among the band's items
+Recall@10 / NDCG@10 of every test pair not fed (warm ones too) ranked among all items, of every
+test-cold pair ranked among the test-cold items (the paper's cold-start ranking) and among all
+items, and of each band's pairs ranked among the band's items
 (how well a model orders items seen n times, apart from how it places them against the others).
 `--paired` pools runs of several seeds and prints blend minus each other model per user, mean ±
 standard error, band by band and over the bands of 2-5 interactions.
@@ -54,8 +55,10 @@ CONTENT_K = 1e12  # w = n / (n + k) ~ 0: every item by its content vector
 MODELS = ("old run, content", "update, blend", "update, ID only", "update, content only")
 
 
-def reveal(ds, bands: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """(feed pairs, their times or None, test pairs, band of each item: -1 not revealed)."""
+def reveal(ds, bands: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None,
+                                                           np.ndarray]:
+    """(feed pairs, their times or None, test pairs, band of each item: -1 not revealed, every test
+    pair not fed: warm ones included)."""
     test = np.asarray(ds.test, dtype=np.int64)
     t = ds.times("test")
     rng = np.random.default_rng([seed, 7])
@@ -71,7 +74,7 @@ def reveal(ds, bands: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarra
     rank = np.arange(len(test)) - start[test[:, 1]]  # 0 for an item's first interaction
     fed = (band[test[:, 1]] >= 0) & (rank < band[test[:, 1]])
     keep = cold[test[:, 1]] & ~fed  # the test: every other interaction of a test-cold item
-    return test[fed], (None if t is None else t[fed]), test[keep], band
+    return test[fed], (None if t is None else t[fed]), test[keep], band, test[~fed]
 
 
 def tables(out: Path) -> dict:
@@ -84,22 +87,25 @@ def evaluate(out: Path, bands: tuple[int, ...], seed: int) -> tuple[dict, dict]:
     """({model: {column: {recall, ndcg, users, pairs}}}, {(model, band): per-user recall among the
     test-cold items}) of the benchmark directory `out`."""
     ds = load_dataset(Path(json.loads((out / "results.json").read_text())["dataset"]))
-    feed, _, test, band = reveal(ds, bands, seed)
+    feed, _, test, band, every = reveal(ds, bands, seed)
     seen = np.concatenate([np.asarray(ds.train), np.asarray(ds.val), feed]).astype(np.int64)
     cold = ds.item_status == COLD_TEST
-    # (pairs counted, items ranked): every test-cold pair among the test-cold items and among all
-    # items, then each band ranked within itself (how well a model orders items seen n times)
-    cols = {"test-cold, among cold": (cold, cold), "test-cold, among all": (cold, None),
-            "not revealed, within": (cold & (band == -1),) * 2 if (cold & (band == -1)).any() else None,
-            **{f"n = {b}, within": (band == b, band == b) for b in bands}}
+    # (pairs counted, items ranked, test): every test pair not fed among all items (warm ones too),
+    # every test-cold pair among the test-cold items and among all items, then each band ranked
+    # within itself (how well a model orders items seen n times)
+    every_item = np.ones(ds.num_items, bool)
+    cols = {"all test pairs, among all": (every_item, None, every), "test-cold, among cold": (cold, cold, test),
+            "test-cold, among all": (cold, None, test),
+            "not revealed, within": (cold & (band == -1),) * 2 + (test,) if (cold & (band == -1)).any() else None,
+            **{f"n = {b}, within": (band == b, band == b, test) for b in bands}}
     table, users = {}, {}
     for m, (u, i) in tables(out).items():
         table[m] = {}
-        for c, (keep, cand) in ((c, v) for c, v in cols.items() if v is not None):
-            who, rec, ndcg = per_user(u, i, seen, test, keep, cand)
+        for c, (keep, cand, pairs) in ((c, v) for c, v in cols.items() if v is not None):
+            who, rec, ndcg = per_user(u, i, seen, pairs, keep, cand)
             table[m][c] = {"recall": float(rec.mean()), "ndcg": float(ndcg.mean()), "users": len(who),
-                           "pairs": int(keep[test[:, 1]].sum())}
-            if c != "test-cold, among all":
+                           "pairs": int(keep[pairs[:, 1]].sum())}
+            if "among all" not in c:
                 users[(m, c)] = (who, rec)
     return table, users
 
@@ -143,6 +149,7 @@ def main() -> None:
     ap.add_argument("--l-r", type=float, default=None, help="the parent's rate (default: train's)")
     ap.add_argument("--seed", type=int, default=0, help="the parent's training, the bands and the update")
     ap.add_argument("--item-init", default=None, help="update's --item-init (default: update's)")
+    ap.add_argument("--cold-vectors", default=None, help="update's --cold-vectors (default: update's)")
     ap.add_argument("--reuse", action="store_true", help="keep OUT's parent run; only update again")
     a = ap.parse_args()
     if a.paired:
@@ -160,18 +167,18 @@ def main() -> None:
         lr = {} if a.l_r is None else {"l_r": a.l_r}
         run_training(TrainConfig(dataset=str(a.dataset.resolve()), cache=str(out / "parent-cache"),
                                  run_dir=str(out / "parent"), epochs=a.epochs, seed=a.seed, device="cpu", **lr))
-    feed, t, _, band = reveal(ds, bands, a.seed)
+    feed, t, _, band, _ = reveal(ds, bands, a.seed)
     uid, iid = ds.user_ids()["original_id"].to_numpy(), ds.item_ids()["original_id"].to_numpy()
     cols = {"user": uid[feed[:, 0]], "item": iid[feed[:, 1]]} | ({} if t is None else {"timestamp": t})
     pl.DataFrame(cols).write_csv(out / "feed.csv")
-    init = {} if a.item_init is None else {"item_init": a.item_init}
+    init = {k: v for k, v in (("item_init", a.item_init), ("cold_vectors", a.cold_vectors)) if v is not None}
     update_run(out / "parent", out / "feed.csv", out / "updated", config=UpdateConfig(seed=a.seed, device="cpu", **init),
                force=True)
     (out / "results.json").write_text(json.dumps({"dataset": str(a.dataset.resolve()), "bands": bands, "seed": a.seed}))
     table, _ = evaluate(out, bands, a.seed)
     k = open_run(out / "updated").blend_k
     result = {"dataset": str(a.dataset.resolve()), "bands": bands, "seed": a.seed, "blend_k": k,
-              "item_init": UpdateConfig(**init).item_init,
+              "item_init": UpdateConfig(**init).item_init, "cold_vectors": UpdateConfig(**init).cold_vectors,
               "items_per_band": {str(b): int((band == b).sum()) for b in bands}, "feed_pairs": len(feed), "table": table}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     cols = list(next(iter(table.values())))

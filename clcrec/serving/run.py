@@ -205,8 +205,8 @@ class Run:
 
     def update(self, interactions: str | Path, out: str | Path, *, new_items=None, movielens=None,
                epochs: int = 3, val_fraction: float = 0.1, blend_k: float | str = 2.0, l_r: float | None = None,
-               replay: float | None = 1.0, item_init: str = "fold-in", seed: int = 0, device: str = "auto",
-               threads: int = 0, force: bool = False, console=None) -> "Run":
+               replay: float | None = 1.0, item_init: str = "fold-in", cold_vectors: str = "scaled", seed: int = 0,
+               device: str = "auto", threads: int = 0, force: bool = False, console=None) -> "Run":
         """Fold the interactions file (user,item [,timestamp], original ids) into a new run at `out`
         (clcrec/train/update.py) and open it; items the run lacks need their content: `new_items`
         (a DIR or NewItems from this run's embed_items) or `movielens` rows. This run is not changed."""
@@ -219,8 +219,8 @@ class Run:
         rows, source = self._new_item_rows(new_items, movielens)
         update_run(self.loaded.root, Path(interactions), Path(out), new_items=rows, new_items_source=source,
                    config=UpdateConfig(epochs=epochs, val_fraction=val_fraction, blend_k=blend_k, l_r=l_r,
-                                       replay=replay, item_init=item_init, seed=seed, device=device,
-                                       threads=threads),
+                                       replay=replay, item_init=item_init, cold_vectors=cold_vectors, seed=seed,
+                                       device=device, threads=threads),
                    force=force, console=console, parent=self.loaded)
         return load_run(out, device=str(self.device))
 

@@ -23,8 +23,8 @@ directory, removed before publishing), fine-tune with the same trainer, step and
 few epochs (fresh Adam at the parent's rate unless --l-r, every epoch selectable on validation
 "all"), then rank by the blend n / (n + k) of ID and content (k = 2, or --blend-k; every k of the
 grid is tried on the held-out share of the new pairs and recorded, and --blend-k auto picks from
-it). The new run ranks every item on one scale (cold_vectors "scaled"), so the blend mixes like
-with like. The parent run is only read.
+it). The new run ranks every item on one scale (cold_vectors "scaled" unless --cold-vectors), so
+the blend mixes like with like. The parent run is only read.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from clcrec.config import COLD_VECTORS
 from clcrec.evaluation.ranking import EvalConfig, evaluate_ranking
 from clcrec.model import concat_normalised_features
 from clcrec.rundir import RunDir, TrainedRun, open_run
@@ -74,6 +75,10 @@ class UpdateConfig:
     # where a formerly cold or new item's ID embedding starts: "fold-in" (its users' mean direction,
     # content where none of its users is known) or "content" (its content vector)
     item_init: str = "fold-in"
+    # how the new run ranks content rows (clcrec/model.py): "scaled" puts them on the ID scale, so
+    # the blend mixes like with like; "raw" keeps a parent trained on the paper's random split
+    # filling all-item lists with cold items as it did (README section 3)
+    cold_vectors: str = "scaled"
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -84,6 +89,8 @@ class UpdateConfig:
         if self.replay is not None and (isinstance(self.replay, bool) or not isinstance(self.replay, (int, float))
                                         or not np.isfinite(self.replay) or self.replay < 0):
             raise UserError(f"--replay must be a finite number >= 0, got {self.replay!r}")
+        if self.cold_vectors not in COLD_VECTORS:
+            raise UserError(f"--cold-vectors must be one of {', '.join(COLD_VECTORS)}, got {self.cold_vectors!r}")
         if self.item_init not in ITEM_INIT:
             raise UserError(f"--item-init must be one of {', '.join(ITEM_INIT)}, got {self.item_init!r}")
         if self.blend_k != "auto" and (isinstance(self.blend_k, (bool, str)) or not isinstance(self.blend_k, (int, float))
@@ -203,14 +210,14 @@ def _fine_tune(parent: TrainedRun, ext: Extension, tmp: Path, modalities, config
         dataset=str(tmp / "dataset"), cache=str(tmp / "cache"), run_dir=str(tmp), modalities=tuple(modalities),
         epochs=config.epochs, patience=config.epochs, eval_ema=0.0, select_window=1, select_mode="all",
         refresh_every=0, seed=config.seed, device=config.device, threads=config.threads,
-        # one scale for every ranking row: the blend interpolates an item's ID embedding and its content
-        # vector, so the content is taken at the ID embeddings' scale (times the factor that brings the
-        # warm items' outputs to their ID embeddings' mean norm); raw encoder outputs are ~3x longer (no
-        # L2 term) and would lift every item with few interactions over the popular ones in all-item
-        # lists. "scaled" rather than "normalised" keeps each output's relative length, which ranks
-        # cold items among themselves: +16% over the new items in time and over ml-100k's test-cold
-        # items revealed 1-5 times, level on all items (README section 3)
-        cold_vectors="scaled",
+        # by default one scale for every ranking row: the blend interpolates an item's ID embedding and
+        # its content vector, so the content is taken at the ID embeddings' scale (times the factor that
+        # brings the warm items' outputs to their ID embeddings' mean norm); raw encoder outputs are ~3x
+        # longer (no L2 term) and would lift every item with few interactions over the popular ones in
+        # all-item lists. "scaled" rather than "normalised" keeps each output's relative length, which
+        # ranks cold items among themselves: +16% over the new items in time and over ml-100k's
+        # test-cold items revealed 1-5 times, level on all items (README section 3)
+        cold_vectors=config.cold_vectors,
         l_r=config.l_r if config.l_r is not None else parent.cfg.l_r)
     ensure_cache(Path(cfg.dataset), Path(cfg.cache), cfg.num_neg, cfg.seed, console, cfg.exclude, config.replay)
     # no test, baselines or plots: the new run's results.json is written below, with the blend

@@ -179,6 +179,8 @@ def cases(w: dict) -> list[dict]:
              says=["--blend-k must be 'auto' or a finite number >= 0, got -2.0"], watch=[run, new]),
         dict(argv=["update", run, "--interactions", r / "t.csv", "--out", new, "--item-init", "users"],
              says=["--item-init must be one of fold-in, content, got 'users'"], watch=[run, new]),
+        dict(argv=["update", run, "--interactions", r / "t.csv", "--out", new, "--cold-vectors", "cosine"],
+             says=["--cold-vectors must be one of raw, normalised, scaled, got 'cosine'"], watch=[run, new]),
         dict(argv=["train", "--resume", run, "--run-dir", new], says=["--resume", "--run-dir"], watch=[run, new]),
         dict(argv=[*trn, "--run-dir", new, "--compile", "yes"], says=["--compile must be one of", "'yes'"], watch=[new, cache]),
         dict(argv=[*trn, "--run-dir", new, "--device", "cpu", "--compile", "on"],
