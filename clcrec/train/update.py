@@ -53,8 +53,8 @@ from pipeline.new_interactions import read_new_interactions
 # k of the blend n / (n + k): 0 ranks every item with interactions by its ID embedding alone.
 # 2 by default: with items' ID embeddings starting from their users (fold-in), k = 1-2 ranked items
 # seen 1-5 times best over the regimes measured (ml-100k in time, and items revealed 1-5 times on
-# ml-100k, a fifth of its users and weak-content synthetic data: scripts/bench_update.py and
-# bench_warmup.py, README section 3), 2 the better where users are few. A k chosen per file on the
+# ml-100k, a fifth of its users and weak-content synthetic data; CiteULike confirmed it after:
+# scripts/bench_update.py and bench_warmup.py, README section 3), 2 the better where users are few. A k chosen per file on the
 # held-out new pairs ("auto") followed their noise: a file of a few hundred pairs holds a few dozen,
 # and all-item Recall was flat in k.
 BLEND_K = 2.0
