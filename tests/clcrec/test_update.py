@@ -262,6 +262,8 @@ def test_bad_input_is_refused_and_nothing_is_written(parent, feed, tmp_path):
 
 
 def test_cli_bad_input_is_one_line_and_a_killed_update_leaves_no_run(parent, feed, tmp_path):
+    from clcrec import load_run
+
     csv, new_dir, _ = feed
     run = str(parent.loaded.root)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -281,9 +283,11 @@ def test_cli_bad_input_is_one_line_and_a_killed_update_leaves_no_run(parent, fee
     assert proc.returncode == -signal.SIGKILL  # killed mid-build, not refused (its options, --replay all, parse)
     assert not (tmp_path / "o").exists()
     parent.update(csv, tmp_path / "o", new_items=new_dir, epochs=1, replay=None, blend_k="auto",  # every pair
-                  console=quiet())
+                  cold_vectors="raw", console=quiet())
     assert (tmp_path / "o" / "config.json").exists() and not list(tmp_path.glob(".tmp-o.*"))
-    blend = json.loads((tmp_path / "o" / "config.json").read_text())["blend"]  # auto: the k best on validation
+    record = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert record["config"]["cold_vectors"] == "raw" and load_run(tmp_path / "o").loaded.model.cold_vectors == "raw"
+    blend = record["blend"]  # auto: the k best on validation
     grid = {float(k): (blend["val"][k], blend["val_new_items"][k]) for k in blend["val"]}
     assert blend["chosen_on"].startswith("validation") and blend["k"] == max(grid, key=lambda k: (grid[k][1], grid[k][0], k))
     # an updated run keeps no negatives: resuming it is refused with what to do instead
