@@ -113,13 +113,18 @@ def paired(dirs: list[Path]) -> None:
                 rec = {m: per_user(*tabs, seen, rest, keep, cand)[1] for m, tabs in models.items()}
                 for other in ("content", "ID only"):
                     diffs.setdefault((other, f"{name}, {where}"), []).extend(rec["blend"] - rec[other])
-    cols = list(dict.fromkeys(c for _, c in diffs))
     print(f"blend minus, Recall@{K} per user over {len(dirs)} run(s): mean ± standard error (users)")
+    print_paired(diffs, ("content", "ID only"), digits=3)
+
+
+def print_paired(diffs: dict, rows, digits: int) -> None:
+    """A markdown table of per-user differences {(row, column): [values]}: mean ± standard error (n)."""
+    cols = list(dict.fromkeys(c for _, c in diffs))
     print("| blend minus | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
-    for other in ("content", "ID only"):
-        cells = [np.array(diffs[(other, c)]) for c in cols]
-        print(f"| {other} | " + " | ".join(f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} ({len(d)})"
-                                           for d in cells) + " |")
+    for r in rows:
+        cells = [np.array(diffs[(r, c)]) for c in cols]
+        print(f"| {r} | " + " | ".join(f"{d.mean():+.{digits}f} ± {d.std(ddof=1) / np.sqrt(len(d)):.{digits}f} ({len(d)})"
+                                       for d in cells) + " |")
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ import shutil  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from bench_update import per_user  # noqa: E402 - this folder: the slow, obvious per-user Recall/NDCG
+from bench_update import per_user, print_paired  # noqa: E402 - this folder: per-user Recall/NDCG, the paired table
 from clcrec.config import TrainConfig  # noqa: E402
 from clcrec.rundir import open_run  # noqa: E402
 from clcrec.train.flow import run_training  # noqa: E402
@@ -129,13 +129,8 @@ def paired(dirs: list[Path]) -> None:
                         pooled.setdefault(m, {}).setdefault(u, []).append(d)
         for m, per_user_diffs in pooled.items():
             diffs.setdefault((m, "n = 2-5, within, per user"), []).extend(np.mean(v) for v in per_user_diffs.values())
-    cols = list(dict.fromkeys(c for _, c in diffs))
     print(f"blend minus, Recall@10 per user, {len(dirs)} run(s): mean ± SE (users)")
-    print("| blend minus | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
-    for m in MODELS[0], *MODELS[2:]:
-        cells = [np.array(diffs[(m, c)]) for c in cols]
-        print(f"| {m} | " + " | ".join(f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f} ({len(d)})"
-                                     for d in cells) + " |")
+    print_paired(diffs, (MODELS[0], *MODELS[2:]), digits=4)
 
 
 def main() -> None:
