@@ -28,13 +28,14 @@ ASSEMBLE = ("host", "device")  # where batches are cut (clcrec/data/stream.py)
 ASSEMBLE_MODES = ("auto", *ASSEMBLE)
 # (field, lower bound, upper bound or None, lower bound excluded): checked on every TrainConfig
 NUMERIC_RANGES = [
-    ("l_r", 0, None, True), ("reg_weight", 0, None, False), ("num_neg", 1, 65535, False),
+    ("l_r", 0, None, True), ("reg_weight", 0, None, False), ("reg_content", 0, None, False), ("num_neg", 1, 65535, False),
     ("lr_lambda", 0, 1, False), ("temp_value", 0, None, True), ("num_sample", 0, 1, False),
     ("batch_size", 1, 2**20, False), ("dim_E", 1, 8192, False), ("hidden", 1, 65536, False),
     ("epochs", 1, 100_000, False), ("patience", 1, 100_000, False), ("select_k", 1, None, False),
     ("eval_block", 1, 2**20, False), ("refresh_every", 0, 100_000, False), ("seed", 0, 2**63 - 1, False),
     ("prefetch", 1, 64, False), ("log_every", 1, 10**9, False), ("threads", 0, 4096, False),
     ("readers", 0, 64, False), ("select_window", 1, 1000, False), ("eval_ema", 0, 0.99, False),
+    ("val_confirm", 0, 0.9, False),
 ]  # upper bounds: far past any useful value, short of an allocation that fails or a loop that never ends
 _OPTION_NAMES = {"dim_E": "--dim-e"}
 
@@ -46,7 +47,7 @@ EXCLUDE_MODES = EXCLUSIONS  # which of a user's items negatives avoid (cache/man
 # bernoulli: each U-I slot uses the content representation with probability num_sample;
 # with-replacement: the reference's int(slots * num_sample) slot indices drawn with replacement.
 HYBRID_DRAWS = ("bernoulli", "with-replacement")
-COLD_VECTORS = ("raw", "normalised", "scaled")  # how cold items rank (clcrec/model.py says what each does)
+COLD_VECTORS = ("raw", "normalised", "scaled", "centred")  # how cold items rank (clcrec/model.py says what each does)
 
 
 def _prior_ok(value) -> bool:
@@ -67,6 +68,9 @@ class TrainConfig:
     # --- model and loss (reference names and defaults) ---
     l_r: float = 0.001
     reg_weight: float = 0.1
+    # The regulariser's weight on the encoder outputs' norms (the slots' mean), next to the ID
+    # embeddings' (0: the reference, which regularises ID embeddings only; README section 5).
+    reg_content: float = 1.0
     num_neg: int = 128  # must equal the cache's num_neg
     exclude: str = "train"  # must equal the cache's exclusion; "all-known" leaks held-out items
     lr_lambda: float = 0.5  # weight of the R-E loss; U-I gets 1 - lr_lambda
@@ -93,6 +97,9 @@ class TrainConfig:
     # Select on the mean of the last `select_window` validation scores (1: each epoch's own score);
     # 3 damps one-epoch spikes of small validation sets (README section 5, clcrec/train/selection.py).
     select_window: int = 3
+    # A seeded share of the validation-cold items makes no choice (epoch, prior weight): it confirms
+    # them against the content-only cosine and a shared list (clcrec/train/confirm.py; 0: off).
+    val_confirm: float = 0.5
     ks: tuple[int, ...] = (10, 20, 50)
     eval_block: int = 1024  # users per evaluation block
     refresh_every: int = 0  # move to the next negative generation every N epochs (0: never)

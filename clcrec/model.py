@@ -104,6 +104,7 @@ class CLCRec(nn.Module):
         lr_lambda: float = 0.5,
         num_sample: float = 0.5,
         cold_vectors: str = "raw",  # how cold items' encoder outputs rank: one of COLD_VECTORS
+        reg_content: float = 0.0,  # weight of the slots' encoder-output norms in the regulariser
     ):
         super().__init__()
         if cold_vectors not in COLD_VECTORS:
@@ -111,6 +112,7 @@ class CLCRec(nn.Module):
         self.cold_vectors = cold_vectors
         self.num_users, self.num_items = num_users, num_items
         self.temp_value, self.lr_lambda, self.num_sample = temp_value, lr_lambda, num_sample
+        self.reg_content = float(reg_content)
         self.user_emb = nn.Embedding(num_users, dim_E)
         self.item_emb = nn.Embedding(num_items, dim_E)
         # Reference: xavier_normal_ on one (num_user + num_item, dim_E) table.
@@ -132,7 +134,7 @@ class CLCRec(nn.Module):
         check_fits_memory(dataset.num_users + dataset.num_items, cfg.dim_E)
         feats = concat_normalised_features([dataset.features[m] for m in modalities])
         return cls(dataset.num_users, dataset.num_items, feats, cfg.dim_E, cfg.hidden, cfg.temp_value,
-                   cfg.lr_lambda, cfg.num_sample, cfg.cold_vectors)
+                   cfg.lr_lambda, cfg.num_sample, cfg.cold_vectors, cfg.reg_content)
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """Content representation of `items` (any shape) -> (..., D)."""
@@ -190,6 +192,12 @@ class CLCRec(nn.Module):
         slots = emb.new_zeros(q).index_add_(0, flat, torch.ones_like(flat, dtype=emb.dtype))  # (Q,)
         item_reg = (slots * emb.norm(dim=1)).sum() / max(inverse.numel(), 1)
         reg = (mean0(user.norm(dim=1)) + item_reg) / 2
+        if self.reg_content > 0:
+            # The encoder's outputs score in U-I slots beside the ID embeddings but, in the reference,
+            # no norm term holds them: they grow along the users' shared direction until a cold item's
+            # score is mostly its content-predicted popularity, one list for everyone (README section 5).
+            content_reg = (slots * feat.float().norm(dim=1)).sum() / max(inverse.numel(), 1)
+            reg = reg + self.reg_content * content_reg / 2
         return Losses(loss_re, loss_ui, reg)
 
     def combine(self, loss_re, loss_ui, reg, reg_weight: float) -> torch.Tensor:
@@ -208,7 +216,7 @@ class CLCRec(nn.Module):
         """The factor `cold_rows` takes under `cold_vectors`: 1 (raw); the warm ID embeddings' mean
         norm (normalised); that over the warm items' mean encoder-output norm (scaled; over every
         item without warm ones)."""
-        if self.cold_vectors == "raw":
+        if self.cold_vectors in ("raw", "centred"):
             return 1.0
         scale = self.cold_scale(item_status)
         if self.cold_vectors == "normalised":
@@ -219,11 +227,31 @@ class CLCRec(nn.Module):
         total = sum(float(self.encode(idx[s : s + block]).float().norm(dim=1).sum()) for s in range(0, idx.numel(), block))
         return scale / max(total / max(idx.numel(), 1), 1e-12)
 
-    def cold_rows(self, encoded: torch.Tensor, scale: float) -> torch.Tensor:
+    @torch.no_grad()
+    def cold_shift(self, item_status, block: int = 65536) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(centre (D,), axis (D,)) that `centred` cold rows take, else None: the cold items' mean
+        encoder output and the unit direction of the mean user embedding. A cold row's deviation
+        from the centre loses its component on the axis, so its mean score over all users is the
+        centre's for every cold item: nothing is common to all users' cold lists, while a user's
+        own lean along the axis still counts, and so does the cold items' level against warm ones."""
+        if self.cold_vectors != "centred":
+            return None
+        dev = self.item_emb.weight.device
+        cold = torch.nonzero(torch.as_tensor(item_status, device=dev) != 0).flatten()  # (C,)
+        total = torch.zeros(self.item_emb.weight.shape[1], device=dev)
+        for s in range(0, cold.numel(), block):
+            total += self.encode(cold[s : s + block]).float().sum(0)
+        axis = F.normalize(self.user_emb.weight.detach().float().mean(0), dim=0)  # (D,)
+        return total / max(cold.numel(), 1), axis
+
+    def cold_rows(self, encoded: torch.Tensor, scale: float, shift=None) -> torch.Tensor:
         """(N, D) ranking rows of cold items from their encoder outputs (N, D), per `cold_vectors`,
-        `scale` from `content_scale`."""
+        `scale` from `content_scale`, `shift` from `cold_shift` (centred)."""
         if self.cold_vectors == "raw":
             return encoded
+        if self.cold_vectors == "centred":
+            centre, axis = shift
+            return encoded - ((encoded - centre) @ axis)[:, None] * axis  # (N, D)
         if self.cold_vectors == "scaled":
             return encoded * scale
         return F.normalize(encoded, dim=-1) * scale
@@ -242,11 +270,11 @@ class CLCRec(nn.Module):
         so all-item rankings keep the model's balance of warm and cold."""
         table = self.item_emb.weight.detach().float().clone()
         item_status = torch.as_tensor(item_status, device=table.device)  # numpy or a tensor anywhere: the model's device
-        scale = self.content_scale(item_status)
-        centre = self.cold_centre(item_status, scale) if content_share != 1.0 else None
+        scale, shift = self.content_scale(item_status), self.cold_shift(item_status)
+        centre = self.cold_centre(item_status, scale, shift) if content_share != 1.0 else None
 
         def rows(idx):
-            r = self.cold_rows(self.encode(idx).float(), scale)
+            r = self.cold_rows(self.encode(idx).float(), scale, shift)
             return r if centre is None else centre + content_share * (r - centre)
 
         if blend_k > 0:
@@ -262,13 +290,13 @@ class CLCRec(nn.Module):
         return table
 
     @torch.no_grad()
-    def cold_centre(self, item_status, scale: float, block: int = 65536) -> torch.Tensor:
+    def cold_centre(self, item_status, scale: float, shift=None, block: int = 65536) -> torch.Tensor:
         """(D,) the mean encoder-output ranking row of the cold items (zeros without any)."""
         dev = self.item_emb.weight.device
         cold = torch.nonzero(torch.as_tensor(item_status, device=dev) != 0).flatten()  # (C,)
         total = torch.zeros(self.item_emb.weight.shape[1], device=dev)
         for s in range(0, cold.numel(), block):
-            total += self.cold_rows(self.encode(cold[s : s + block]).float(), scale).sum(0)
+            total += self.cold_rows(self.encode(cold[s : s + block]).float(), scale, shift).sum(0)
         return total / max(cold.numel(), 1)
 
     @torch.no_grad()

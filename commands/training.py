@@ -27,6 +27,8 @@ def train(
     batch_size: int = typer.Option(256),
     l_r: Optional[float] = typer.Option(None, "--l-r", help="Learning rate (reference default 0.001; the synthetic demo uses 0.005)."),
     reg_weight: float = typer.Option(0.1),
+    reg_content: float = typer.Option(1.0, help="Weight of the encoder outputs' norms in the regulariser, next to the "
+                                      "ID embeddings' (0: the reference, which holds ID embeddings only)."),
     num_neg: Optional[int] = typer.Option(None, help="Negatives per pair [the --cache's, else 128]."),
     lr_lambda: float = typer.Option(0.5, help="Weight of the R-E loss (U-I gets 1 - lr_lambda)."),
     temp_value: float = typer.Option(2.0),
@@ -48,6 +50,8 @@ def train(
     modality: list[str] = typer.Option([], help="Use only these feature modalities (repeatable)."),
     select_mode: str = typer.Option("cold", help="Validation Recall@K that picks the best epoch: cold, warm, all, mean."),
     select_k: int = typer.Option(10, help="K of the validation Recall@K that selects the epoch."),
+    val_confirm: float = typer.Option(0.5, help="Share of the validation-cold items held back from every choice "
+                                      "(epoch, prior weight) to confirm it; 0: choose on all of validation."),
     eval_ema: float = typer.Option(0.9, "--eval-ema", help="Evaluate and keep an EMA of epoch-end weights with this decay (0: raw weights)."),
     select_window: int = typer.Option(3, help="Select on the mean validation score of the last N epochs "
                                       "(1: each epoch's own; 3 damps one-epoch spikes)."),

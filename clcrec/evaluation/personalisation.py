@@ -11,6 +11,10 @@ cold items have no training interactions, so nothing is masked). Then:
 - `distinct_lists`: the number of different top-K *sets* among the users (order inside a list
   ignored), and `distinct_share` = distinct_lists / users. 1 list for everyone = collapse.
 - `coverage@K`: the share of the cold items that appear in at least one user's top K.
+- `common_share`: the share of the cold-score variance that is common to all users. Within each
+  user the scores are taken as deviations from the user's mean over the cold items (what orders a
+  list); the common part is each item's mean deviation over the users. 0: nothing shared (each
+  user's order is their own); 1: every user ranks by one list. Over the first 2,048 users.
 - `pop_share@K` (popularity share): the share of all users x K recommended slots taken by the
   *head* of the cold items: the ceil(10%) cold items with the most held-out interactions
   (validation + test pairs; a cold item's interactions are all held out), ties broken by the
@@ -61,6 +65,7 @@ def cold_list_stats(
     num_users = user_vecs.shape[0]
     if len(cold) == 0 or num_users == 0:
         return {"users": int(num_users), "cold_items": int(len(cold)), "distinct_lists": 0, "distinct_share": 0.0,
+                "common_share": 0.0,
                 f"coverage@{k}": 0.0, f"pop_share@{k}": 0.0, "head_items": 0}
     users = torch.arange(num_users, device=user_vecs.device)
     cand = torch.as_tensor(cold, device=user_vecs.device)
@@ -70,6 +75,7 @@ def cold_list_stats(
     distinct = len(np.unique(top, axis=0))
     head = head_items(cold, np.asarray(popularity))
     return {
+        "common_share": common_share(user_vecs, item_vecs, cand),
         "users": int(num_users),
         "cold_items": int(len(cold)),
         "distinct_lists": int(distinct),
@@ -78,6 +84,25 @@ def cold_list_stats(
         f"pop_share@{k}": float(np.isin(top, head).sum()) / top.size,
         "head_items": int(len(head)),
     }
+
+
+@torch.no_grad()
+def common_share(user_vecs: torch.Tensor, item_vecs: torch.Tensor, cold: torch.Tensor, sample: int = 2048,
+                 block: int = 65536) -> float:
+    """The share of the users' centred cold scores that is common to all of them (module docstring)."""
+    users = user_vecs[:sample].double()
+    sums = torch.zeros(users.shape[0], dtype=torch.float64, device=users.device)  # (S,) per-user sums
+    col, total = [], 0.0
+    for s in range(0, cold.numel(), block):
+        sc = users @ item_vecs[cold[s : s + block]].double().T  # (S, b)
+        sums += sc.sum(1)
+        col.append(sc.mean(0))
+        total += float((sc * sc).sum())
+    n_items, n_users = cold.numel(), users.shape[0]
+    mu = sums / max(n_items, 1)  # (S,) each user's mean cold score
+    item_mean = torch.cat(col) - mu.mean()  # (C,) each item's mean centred score over users
+    centred = total - n_items * float((mu * mu).sum())  # sum of squared centred scores
+    return float(n_users * (item_mean * item_mean).sum() / centred) if centred > 0 else 0.0
 
 
 def personalisation_results(dataset, user_vecs: torch.Tensor, item_vecs: torch.Tensor, seed: int = 0,
@@ -94,9 +119,10 @@ def personalisation_results(dataset, user_vecs: torch.Tensor, item_vecs: torch.T
 
 
 def describe(stats: dict, k: int = 10) -> str:
-    """'412/943 distinct (44%), coverage@10 0.52, pop share@10 0.31'."""
+    """'412/943 distinct (44%), common share 0.35, coverage@10 0.52, pop share@10 0.31'."""
     return (f"{stats['distinct_lists']}/{stats['users']} distinct ({stats['distinct_share']:.0%}), "
-            f"coverage@{k} {stats[f'coverage@{k}']:.2f}, pop share@{k} {stats[f'pop_share@{k}']:.2f}")
+            + (f"common share {stats['common_share']:.2f}, " if "common_share" in stats else "")
+            + f"coverage@{k} {stats[f'coverage@{k}']:.2f}, pop share@{k} {stats[f'pop_share@{k}']:.2f}")
 
 
 def below_content_baseline(dataset, val_results: dict, cfg, eval_cfg) -> dict:

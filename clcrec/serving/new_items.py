@@ -137,12 +137,12 @@ def encode_features(model: CLCRec, features: list[np.ndarray], block: int = 6553
     dev = next(model.parameters()).device
     if (model.cold_vectors != "raw" or prior.beta > 0) and item_status is None:
         raise ValueError("this run rescales cold rows or has a content prior: pass the run's item_status")
-    scale = model.content_scale(item_status)
-    out = [model.cold_rows(model.encoder(x[s : s + block].to(dev)).float(), scale).cpu()
+    scale, shift = model.content_scale(item_status), model.cold_shift(item_status)
+    out = [model.cold_rows(model.encoder(x[s : s + block].to(dev)).float(), scale, shift).cpu()
            for s in range(0, x.shape[0], block)]
     rows = torch.cat(out)  # (N, dim_E)
     if prior.share != 1.0:  # scaled about the run's cold mean row, as CLCRec.ranking_table does
-        mean_row = model.cold_centre(item_status, scale).cpu()
+        mean_row = model.cold_centre(item_status, scale, shift).cpu()
         rows = mean_row + prior.share * (rows - mean_row)
     if prior.beta > 0:  # a new item is cold: its content columns in full (with_prior's lean 1)
         rows = torch.cat([rows, F.normalize(x, dim=1) - model.content_centre(item_status).cpu()], dim=1)

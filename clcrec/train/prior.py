@@ -35,11 +35,15 @@ from clcrec.model import (
 
 
 @torch.no_grad()
-def choose_prior(model: CLCRec, dataset, cfg: TrainConfig) -> dict:
+def choose_prior(model: CLCRec, dataset, cfg: TrainConfig, val_pairs=None, weight: float | None = None,
+                 chosen_on: str = "") -> dict:
     """{"weight", "beta", "share" (a Prior), "unit", "gain", "chosen_on", "val": {weight: recall}}
-    for the model now loaded."""
+    for the model now loaded, W chosen on `val_pairs` (default: all of validation; the trainer
+    passes the choosing share, clcrec/train/selection.py split_validation), or `weight` as given
+    (`chosen_on` says why)."""
     model.eval()
-    fixed = cfg.prior_weight
+    fixed = cfg.prior_weight if weight is None else weight
+    val = np.asarray(dataset.val if val_pairs is None else val_pairs)
     if fixed == 0.0:
         return {**NO_PRIOR._asdict(), "unit": None, "chosen_on": "off (--content-prior off)", "val": {}}
     status = np.asarray(dataset.item_status)
@@ -59,14 +63,14 @@ def choose_prior(model: CLCRec, dataset, cfg: TrainConfig) -> dict:
         mixed[cold.to(items.device)] = mean_row + (1 - w) * (items[cold.to(items.device)] - mean_row)
         return with_prior(users, mixed, profiles, content, centre, cold.float(), w * unit)
 
-    if fixed is None and unit > 0 and len(dataset.val):
-        ev = RankingEvaluator(dataset.train, dataset.val, status, dataset.num_users, ecfg)
+    if fixed is None and unit > 0 and len(val):
+        ev = RankingEvaluator(dataset.train, val, status, dataset.num_users, ecfg)
         grid = {w: ev(*tables(w))["cold"][key] for w in PRIOR_GRID}
         weight = max(grid, key=lambda w: (grid[w], -w))
         chosen = f"validation cold {key}"
     else:  # given, or nothing to choose on (no cold items or no validation pairs)
         grid, weight = {}, fixed if fixed is not None else 0.0
-        chosen = f"given (--content-prior {cfg.content_prior})" if fixed is not None else "no cold validation items"
+        chosen = (chosen_on or f"given (--content-prior {cfg.content_prior})") if fixed is not None else "no cold validation items"
     if unit <= 0:
         weight = 0.0  # no cold items, or a constant ranking: nothing to mix
     # g does not change a cold ranking (both deviations scale together), only all-item ones

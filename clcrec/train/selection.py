@@ -152,6 +152,31 @@ def describe_selection(cfg: TrainConfig) -> str:
     return ", ".join(parts)
 
 
+# The stream of the validation split's halves: one draw per run seed, apart from every other use of it.
+CONFIRM_STREAM = 0x5E1EC7
+
+
+def split_validation(item_status: np.ndarray, val: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(choosing pairs, confirming pairs) of the validation split: a seeded `fraction` of the
+    validation-cold items (at least one, and one left to choose on) is held back, and their pairs
+    confirm; everything else (warm pairs, the other cold items) chooses. Why: a choice judged on the
+    items that made it keeps its luck (a shared cold list that happens to hold a popular validation
+    item wins every choice it enters, and says so on the same items); the confirming items made no
+    choice, so what they say about the run is an honest estimate. `fraction` 0, or fewer than two
+    validation-cold items: nothing held back (confirming pairs empty)."""
+    val = np.asarray(val).reshape(-1, 2)
+    status = np.asarray(item_status)
+    cold = np.unique(val[status[val[:, 1]] != 0, 1]) if len(val) else np.zeros(0, np.int64)
+    if fraction <= 0 or len(cold) < 2:
+        return val, val[:0]
+    rng = np.random.default_rng([CONFIRM_STREAM, int(seed)])
+    n = min(max(1, round(fraction * len(cold))), len(cold) - 1)
+    held = np.zeros(len(status), dtype=bool)
+    held[rng.permutation(cold)[:n]] = True
+    confirm = held[val[:, 1]]
+    return val[~confirm], val[confirm]
+
+
 def select_score(val: dict, cfg: TrainConfig) -> float:
     key = f"recall@{cfg.select_k}"
     if cfg.select_mode == "mean":

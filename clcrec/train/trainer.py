@@ -11,6 +11,7 @@ Distributed runs (torchrun) use DDP; each rank streams a disjoint share of the c
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -43,15 +44,10 @@ from clcrec.train.generations import (
     upcoming_generations,
 )
 from clcrec.train.plan import hybrid_rate, plan_execution, step_config
-from clcrec.train.prior import choose_prior, describe_prior
+from clcrec.train.confirm import choose_and_confirm
 from clcrec.train.results import write_results
-from clcrec.train.selection import (
-    EpochAverage,
-    check_selectable,
-    first_selectable,
-    select_score,
-    smoothed_score,
-)
+from clcrec.train.selection import (EpochAverage, check_selectable, first_selectable, select_score, smoothed_score,
+                                    split_validation)
 from clcrec.train.step import (
     SUM_NAMES,
     StepRunner,
@@ -84,6 +80,9 @@ class Trainer:
         # --- data: dataset, cache, and the check that they belong together ---
         self.dataset = load_dataset(cfg.dataset)
         check_selectable(self.dataset, cfg)
+        # Choices are made on `choose`, confirmed on the held-back validation-cold items' pairs
+        self.val_pairs = dict(zip(("choose", "confirm"), split_validation(
+            self.dataset.item_status, self.dataset.val, cfg.val_confirm, cfg.seed)))
         self.store = CacheStore(cfg.cache)
         check_cache(self.store, Path(cfg.dataset), self.dataset.fingerprint, cfg.num_neg, cfg.exclude)
         if cfg.exclude != "train":
@@ -207,7 +206,6 @@ class Trainer:
         dist.barrier(self.ctx)
 
     # ------------------------------------------------------------------------------------------
-    # ------------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int, generation: int, progress) -> dict:
         """One pass over a leased generation; returns the epoch's record (all ranks agree)."""
         cfg, device, plan = self.cfg, self.device, self.plan
@@ -272,9 +270,10 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str) -> dict:
         self.model.eval()
-        if split not in self._evaluators:
+        if split not in self._evaluators:  # val, test, or validation's choose / confirm pairs
             ds = self.dataset
-            self._evaluators[split] = RankingEvaluator(ds.train, ds.split(split), ds.item_status, ds.num_users, self.eval_cfg)
+            pairs = self.val_pairs[split] if split in self.val_pairs else ds.split(split)
+            self._evaluators[split] = RankingEvaluator(ds.train, pairs, ds.item_status, ds.num_users, self.eval_cfg)
         return self._evaluators[split](*self.model.tables(self.dataset.train, self.item_status, self.prior))
 
     # ------------------------------------------------------------------------------------------
@@ -322,13 +321,13 @@ class Trainer:
         cfg = self.cfg
         stop = False
         if self.ctx.is_main:
+            held = len(self.val_pairs["confirm"]) > 0  # the epoch is chosen without them; they are only logged
             if self.average is not None:
                 self.average.update(self.model)
-                with self.average.swapped_in(self.model):
-                    record["val"] = self.evaluate("val")
-            else:
+            with self.average.swapped_in(self.model) if self.average is not None else nullcontext():
                 record["val"] = self.evaluate("val")
-            score = select_score(record["val"], cfg)
+                record.update({"val_choose": self.evaluate("choose"), "val_confirm": self.evaluate("confirm")["cold"]} if held else {})
+            score = select_score(record["val_choose"] if held else record["val"], cfg)
             record["select_score"] = score
             smoothed = smoothed_score([r["select_score"] for r in self.metrics] + [score], cfg.select_window)
             if cfg.select_window > 1:
@@ -357,7 +356,9 @@ class Trainer:
                 f"epoch {epoch:3d} gen {generation} loss {record['loss']:.4f} "
                 f"({record['samples_per_s']:,.0f} samples/s, wait {record['data_wait_frac']:.1%}) "
                 f"val {key} all {record['val']['all'][key]:.4f} warm {record['val']['warm'][key]:.4f} "
-                f"cold {record['val']['cold'][key]:.4f}" + ("  *best" if improved else ""),
+                f"cold {record['val']['cold'][key]:.4f}" + (f" (choose {record['val_choose']['cold'][key]:.4f}, "
+                                                             f"confirm {record['val_confirm'][key]:.4f})" if held else "")
+                + ("  *best" if improved else ""),
                 highlight=False, soft_wrap=True,  # one line per epoch, also in logs
             )
             stop = self.bad_epochs >= cfg.patience
@@ -373,14 +374,14 @@ class Trainer:
             return {}
         best = load_checkpoint(self.run.best, map_location=self.device)
         self.model.load_state_dict(best["model"])
-        prior = choose_prior(self.model, self.dataset, self.cfg)  # before results: they rank as served
+        # before results: they rank as served (W chosen without the held-back items, which confirm it)
+        prior, confirmation = choose_and_confirm(self.model, self.dataset, self.cfg, self.val_pairs, self.console)
         self.run.record_update(content_prior=prior)
         self.prior = Prior.of(prior)
-        self.console.print(describe_prior(prior), highlight=False)
         tables = lambda: self.model.tables(self.dataset.train, self.item_status, self.prior)  # noqa: E731
         return write_results(self.run, self.cfg, self.dataset, self.evaluate, tables, self.eval_cfg, self.metrics,
-                             best["epoch"], self.console, test=self.test, extra={"content_prior": prior},
-                             plots=self.report)
+                             best["epoch"], self.console, test=self.test, plots=self.report,
+                             extra={"content_prior": prior, "confirmation": confirmation})
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = None, **hooks) -> dict:

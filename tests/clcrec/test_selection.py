@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,8 +86,10 @@ def test_a_real_run_selects_by_the_smoothed_rule(tiny_dataset, tiny_cache, tmp_p
     cfg = config(tiny_dataset, tiny_cache, tmp_path / "run", select_window=3, content_prior="off")
     results = train(cfg, console=quiet())
     metrics = read_metrics(tmp_path / "run")
-    scores = [m["val"]["cold"]["recall@20"] for m in metrics]
+    # epochs are chosen on the choosing share of validation; the held-back items are only logged
+    scores = [m["val_choose"]["cold"]["recall@20"] for m in metrics]
     assert [m["select_score"] for m in metrics] == scores
+    assert all(0 <= m["val_confirm"]["recall@20"] <= 1 for m in metrics)
     assert results["best_epoch"] == select_epoch(scores, 3, 10)[0]
     assert metrics[-1]["select_smoothed"] == pytest.approx(sum(scores[-3:]) / 3)
     assert metrics[0]["select_smoothed"] == pytest.approx(scores[0] / 3)
@@ -141,3 +144,26 @@ def test_the_trainer_evaluates_and_keeps_an_ema_of_epoch_end_weights(tiny_datase
     again = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["ema"]["shadow"]
     for k, v in ema.items():
         torch.testing.assert_close(again[k], v)
+
+
+def test_split_validation_holds_back_a_seeded_share_of_the_cold_items():
+    from clcrec.train.selection import split_validation
+
+    status = np.array([0, 0, 1, 1, 1, 1, 2, 2], dtype=np.int8)  # items 2-5 validation-cold, 6-7 test-cold
+    val = np.array([[0, 0], [0, 2], [1, 2], [1, 3], [2, 4], [2, 5], [3, 5], [3, 1]])
+    choose, confirm = split_validation(status, val, 0.5, seed=0)
+    held = set(confirm[:, 1].tolist())
+    assert len(held) == 2 and held <= {2, 3, 4, 5}  # half of the 4 validation-cold items
+    assert not held & set(choose[:, 1].tolist())  # an item chooses or confirms, never both
+    both = np.concatenate([choose, confirm])
+    assert sorted(map(tuple, both.tolist())) == sorted(map(tuple, val.tolist()))  # a partition of the pairs
+    assert [0, 0] in choose.tolist() and [3, 1] in choose.tolist()  # warm pairs always choose
+    again = split_validation(status, val, 0.5, seed=0)
+    assert np.array_equal(again[1], confirm)  # seeded
+    assert any(set(split_validation(status, val, 0.5, seed=s)[1][:, 1].tolist()) != held for s in range(1, 10))
+    # off, or too few cold items to keep one on each side: nothing held back
+    assert len(split_validation(status, val, 0.0, seed=0)[1]) == 0
+    assert len(split_validation(status, val[:2], 0.5, seed=0)[1]) == 0
+    # at least one held back, at least one left to choose on
+    assert len(set(split_validation(status, val, 0.01, seed=0)[1][:, 1].tolist())) == 1
+    assert len(set(split_validation(status, val, 0.9, seed=0)[1][:, 1].tolist())) == 3
