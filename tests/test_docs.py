@@ -139,6 +139,8 @@ def check_options(command, args: list[str], name: str) -> tuple[list[str], list[
             if param is None:
                 near = difflib.get_close_matches(opt, list(table), n=1)
                 problems.append(f"`{name}` has no option {opt}" + (f" (did you mean {near[0]}?)" if near else ""))
+                if "=" not in tok and i + 1 < len(args) and not args[i + 1].startswith("-"):
+                    i += 1  # its value, most likely: not an extra argument
             elif takes_value(param) and "=" not in tok:
                 i += 1  # its value, placeholder or not
         else:
