@@ -87,8 +87,10 @@ def joined(start: int, body: list[str]):
         yield first, pending
 
 
-def cli_commands(path: Path):
-    """(line number, command text) of every cli.py command line in one Markdown file."""
+def cli_commands(path: Path, names: set[str] = frozenset()):
+    """(line number, command text) of every cli.py command line in one Markdown file: in code
+    blocks, in inline code, and inline code in prose that starts with one of `names` (the CLI's
+    commands: `train --cache C`), given the `cli.py` it leaves out."""
     text = path.read_text()
     for start, info, body in fenced_blocks(text):
         if info in ("python", "toml", "json"):
@@ -100,6 +102,8 @@ def cli_commands(path: Path):
         for span in re.findall(r"`([^`]+)`", line):
             if re.match(r"^(\S*/)?python\s+cli\.py(\s|$)", span.strip()):
                 yield n, span
+            elif span.split()[:1] and span.split()[0] in names and len(span.split()) > 1:
+                yield n, "cli.py " + span
 
 
 # --- checking a command line against the click tree ------------------------------------------------
@@ -155,8 +159,10 @@ def check_command(root, args: list[str]) -> list[str]:
     while hasattr(command, "commands"):  # a group: its own options, then a subcommand
         group_options = option_table(command)
         while i < len(args) and args[i].startswith("-") and args[i] not in ("--help",):
+            if path and any(args[i] in option_table(sub) for sub in command.commands.values()):
+                return []  # `ingest --cold-val-share`: an option of the group's commands
             if args[i] not in group_options:
-                return [f"`{' '.join(['cli.py', *path])}` has no option {args[i]}"]
+                return [f"`{' '.join(['cli.py', *path])}`" + (" (nor any of its commands)" if path else "") + f" has no option {args[i]}"]
             i += 1
         if i >= len(args) or args[i] in ("...", "--help"):
             return []
@@ -186,12 +192,59 @@ def root():
 def test_every_documented_command_and_option_exists(root):
     found, bad = 0, []
     for path in doc_files():
-        for line, command in cli_commands(path):
+        for line, command in cli_commands(path, set(root.commands)):
             found += 1
             for problem in check_command(root, cli_tokens(command)):
                 bad.append(f"{where(path, line)}: {problem}\n    {command.strip()}")
     assert found > 50, f"only {found} cli.py command lines found in the docs: is the parser broken?"
     assert not bad, "commands in the docs that the CLI does not have:\n" + "\n".join(bad)
+
+
+def script_options(script: Path) -> set[str]:
+    """The options a script parses: every quoted "--name" in its source (argparse, or a shell test)."""
+    return set(re.findall(r"""["'](--[a-zA-Z][\w-]*)["']""", script.read_text()))
+
+
+def option_mentions(path: Path):
+    """(line number, command text) of every line or inline code span that runs a script of
+    scripts/, and of every inline code span that names options."""
+    text = path.read_text()
+    for start, info, body in fenced_blocks(text):
+        for n, line in joined(start, body):
+            if re.search(r"(^|\s)(python|bash)\s+scripts/", line):
+                yield n, line
+    for n, line in prose_lines(text):
+        for span in re.findall(r"`([^`]+)`", line):
+            if "--" in span:
+                yield n, span
+
+
+def test_every_option_named_in_prose_and_scripts_exists(root):
+    """`--refresh-every N` in a sentence names an option of some command; `python scripts/X.py
+    --reuse` names an option of X (tools that are not ours, tensorboard or pytest's, are skipped)."""
+    every = set()
+    stack = [root]
+    while stack:
+        command = stack.pop()
+        every |= set(option_table(command)) | {"--help"}
+        stack.extend(getattr(command, "commands", {}).values())
+    scripts = {p.name: script_options(p) for p in (REPO / "scripts").iterdir() if p.suffix in (".py", ".sh")}
+    any_script = set().union(*scripts.values())
+    bad, count = [], 0
+    for path in doc_files():
+        for line, text in option_mentions(path):
+            head = text.split()
+            if re.search(r"(^|\s|/)cli\.py(\s|$)", text) or head[0] in ("tensorboard", "torchrun", "-n", "pytest"):
+                continue  # cli.py lines: the command test above; other tools' options are not ours
+            script = re.search(r"scripts/([\w.-]+)", text)
+            known = scripts.get(script.group(1), set()) if script and head[0] in ("python", "bash") else every | any_script
+            for opt in re.findall(r"(?<![\w-])(--[a-zA-Z][\w-]*)", text.split(" # ")[0]):
+                count += 1
+                if opt not in known:
+                    what = f"scripts/{script.group(1)}" if script and head[0] in ("python", "bash") else "the CLI or scripts/"
+                    bad.append(f"{where(path, line)}: {opt} is not an option of {what}\n    {text.strip()}")
+    assert count > 100, f"only {count} option mentions found: is the parser broken?"
+    assert not bad, "options in the docs that nothing parses:\n" + "\n".join(bad)
 
 
 def test_cli_reference_is_generated_from_the_cli():
