@@ -1,11 +1,13 @@
 """Docs that cannot drift: README.md and docs/*.md are checked against the code they describe.
 
-- every `python cli.py ...` line (fenced code blocks, and inline code that starts with it) names a
-  command of the typer app and only options that command has, with no more arguments than it takes;
-- the README's per-stage example (the code block after `<!-- example: stages -->`) runs end to end,
-  each line a real CLI process, on tiny synthetic data;
-- every relative link and `#anchor` resolves (GitHub's heading slugs);
-- docs/cli.md is what scripts/gen_cli_docs.py generates from the CLI's own --help texts.
+- every `python cli.py ...` line (fenced code blocks, inline code that starts with it, and inline
+  code that starts with a command name, `train --cache C`) names a command of the typer app and only
+  options that command has, with no more arguments than it takes;
+- every other option named in inline code exists in the CLI, and every `python scripts/X.py ...`
+  line names only options X parses;
+- docs/cli.md is what scripts/gen_cli_docs.py generates from the CLI's own --help texts;
+- every relative link and `#anchor` resolves (GitHub's heading slugs).
+The README's per-stage example is run by tests/test_docs_example.py.
 
 Each failure names the file and line. Run: python -m pytest tests/test_docs.py -n 0
 """
@@ -13,78 +15,13 @@ Each failure names the file and line. Run: python -m pytest tests/test_docs.py -
 from __future__ import annotations
 
 import difflib
-import json
-import os
 import re
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-STAGES_MARK = "<!-- example: stages -->"
-# What the stage example's sizes become in the test: (README text, tiny replacement). Each must be
-# found, so an edited example cannot silently run at full size.
-TINY = [("--scale default", "--scale tiny"), ("--num-neg 128", "--num-neg 16"), ("--epochs 15", "--epochs 1"),
-        ("--k 50", "--k 5")]
-SHELL_OPS = {"&&", "||", "|", ";", ">", ">>", "<", "2>", "&"}
-
-
-def doc_files() -> list[Path]:
-    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-
-
-def where(path: Path, line: int) -> str:
-    return f"{path.relative_to(REPO)}:{line}"
-
-
-# --- reading Markdown ------------------------------------------------------------------------------
-
-def fenced_blocks(text: str):
-    """(first line number, info string, lines) of every fenced code block."""
-    lines, i = text.splitlines(), 0
-    while i < len(lines):
-        m = re.match(r"^\s*(```+|~~~+)\s*(\S*)", lines[i])
-        if not m:
-            i += 1
-            continue
-        fence, info, start, body = m.group(1), m.group(2), i + 2, []
-        i += 1
-        while i < len(lines) and not lines[i].strip().startswith(fence):
-            body.append(lines[i])
-            i += 1
-        yield start, info, body
-        i += 1
-
-
-def prose_lines(text: str):
-    """(line number, line) of the lines outside fenced code blocks."""
-    inside = None
-    for n, line in enumerate(text.splitlines(), 1):
-        m = re.match(r"^\s*(```+|~~~+)", line)
-        if m and inside is None:
-            inside = m.group(1)
-        elif m and line.strip().startswith(inside):
-            inside = None
-        elif inside is None:
-            yield n, line
-
-
-def joined(start: int, body: list[str]):
-    """(line number, command) with backslash continuations joined."""
-    pending, first = "", start
-    for n, line in enumerate(body, start):
-        if not pending:
-            first = n
-        if line.rstrip().endswith("\\"):
-            pending += line.rstrip()[:-1] + " "
-            continue
-        yield first, pending + line
-        pending = ""
-    if pending:
-        yield first, pending
+from tests.support import REPO, cli_tokens, doc_files, fenced_blocks, joined, prose_lines, where
 
 
 def cli_commands(path: Path, names: set[str] = frozenset()):
@@ -107,22 +44,6 @@ def cli_commands(path: Path, names: set[str] = frozenset()):
 
 
 # --- checking a command line against the click tree ------------------------------------------------
-
-def cli_tokens(command: str) -> list[str]:
-    """The arguments after `cli.py`: optional `[...]` groups opened (their options still checked,
-    `a | b` alternatives both kept), a trailing `# comment`, shell redirections and `...` dropped."""
-    text = command
-    while re.search(r"\[[^\[\]]*\]", text):
-        text = re.sub(r"\[([^\[\]]*)\]", lambda m: m.group(1).replace(" | ", " "), text)
-    tokens = shlex.split(text, comments=True)
-    at = next(i for i, t in enumerate(tokens) if t == "cli.py" or t.endswith("/cli.py"))
-    args = []
-    for t in tokens[at + 1:]:
-        if t in SHELL_OPS or re.match(r"^\d?>", t):
-            break
-        args.append(t)
-    return args
-
 
 def option_table(command) -> dict[str, object]:
     return {o: p for p in command.params if p.param_type_name == "option" for o in (*p.opts, *p.secondary_opts)}
@@ -308,71 +229,3 @@ def test_every_relative_link_and_anchor_resolves():
     assert not bad, "broken links:\n" + "\n".join(bad)
 
 
-# --- the README's stage example, run --------------------------------------------------------------
-
-def stage_example() -> tuple[int, list[tuple[int, str]]]:
-    text = (REPO / "README.md").read_text()
-    assert STAGES_MARK in text, f"README.md has no {STAGES_MARK} before its per-stage example"
-    mark = text[: text.index(STAGES_MARK)].count("\n") + 1
-    start, _, body = next(b for b in fenced_blocks(text) if b[0] > mark)
-    return start, list(joined(start, body))
-
-
-DRIVER = """
-import json, os, sys, time
-sys.path[:0] = [{repo!r}, {batch!r}]
-import cli_batch, numpy as np, polars as pl
-os.environ["COLUMNS"] = "400"
-import cache.build, clcrec.train.flow, clcrec.train.trainer, clcrec.serving.export, pipeline.synthetic, cli  # once
-os.chdir({work!r})
-results = []
-for i, case in enumerate(json.load(open("cases.json"))):
-    if case["argv"][0] == "update" and os.fork() == 0:  # in a child: polars' threads must not start before a fork
-        # update's input: a few pairs of each of 10 users on items they did not train on
-        data = case["dataset"]
-        train = np.load(os.path.join(data, "train.npy"))
-        items = pl.read_parquet(os.path.join(data, "items.parquet"))["original_id"].to_numpy()
-        users = pl.read_parquet(os.path.join(data, "users.parquet"))["original_id"].to_numpy()
-        rows = [(users[u], items[i]) for u in range(10) for i in range(len(items))
-                if not ((train[:, 0] == u) & (train[:, 1] == i)).any()][::7][:60]
-        pl.DataFrame(rows, schema=["user", "item"], orient="row").write_csv(case["new_csv"])
-        os._exit(0)
-    if case["argv"][0] == "update":
-        os.wait()
-    t0 = time.time()
-    rc = cli_batch.run_case(case, f"case-{{i}}.log")
-    results.append({{"rc": rc, "s": round(time.time() - t0, 2), "out": open(f"case-{{i}}.log", errors="replace").read()}})
-    if rc:
-        break
-json.dump(results, open("results.json", "w"))
-"""
-
-
-def test_readme_stage_example_runs(tmp_path):
-    start, lines = stage_example()
-    cases, shown = [], []
-    for line, command in lines:
-        for big, tiny in TINY:
-            command = command.replace(big, tiny)
-        args = cli_tokens(command)
-        case = {"argv": args}
-        if args[0] == "update":
-            dataset = next(c["argv"][1] for c in cases if c["argv"][0] == "synth")
-            case.update(dataset=dataset, new_csv=args[args.index("--interactions") + 1])
-        cases.append(case)
-        shown.append((line, command.split("#")[0].strip()))
-    text = (REPO / "README.md").read_text()
-    missing = [big for big, _ in TINY if big not in text[text.index(STAGES_MARK):]]
-    assert not missing, f"README.md's stage example no longer has {missing}: update TINY in {Path(__file__).name}"
-    assert [c["argv"][0] for c in cases][:3] == ["synth", "build-negatives", "train"], \
-        f"README.md:{start}: the stage example should start with synth, build-negatives, train"
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
-    driver = DRIVER.format(repo=str(REPO), batch=str(REPO / "tests" / "clcrec"), work=str(tmp_path))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", driver], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    for (line, command), result in zip(shown, results):
-        assert result["rc"] == 0, f"README.md:{line}: `{command}` exited {result['rc']}:\n{result['out'][-3000:]}"
-    assert len(results) == len(cases)
-    assert (tmp_path / "recs.parquet").exists() and (tmp_path / "runs" / "synth-2" / "config.json").exists()
