@@ -83,7 +83,8 @@ def check_command(root, args: list[str]) -> list[str]:
             if path and any(args[i] in option_table(sub) for sub in command.commands.values()):
                 return []  # `ingest --cold-val-share`: an option of the group's commands
             if args[i] not in group_options:
-                return [f"`{' '.join(['cli.py', *path])}`" + (" (nor any of its commands)" if path else "") + f" has no option {args[i]}"]
+                nor = " (nor any of its commands)" if path else ""
+                return [f"`{' '.join(['cli.py', *path])}`{nor} has no option {args[i]}"]
             i += 1
         if i >= len(args) or args[i] in ("...", "--help"):
             return []
@@ -158,11 +159,12 @@ def test_every_option_named_in_prose_and_scripts_exists(root):
             if re.search(r"(^|\s|/)cli\.py(\s|$)", text) or head[0] in ("tensorboard", "torchrun", "-n", "pytest"):
                 continue  # cli.py lines: the command test above; other tools' options are not ours
             script = re.search(r"scripts/([\w.-]+)", text)
-            known = scripts.get(script.group(1), set()) if script and head[0] in ("python", "bash") else every | any_script
+            script = script.group(1) if script and head[0] in ("python", "bash") else None
+            known = scripts.get(script, set()) if script else every | any_script
             for opt in re.findall(r"(?<![\w-])(--[a-zA-Z][\w-]*)", text.split(" # ")[0]):
                 count += 1
                 if opt not in known:
-                    what = f"scripts/{script.group(1)}" if script and head[0] in ("python", "bash") else "the CLI or scripts/"
+                    what = f"scripts/{script}" if script else "the CLI or scripts/"
                     bad.append(f"{where(path, line)}: {opt} is not an option of {what}\n    {text.strip()}")
     assert count > 100, f"only {count} option mentions found: is the parser broken?"
     assert not bad, "options in the docs that nothing parses:\n" + "\n".join(bad)
@@ -220,7 +222,8 @@ def test_every_relative_link_and_anchor_resolves():
             file_part, _, anchor = target.partition("#")
             dest = (path.parent / file_part).resolve() if file_part else path
             if not dest.exists():
-                bad.append(f"{where(path, line)}: {target}: no file {dest.relative_to(REPO) if dest.is_relative_to(REPO) else dest}")
+                shown = dest.relative_to(REPO) if dest.is_relative_to(REPO) else dest
+                bad.append(f"{where(path, line)}: {target}: no file {shown}")
             elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
                 near = difflib.get_close_matches(anchor, sorted(anchors(dest)), n=1)
                 bad.append(f"{where(path, line)}: {target}: no heading #{anchor} in {dest.relative_to(REPO)}"

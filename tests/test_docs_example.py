@@ -72,12 +72,14 @@ def test_readme_stage_example_runs(tmp_path):
     cases.append((start, "the README's Python example", {"python": "\n".join(body), "name": f"README.md:{start}"}))
     (tmp_path / "work").mkdir()
     (tmp_path / "cases.json").write_text(json.dumps([case for _, _, case in cases]))
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "clcrec" / "cli_batch.py"), "cases.json", "results.json",
-                           str(tmp_path / "work")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    batch = REPO / "tests" / "clcrec" / "cli_batch.py"
+    proc = subprocess.run([sys.executable, str(batch), "cases.json", "results.json", str(tmp_path / "work")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     for (line, command, _), result in zip(cases, results):
         assert result["rc"] == 0, f"README.md:{line}: `{command}` exited {result['rc']}:\n{result['out'][-3000:]}"
     work = tmp_path / "work"
     assert (work / "recs.parquet").exists() and (work / "runs" / "synth" / "embeddings").is_dir()
-    assert json.loads((work / "runs" / "synth-2" / "config.json").read_text())["lineage"]["parent_run"].endswith("synth")
+    lineage = json.loads((work / "runs" / "synth-2" / "config.json").read_text())["lineage"]
+    assert lineage["parent_run"].endswith("synth")

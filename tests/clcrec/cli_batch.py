@@ -4,10 +4,10 @@
 
 Each case is {"argv": [...], "env": {...}, "watch": [paths]}, or {"python": CODE, "name": ...}: a
 snippet run the same way (the README's Python example, say). Cases run in WORKDIR (default: the
-repository root); CASES.json and RESULTS.json are taken from where the command started. The parent imports cli.py and the
-libraries its commands import lazily (torch, polars, zarr, numba: about 2 s), then forks one
-child per case, which runs the real `cli.main()` with that argv, its stdout and stderr sent to a
-file; an exception that escapes main() prints its traceback and exits 1, as `python cli.py` would.
+repository root); CASES.json and RESULTS.json are taken from where the command started. The
+parent imports cli.py and the libraries its commands import lazily (torch, polars, zarr, numba:
+about 2 s), then forks one child per case, which runs the real `cli.main()` with that argv, its
+stdout and stderr sent to a file; an exception that escapes main() prints its traceback and exits 1, as `python cli.py` would.
 The parent hashes each watched path (a file or a whole tree, or its absence) before and after;
 lock files count by name only, since taking a lock rewrites the holder recorded in it.
 So every case is a real CLI process, and the test pays the import cost once, not per case.
