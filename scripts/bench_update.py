@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import clcrec  # noqa: E402,F401,I001 - before torch: sets libgomp's spin count (19x on a shared machine, README section 6)
+import clcrec  # noqa: E402,F401,I001 - before torch: sets libgomp's spin count (19x on a shared machine, docs/speed.md)
 
 import argparse  # noqa: E402
 import json  # noqa: E402

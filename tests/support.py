@@ -1,9 +1,12 @@
 """Helpers shared by the test modules (test files never import each other): small datasets and
-cache checks, real CLI subprocesses, and the tiny training config of the clcrec tests."""
+cache checks, real CLI subprocesses, the tiny training config of the clcrec tests, and reading the
+Markdown docs (tests/test_docs.py, tests/test_docs_example.py)."""
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +110,77 @@ def cli_env() -> dict:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["COLUMNS"] = "200"  # keep rich from wrapping messages the tests look for
     return env
+
+
+# --- reading the Markdown docs (README.md, docs/*.md) ---------------------------------------------
+
+SHELL_OPS = {"&&", "||", "|", ";", ">", ">>", "<", "2>", "&"}
+
+
+def doc_files() -> list[Path]:
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def where(path: Path, line: int) -> str:
+    return f"{path.relative_to(REPO)}:{line}"
+
+
+def fenced_blocks(text: str):
+    """(first line number, info string, lines) of every fenced code block."""
+    lines, i = text.splitlines(), 0
+    while i < len(lines):
+        m = re.match(r"^\s*(```+|~~~+)\s*(\S*)", lines[i])
+        if not m:
+            i += 1
+            continue
+        fence, info, start, body = m.group(1), m.group(2), i + 2, []
+        i += 1
+        while i < len(lines) and not lines[i].strip().startswith(fence):
+            body.append(lines[i])
+            i += 1
+        yield start, info, body
+        i += 1
+
+
+def prose_lines(text: str):
+    """(line number, line) of the lines outside fenced code blocks."""
+    inside = None
+    for n, line in enumerate(text.splitlines(), 1):
+        m = re.match(r"^\s*(```+|~~~+)", line)
+        if m and inside is None:
+            inside = m.group(1)
+        elif m and line.strip().startswith(inside):
+            inside = None
+        elif inside is None:
+            yield n, line
+
+
+def joined(start: int, body: list[str]):
+    """(line number, command) with backslash continuations joined."""
+    pending, first = "", start
+    for n, line in enumerate(body, start):
+        if not pending:
+            first = n
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        yield first, pending + line
+        pending = ""
+    if pending:
+        yield first, pending
+
+
+def cli_tokens(command: str) -> list[str]:
+    """The arguments after `cli.py`: optional `[...]` groups opened (their options still checked,
+    `a | b` alternatives both kept), a trailing `# comment`, shell redirections and `...` dropped."""
+    text = command
+    while re.search(r"\[[^\[\]]*\]", text):
+        text = re.sub(r"\[([^\[\]]*)\]", lambda m: m.group(1).replace(" | ", " "), text)
+    tokens = shlex.split(text, comments=True)
+    at = next(i for i, t in enumerate(tokens) if t == "cli.py" or t.endswith("/cli.py"))
+    args = []
+    for t in tokens[at + 1:]:
+        if t in SHELL_OPS or re.match(r"^\d?>", t):
+            break
+        args.append(t)
+    return args

@@ -1,11 +1,13 @@
 """Run many `cli.py` command lines as separate processes that share one import of the CLI.
 
-    python tests/clcrec/cli_batch.py CASES.json RESULTS.json
+    python tests/clcrec/cli_batch.py CASES.json RESULTS.json [WORKDIR]
 
-Each case is {"argv": [...], "env": {...}, "watch": [paths]}. The parent imports cli.py and the
-libraries its commands import lazily (torch, polars, zarr, numba: about 2 s), then forks one
-child per case, which runs the real `cli.main()` with that argv, its stdout and stderr sent to a
-file; an exception that escapes main() prints its traceback and exits 1, as `python cli.py` would.
+Each case is {"argv": [...], "env": {...}, "watch": [paths]}, or {"python": CODE, "name": ...}: a
+snippet run the same way (the README's Python example, say). Cases run in WORKDIR (default: the
+repository root); CASES.json and RESULTS.json are taken from where the command started. The
+parent imports cli.py and the libraries its commands import lazily (torch, polars, zarr, numba:
+about 2 s), then forks one child per case, which runs the real `cli.main()` with that argv, its
+stdout and stderr sent to a file; an exception that escapes main() prints its traceback and exits 1, as `python cli.py` would.
 The parent hashes each watched path (a file or a whole tree, or its absence) before and after;
 lock files count by name only, since taking a lock rewrites the holder recorded in it.
 So every case is a real CLI process, and the test pays the import cost once, not per case.
@@ -50,9 +52,12 @@ def run_case(case: dict, log: str) -> int:
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             os.environ.update(case.get("env", {}))
-            sys.argv = ["cli.py", *case["argv"]]
+            sys.argv = ["cli.py", *case.get("argv", [])]
             try:
-                cli.main()
+                if "python" in case:
+                    exec(compile(case["python"], case.get("name", "<case>"), "exec"), {"__name__": "__main__"})
+                else:
+                    cli.main()
                 code = 0
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -67,9 +72,10 @@ def run_case(case: dict, log: str) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def main(spec: str, out: str) -> None:
+def main(spec: str, out: str, workdir: str | None = None) -> None:
+    spec, out = os.path.abspath(spec), os.path.abspath(out)
     os.environ["COLUMNS"] = "400"  # rich must not wrap messages
-    os.chdir(REPO)
+    os.chdir(workdir or REPO)
     sys.path.insert(0, str(REPO))
     import cache.build  # noqa: F401  (what the commands import lazily, imported once here)
     import clcrec.evaluation.report  # noqa: F401
@@ -93,4 +99,4 @@ def main(spec: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])
