@@ -221,7 +221,9 @@ def _fit_svd(bag: txt.Bag, num_words: int, spec: ContentSpec, option: str):
 def text_column(items: pl.DataFrame, cols: list[str], where: str) -> list[str]:
     """Each row's text columns joined with a space; an empty or wordless row is refused by name."""
     parts = [items[c].cast(pl.String).fill_null("") for c in cols]
-    docs = parts[0] if len(cols) == 1 else pl.concat_str(parts, separator=" ")
+    docs = parts[0]
+    for part in parts[1:]:
+        docs = docs + " " + part
     empty = docs.str.strip_chars() == ""
     label = f"column {cols[0]!r}" if len(cols) == 1 else f"columns {cols}"
     for k, doc in enumerate(docs.to_list()):
