@@ -264,6 +264,8 @@ def _describe_notes(notes: dict, features: dict, featurizer) -> str:
         parts.append(f"{notes['unknown_words']:,} rare word occurrence(s) dropped")
     if notes.get("unknown_bow_words"):
         parts.append(f"{notes['unknown_bow_words']:,.0f} rare bag-of-words count(s) dropped")
+    if notes.get("texts_without_words"):
+        parts.append(f"{notes['texts_without_words']:,} text(s) without a kept word (zero vectors)")
     rare = sum((notes.get("unknown_categories") or {}).values())
     if rare:
         parts.append(f"{rare:,} rare category value(s) dropped")

@@ -76,6 +76,8 @@ def describe_notes(notes: dict) -> list[str]:
     lines = []
     if notes.get("unknown_words"):
         lines.append(f"{notes['unknown_words']:,} word occurrence(s) not in the run's vocabulary, ignored")
+    if notes.get("texts_without_words"):
+        lines.append(f"{notes['texts_without_words']:,} text(s) with no word the run knows: their text vector is zero")
     if notes.get("unknown_bow_words"):
         lines.append(f"{notes['unknown_bow_words']:,.0f} bag-of-words count(s) of words the run dropped, ignored")
     for col, n in (notes.get("unknown_categories") or {}).items():

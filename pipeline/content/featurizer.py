@@ -116,6 +116,7 @@ class Featurizer:
                 docs = text_column(items, m["columns"], where)
                 vocab = {w: j for j, w in enumerate(m["vocabulary"])}
                 bag, notes["unknown_words"] = txt.words_bag(docs, vocab)
+                notes["texts_without_words"] = int((np.diff(bag.indptr) == 0).sum())
             elif m["role"] == "bow":
                 if bow is None:
                     raise InputError("the run's modality 'bow' is built from LDA-C lines: give them with --bow FILE "
@@ -219,18 +220,18 @@ def _fit_svd(bag: txt.Bag, num_words: int, spec: ContentSpec, option: str):
 # --- the roles' columns -------------------------------------------------------------------------
 
 def text_column(items: pl.DataFrame, cols: list[str], where: str) -> list[str]:
-    """Each row's text columns joined with a space; an empty or wordless row is refused by name."""
+    """Each row's text columns joined with a space; an empty row is refused by name (a text without
+    a word of two letters, e.g. "I.Q.", is not: its vector is zero, counted as `texts_without_words`)."""
     parts = [items[c].cast(pl.String).fill_null("") for c in cols]
     docs = parts[0]
     for part in parts[1:]:
         docs = docs + " " + part
     empty = docs.str.strip_chars() == ""
     label = f"column {cols[0]!r}" if len(cols) == 1 else f"columns {cols}"
-    for k, doc in enumerate(docs.to_list()):
-        if empty[k] or not txt.tokenize(doc):
-            what = "is empty" if empty[k] else f"has no words ({doc[:40]!r})"
-            raise InputError(f"{where} {label} {what} at row {k + 1} (item {items['original_id'][k]}); "
-                             "every item needs some text: fill it in or drop the row")
+    if empty.any():
+        k = int(empty.arg_max())
+        raise InputError(f"{where} {label} is empty at row {k + 1} (item {items['original_id'][k]}); "
+                         "every item needs some text: fill it in or drop the row")
     return docs.to_list()
 
 

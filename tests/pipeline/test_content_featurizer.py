@@ -93,8 +93,9 @@ def test_categories_and_numeric_known_answer():
 def test_empty_and_wordless_text_name_the_row():
     with pytest.raises(InputError, match=r"items file a.csv column 't' is empty at row 3 \(item 102\)"):
         fit_featurizer(ContentSpec(text=("t",)), items(["ab bc", "bc cd", "  ", "cd de"]), None, "items file a.csv")
-    with pytest.raises(InputError, match=r"has no words .* at row 1 \(item 100\)"):
-        fit_featurizer(ContentSpec(text=("t",)), items(["!", "bc cd"]), None, "x")
+    fz = fit_featurizer(ContentSpec(text=("t",), min_word_count=1), items(["I.Q.", "bc cd", "cd de"]), None, "x")
+    feats, notes = fz.transform(items(["I.Q.", "bc cd", "cd de"]))  # no word of two letters: a zero vector
+    assert notes["texts_without_words"] == 1 and not feats["text"][0].any() and feats["text"][1].any()
     with pytest.raises(InputError, match="--text-dim must be an integer >= 1"):
         ContentSpec(text=("t",), text_dim=0)
 
