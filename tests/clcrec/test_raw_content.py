@@ -79,6 +79,8 @@ def world(tmp_path_factory):
          ["error:", "--text-dim must be an integer >= 1, got 0"]),
         (["ingest", "table", root / "inter.csv", bad_ingest, "--bow", root / "items.csv"],
          ["error:", "--bow FILE and --bow-vocab FILE go together"]),
+        (["ingest", "table", root / "inter.csv", bad_ingest, "--text", "title"],
+         ["error:", "give it with --items FILE"]),
         (["embed-items", run, "--items", root / "new_nogenres.csv", "--out", bad_new],
          ["error:", "has no column 'genres' (--categories genres)"]),
         (["embed-items", run, "--items", root / "latin1.csv", "--out", bad_new],
@@ -99,6 +101,9 @@ def test_one_command_each_from_table_to_new_recommendations(world):
     assert [m["name"] for m in meta["modalities"]] == ["text", "categories", "numeric"]
     assert meta["featurizer"]["modalities"] == ["text", "categories", "numeric"]
     assert "featurizer/text_basis.npy" in meta["files"] and "featurizer/featurizer.json" in meta["files"]
+    record = json.loads((world["run"] / "config.json").read_text())  # the run names its featurizer
+    assert record["featurizer_sha256"] == meta["featurizer"]["sha256"]
+    assert record["dataset_fingerprint"] == meta["fingerprint"]
     embed = " ".join(world["ok"][2]["out"].split())
     assert "word occurrence(s) not in the run's vocabulary" in embed  # "zebras"
     assert "1 value(s) of category column 'genres' the run never saw" in embed  # Western
@@ -137,3 +142,43 @@ def test_bad_tables_are_refused_in_one_line(world):
             assert frag in flat, (frag, out)
         assert len(out.strip().splitlines()) == 1, out
         assert res["changed"] == [], (argv, res["changed"])
+
+
+def test_bow_lines_and_feature_files_go_with_an_item_table(tmp_path):
+    """In process, no training: a dataset from LDA-C lines + a --feature file + a text column; new
+    items' raw rows, lines and feature file give their ingest features back bit for bit."""
+    from clcrec.serving.raw_items import featurize_items
+    from common.errors import InputError
+    from pipeline.content.featurizer import ContentSpec
+    from pipeline.dataset import load_dataset
+    from pipeline.ingest_common import IngestConfig
+    from pipeline.ingest_table import ingest_table, parse_feature_spec
+
+    write_tables(tmp_path)
+    items = pl.read_csv(tmp_path / "items.csv", infer_schema=False)
+    rng = np.random.default_rng(0)
+    lines = [f"2 {a}:{rng.integers(1, 4)} {a + 1}:1" for a in rng.integers(0, 5, items.height)]
+    (tmp_path / "mult.dat").write_text("\n".join(lines) + "\n")
+    (tmp_path / "vocab.dat").write_text("alpha\nbeta\ngamma\ndelta\neps\nzeta\n")
+    vecs = rng.standard_normal((items.height, 3))
+    pl.DataFrame({"item": items["item"].cast(pl.Int64), "v": vecs.tolist()}).write_parquet(tmp_path / "v.parquet")
+    spec = ContentSpec(text=("title",), bow=tmp_path / "mult.dat", bow_vocab=tmp_path / "vocab.dat", text_dim=4)
+    cfg = IngestConfig(features=(parse_feature_spec(f"v={tmp_path / 'v.parquet'}"),), items=tmp_path / "items.csv",
+                       content=spec)
+    ds = load_dataset(ingest_table(tmp_path / "inter.csv", tmp_path / "ds", cfg))
+    dims = {m["name"]: m["dim"] for m in ds.meta["modalities"]}
+    assert sorted(dims) == ["bow", "text", "v"] and dims["text"] == 4
+    rows = [0, 7]  # two known items under new ids: their content again
+    new = items[rows].with_columns(item=pl.Series(["8000", "8007"]))
+    (tmp_path / "new.dat").write_text("\n".join(lines[r] for r in rows) + "\n")
+    pl.DataFrame({"item": [8007, 8000], "v": vecs[[7, 0]].tolist()}).write_parquet(tmp_path / "nv.parquet")
+    ids, feats, titles, notes = featurize_items(ds, dims, new, tmp_path / "new.dat", [f"v={tmp_path / 'nv.parquet'}"])
+    assert ids.to_list() == [8000, 8007] and titles == new["title"].to_list()
+    index = pl.read_parquet(tmp_path / "ds" / "items.parquet")["original_id"].to_list()
+    for m in dims:
+        want = np.asarray(ds.features[m])[[index.index(100), index.index(107)]]
+        assert want.tobytes() == feats[m].tobytes(), m
+    with pytest.raises(InputError, match="give the new items' lines with --bow FILE"):
+        featurize_items(ds, dims, new, None, [f"v={tmp_path / 'nv.parquet'}"])
+    with pytest.raises(InputError, match="modality 'v' was given as a --feature file"):
+        featurize_items(ds, dims, new, tmp_path / "new.dat")
