@@ -236,9 +236,16 @@ def text_column(items: pl.DataFrame, cols: list[str], where: str) -> list[str]:
 
 
 def _values(col: pl.Series, sep: str) -> pl.Series:
-    s = col.cast(pl.String).str.strip_chars()
-    lists = s.str.split(sep) if sep else s.map_elements(lambda v: [v], return_dtype=pl.List(pl.String))
-    return lists.list.eval(pl.element().str.strip_chars().filter(pl.element() != "")).alias(col.name)
+    """Each cell's distinct values (stripped, empty ones dropped): split on `sep`, or a Parquet list."""
+    if isinstance(col.dtype, (pl.List, pl.Array)):
+        lists = col.cast(pl.List(pl.String))
+    elif sep:
+        lists = col.cast(pl.String).str.split(sep)
+    else:
+        lists = pl.Series(col.name, [[v] if v is not None else [] for v in col.cast(pl.String).to_list()],
+                          dtype=pl.List(pl.String))
+    return lists.list.eval(pl.element().str.strip_chars().filter(pl.element() != "").unique(maintain_order=True)
+                           ).alias(col.name)
 
 
 def _multi_hot(items: pl.DataFrame, cols: list[dict]) -> tuple[np.ndarray, dict]:

@@ -78,9 +78,9 @@ def test_rows_do_not_depend_on_the_batch_and_survive_a_save(tmp_path):
 
 def test_categories_and_numeric_known_answer():
     spec = ContentSpec(categories=(("g", "|"),), numeric=("y",))
-    df = items(DOCS[:4], g=["a|b", " b ", "a|rare", None], y=["1", "", "3", "5"])
+    df = items(DOCS[:4], g=["a|b|rare|rare", " b ", "a", None], y=["1", "", "3", "5"])
     fz = fit_featurizer(spec, df, None, "t")
-    assert fz.state["modalities"]["categories"]["columns"][0]["values"] == ["a", "b"]  # "rare" on 1 item: dropped
+    assert fz.state["modalities"]["categories"]["columns"][0]["values"] == ["a", "b"]  # "rare" on 1 item (twice): dropped
     feats, notes = fz.transform(df)
     np.testing.assert_array_equal(feats["categories"], [[1, 1], [0, 1], [1, 0], [0, 0]])
     assert notes["unknown_categories"] == {"g": 1}
