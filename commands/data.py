@@ -114,12 +114,26 @@ def ingest_table_cmd(
         [], "--feature", help="NAME=FEAT.npy:IDS.txt or NAME=FEAT.parquet; repeat per modality."
     ),
     user_col: str = typer.Option("user", help="User id column."),
-    item_col: str = typer.Option("item", help="Item id column (also the id column of Parquet features)."),
+    item_col: str = typer.Option("item", help="Item id column (also the id column of Parquet features and --items)."),
+    items: Optional[Path] = typer.Option(None, "--items", help="Item table (.csv/.tsv UTF-8, .parquet) whose raw "
+                                         "columns --text/--categories/--numeric name; fitted into a featurizer."),
+    text: list[str] = typer.Option([], "--text", help="Text column of --items: tf-idf + SVD (repeat: joined with a space)."),
+    categories: list[str] = typer.Option([], "--categories", help="COL[:SEP] multi-valued category column of "
+                                         "--items (SEP default '|'; 'COL:' one value per cell): multi-hot."),
+    numeric: list[str] = typer.Option([], "--numeric", help="Numeric column of --items: standardised, with a missing flag."),
+    bow: Optional[Path] = typer.Option(None, "--bow", help="LDA-C bag of words (mult.dat: `n id:count ...` per item; "
+                                       "line i is row i of --items, else item id i)."),
+    bow_vocab: Optional[Path] = typer.Option(None, "--bow-vocab", help="The --bow file's vocabulary, one word a line."),
+    text_dim: int = typer.Option(300, "--text-dim", help="SVD dimensions of --text / --bow (capped by the corpus)."),
+    min_word_count: int = typer.Option(2, "--min-word-count", help="Drop words in fewer items' text."),
+    min_category_count: int = typer.Option(2, "--min-category-count", help="Drop category values on fewer items."),
     seed: int = _SEED, cold_fraction: float = _COLD, cold_val_share: float = _COLD_VAL,
     val_fraction: float = _VAL, test_fraction: float = _TEST, cold_items: Optional[Path] = _COLD_ITEMS,
     force: bool = FORCE,
 ) -> None:
-    """Ingest an interactions table with one item-feature file per modality."""
+    """Ingest an interactions table with item-feature files per modality and/or raw item content
+    (--items with --text/--categories/--numeric, --bow), whose fitted featurizer the dataset keeps."""
+    from pipeline.content.featurizer import ContentSpec, parse_category
     from pipeline.ingest_common import IngestConfig
     from pipeline.ingest_table import ingest_table, parse_feature_spec
 
@@ -128,6 +142,10 @@ def ingest_table_cmd(
         user_col=user_col,
         item_col=item_col,
         features=tuple(parse_feature_spec(f) for f in feature),
+        items=items,
+        content=ContentSpec(text=tuple(text), categories=tuple(parse_category(c) for c in categories),
+                            numeric=tuple(numeric), bow=bow, bow_vocab=bow_vocab, text_dim=text_dim,
+                            min_category_count=min_category_count, min_word_count=min_word_count, seed=seed),
     )
     _wrote(ingest_table(interactions, target, config, force))
 

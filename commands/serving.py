@@ -66,18 +66,25 @@ def embed_items(
     out: Path = typer.Option(..., "--out", help="Directory to write (vectors.npy, items.parquet, meta.json)."),
     movielens: Optional[Path] = typer.Option(
         None, "--movielens", help="MovieLens-style movie rows instead (u.item, movies.dat or movies.csv)."),
+    items: Optional[Path] = typer.Option(
+        None, "--items", help="Raw item table (.csv/.tsv/.parquet) with the columns the dataset's `ingest table "
+        "--items` used; its saved featurizer makes the features."),
+    bow: Optional[Path] = typer.Option(None, "--bow", help="LDA-C lines of the --items rows, for a bag-of-words modality."),
     replace: bool = typer.Option(False, "--replace", help="Allow ids the run has: their vectors are replaced."),
     force: bool = FORCE,
 ):
-    """Ranking vectors of items the run has never seen, from their content features (no retraining)."""
+    """Ranking vectors of items the run has never seen, from their content (no retraining)."""
+    from clcrec.serving.raw_items import describe_notes
     from clcrec.serving.run import load_run
     from common.fsutil import check_output
 
     check_output(out, "--out", "new-items", force)  # before reading anything
     run = load_run(run_dir, device="cpu")
-    new = run.embed_items(files=features or (), movielens=movielens, replace=replace)
+    new = run.embed_items(files=features or (), movielens=movielens, items=items, bow=bow, replace=replace)
     new.save(out, force=force)
     notes = new.meta.get("notes", {})
+    for line in describe_notes(notes):
+        console.print(line, highlight=False)
     if notes.get("unknown_genres"):
         console.print(f"genres the run never saw, ignored: {', '.join(notes['unknown_genres'])}", highlight=False)
     if notes.get("clamped"):

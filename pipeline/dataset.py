@@ -13,6 +13,8 @@ Layout of DATASET/ (all arrays are plain .npy, so later stages can memory-map th
     features/<name>.npy  float32 (num_items, dim), one per modality, rows aligned to item index
     users.parquet        columns user (0..n-1), original_id
     items.parquet        columns item (0..n-1), original_id [, title]
+    featurizer/          only from `ingest table --items`: the fitted featurizer (featurizer.json and
+                         .npy arrays, pipeline/content/); hashed, and its digest is in the fingerprint
     extras/<name>.npy    optional arrays, not in the fingerprint: planted synthetic factors for
                          the oracle, {train,val,test}_time.npy (int64 unix seconds per split row
                          when the source has timestamps), train_recent.npy (bool per training
@@ -112,6 +114,15 @@ class Dataset:
             raise ValueError(f"unknown split {name!r}; use one of {SPLITS}")
         return self.extra_array(f"{name}_time")
 
+    def featurizer(self):
+        """The featurizer fitted at ingest (pipeline/content/), or None when the features were given."""
+        rec = self.meta.get("featurizer")
+        if rec is None:
+            return None
+        from pipeline.content.featurizer import load_featurizer
+
+        return load_featurizer(self.root / "featurizer", rec["sha256"])
+
     def user_ids(self) -> pl.DataFrame:
         return pl.read_parquet(self.root / "users.parquet")
 
@@ -132,10 +143,13 @@ def interactions_to_csr(pairs: np.ndarray, num_users: int) -> tuple[np.ndarray, 
 
 
 def compute_fingerprint(
-    splits: dict[str, np.ndarray], item_status: np.ndarray, features: dict[str, np.ndarray]
+    splits: dict[str, np.ndarray], item_status: np.ndarray, features: dict[str, np.ndarray],
+    featurizer: str | None = None,
 ) -> str:
-    """SHA-256 over the content that training depends on (not the id mapping tables)."""
-    h = hashlib.sha256()
+    """SHA-256 over the content that training depends on (not the id mapping tables), and the
+    digest of the fitted featurizer when the features came from raw content (so a run's checkpoint,
+    which records the fingerprint, names the featurizer its new items must go through)."""
+    h = hashlib.sha256(f"featurizer|{featurizer}|".encode() if featurizer else b"")
 
     def add(name: str, arr: np.ndarray) -> None:
         arr = np.ascontiguousarray(arr)
@@ -231,8 +245,11 @@ def write_dataset(
     extra: dict | None = None,
     extra_arrays: dict[str, np.ndarray] | None = None,
     force: bool = False,
+    featurizer=None,
 ) -> Path:
     """Validate and atomically write a canonical dataset directory; returns its path.
+    `featurizer` (pipeline.content.featurizer.Featurizer), when the features came from raw item
+    content, is saved as featurizer/ (hashed with the rest) and its digest joins the fingerprint.
 
     `user_ids` / `item_ids` have one row per index in order, with at least an `original_id`
     column (items may add `title`). Raises InputError on any inconsistency, before writing.
@@ -262,7 +279,8 @@ def write_dataset(
     # of how the ingest path happened to produce the rows.
     tr = splits["train"]
     splits["train"] = tr[np.lexsort((tr[:, 1], tr[:, 0]))]
-    fingerprint = compute_fingerprint(splits, item_status, features)
+    fz_digest = featurizer.digest() if featurizer is not None else None
+    fingerprint = compute_fingerprint(splits, item_status, features, fz_digest)
 
     counts = {name: int(len(arr)) for name, arr in splits.items()}
     counts.update(
@@ -280,6 +298,7 @@ def write_dataset(
         "split": split,
         "source": source,
         "fingerprint": fingerprint,
+        **({"featurizer": {"sha256": fz_digest, "modalities": featurizer.modalities}} if fz_digest else {}),
         "files": {},  # filled below, once the files exist: {path: {"sha256", "bytes"}}
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra or {}),
@@ -296,6 +315,8 @@ def write_dataset(
             (tmp / "extras").mkdir()
             for name, arr in extra_arrays.items():
                 np.save(tmp / "extras" / f"{name}.npy", np.asarray(arr))
+        if featurizer is not None:
+            featurizer.save(tmp / "featurizer")
         user_ids.with_row_index("user").write_parquet(tmp / "users.parquet")
         item_ids.with_row_index("item").write_parquet(tmp / "items.parquet")
         meta["files"] = integrity.record_files(tmp)  # checked on every open (common/integrity.py)

@@ -165,5 +165,5 @@ def extend_dataset(parent: Dataset, modalities: list[str], delta: pl.DataFrame, 
                   split={"protocol": "update", "val_fraction": val_fraction, "seed": seed,
                          "parent_split": parent.meta.get("split")},
                   extra={"update": summary, "ingest": parent.meta.get("ingest", {})},  # how features were built
-                  extra_arrays=extra_arrays)
+                  extra_arrays=extra_arrays, featurizer=parent.featurizer())  # raw new items keep working
     return Extension(u0, i0, was_cold.astype(np.int64), init_users.astype(np.int64), summary)

@@ -24,6 +24,7 @@ from rich.console import Console
 
 from common.errors import InputError
 from common.fsutil import check_new_target
+from pipeline.content.featurizer import ContentSpec
 from pipeline.dataset import write_dataset
 from pipeline.split import SplitConfig, map_cold_items, split_cold_items
 from pipeline.split_temporal import TemporalSplitConfig, split_temporal, times_of
@@ -49,6 +50,8 @@ class IngestConfig:
     user_col: str = "user"  # table: interaction columns
     item_col: str = "item"
     features: tuple[FeatureSpec, ...] = ()  # table: one per modality
+    items: Path | None = None  # table: the item table whose columns --text/--categories/--numeric name
+    content: ContentSpec = ContentSpec()  # table: raw content roles, fitted into a featurizer
     allow_pickle: bool = False  # reference .npy layout: those files are pickles (they run code)
 
     def __post_init__(self):
@@ -100,6 +103,7 @@ def assemble(
     extra: dict | None = None,
     force: bool = False,
     items_label: str | None = None,
+    featurizer=None,
 ) -> Path:
     """Write a dataset from original-id `interactions` (columns user, item: Int64) and `items`.
 
@@ -201,5 +205,6 @@ def assemble(
         extra={"ingest": {**ingest_meta, "seconds": round(time.perf_counter() - t0, 3)}},
         extra_arrays=time_arrays,
         force=force,
+        featurizer=featurizer,
     )
     return target

@@ -9,7 +9,11 @@ Reads
                                     or an integer .npy); the row count must equal the id count
     --feature NAME=FEAT.parquet     an item-id column (--item-col, else `item`) and the vector as
                                     one list/array column or as all the other numeric columns
-Writes DATASET/ (pipeline/dataset.py) with the paper's cold split (pipeline/split.py).
+    --items ITEMS.{csv,tsv,parquet} with --text COL, --categories COL[:SEP], --numeric COL, and/or
+    --bow mult.dat --bow-vocab vocabulary.dat: raw content, featurized by pipeline/content/ (one
+                                    modality per role: text, categories, numeric, bow)
+Writes DATASET/ (pipeline/dataset.py) with the paper's cold split (pipeline/split.py), and the
+fitted featurizer as DATASET/featurizer/ when raw content was given.
 Every interacted item must have a row in every feature file (else InputError with the count and
 an example id); feature rows of items without interactions are dropped (counted in meta).
 """
@@ -135,17 +139,51 @@ def read_feature(spec: FeatureSpec, item_col: str) -> tuple[pl.Series, np.ndarra
     return ids, mat
 
 
+def read_content(config: IngestConfig) -> tuple[pl.DataFrame, dict[str, np.ndarray], object, dict]:
+    """(items [original_id (, title)], {modality: float32}, featurizer, notes) of the raw content roles:
+    the featurizer is fitted on every row of the item table (content only) and then applied to it."""
+    from pipeline.content import text as txt
+    from pipeline.content.featurizer import fit_featurizer
+    from pipeline.content.items_table import read_items_file, select_items
+
+    spec = config.content
+    roles = spec.roles()
+    if any(roles.values()) and config.items is None:
+        raise InputError("--text, --categories and --numeric name columns of an item table: give it with --items FILE")
+    bag = None
+    if spec.bow is not None:
+        words = txt.read_vocabulary(require_file(spec.bow_vocab, "--bow-vocab file"))
+        bag = txt.read_ldac(require_file(spec.bow, "--bow file"), len(words))
+    if config.items is not None:
+        where = f"items file {config.items}"
+        df = read_items_file(config.items)
+        items = select_items(df, config.item_col, roles, where)
+        titles = df["title"].cast(pl.String) if "title" in df.columns else None
+        if bag is not None and bag.rows != items.height:
+            raise InputError(f"--bow file {spec.bow} has {bag.rows} line(s) but {where} has {items.height} row(s); "
+                             "line i must hold the words of row i")
+    else:  # LDA-C alone: line i is item id i (0-based), as the public datasets number them
+        where, titles = f"--bow file {spec.bow}", None
+        items = pl.DataFrame({"original_id": np.arange(bag.rows, dtype=np.int64)})
+    fz = fit_featurizer(spec, items, bag, where, config.item_col)
+    feats, notes = fz.transform(items, bag, where)
+    frame = items.select("original_id")
+    if titles is not None:
+        frame = frame.with_columns(title=titles)
+    return frame, feats, fz, notes
+
+
 def ingest_table(
     interactions_path: Path, target: Path, config: IngestConfig = IngestConfig(), force: bool = False
 ) -> Path:
-    """Read an interactions table and its feature files; write the dataset directory `target`."""
+    """Read an interactions table, its feature files and item table; write the dataset directory `target`."""
     path, target = Path(interactions_path), Path(target)
     check_new_target(target, force)
-    if not config.features:
-        raise InputError("no --feature given; CLCRec needs at least one item content modality (NAME=PATH)")
-    names = [s.name for s in config.features]
-    if len(set(names)) != len(names):
-        raise InputError(f"modality names must be unique; got {names}")
+    if not config.features and config.content.empty:
+        raise InputError("no --feature and no --items roles given; CLCRec needs at least one item content modality "
+                         "(--feature NAME=PATH, or --items FILE with --text/--categories/--numeric, or --bow)")
+    if config.items is not None and config.content.empty:
+        raise InputError(f"--items {config.items} needs at least one role: --text COL, --categories COL, --numeric COL")
     with console.status(f"reading {path}"):
         df = _read_table(path, [config.user_col, config.item_col])
         inter = pl.DataFrame(
@@ -157,15 +195,29 @@ def ingest_table(
     if inter.height == 0:
         raise InputError(f"interactions file {path} has no rows")
     wanted = inter.select(original_id="item").unique()
-    loaded = {s.name: (s, *read_feature(s, config.item_col)) for s in config.features}
+    # name -> (label of its source, ids, matrix)
+    loaded = {s.name: (f"feature file {s.path}", *read_feature(s, config.item_col)) for s in config.features}
+    featurizer, notes, titles = None, {}, None
+    if not config.content.empty:
+        with console.status("fitting the item-content featurizer"):
+            items, feats, featurizer, notes = read_content(config)
+        label = f"items file {config.items}" if config.items is not None else f"--bow file {config.content.bow}"
+        for name, mat in feats.items():
+            if name in loaded:
+                raise InputError(f"modality {name!r} is both a --feature and a content role; rename the --feature")
+            loaded[name] = (label, items["original_id"], mat)
+        titles = items.select("original_id", "title") if "title" in items.columns else None
+    names = list(loaded)
+    if len(set(names)) != len(names):
+        raise InputError(f"modality names must be unique; got {names}")
     union = pl.concat([pl.DataFrame({"original_id": ids}) for _, ids, _ in loaded.values()]).unique().sort("original_id")
     features = {}
-    for name, (spec, ids, mat) in loaded.items():
+    for name, (label, ids, mat) in loaded.items():
         have = pl.DataFrame({"original_id": ids, "_r": np.arange(len(ids), dtype=np.int64)})
         lacking = wanted.join(have, on="original_id", how="anti")
         if lacking.height:
             raise InputError(
-                f"feature file {spec.path} lacks {lacking.height} item(s) that have interactions, "
+                f"{label} lacks {lacking.height} item(s) that have interactions, "
                 f"e.g. item {lacking['original_id'].sort()[0]}; every interacted item needs a row"
             )
         rows = union.join(have, on="original_id", how="left", maintain_order="left")["_r"]
@@ -173,6 +225,17 @@ def ingest_table(
         ok = rows.is_not_null().to_numpy()
         aligned[ok] = mat[rows.drop_nulls().to_numpy()]  # rows of other files' extra items stay zero
         features[name] = aligned
+    if titles is not None:
+        union = union.join(titles, on="original_id", how="left", maintain_order="left")
+    spec = config.content
+    content = {} if spec.empty else {"content": {
+        "items": str(config.items) if config.items else None, "text": list(spec.text),
+        "categories": [f"{c}:{s}" for c, s in spec.categories], "numeric": list(spec.numeric),
+        "bow": str(spec.bow) if spec.bow else None, "bow_vocab": str(spec.bow_vocab) if spec.bow_vocab else None,
+        "text_dim": spec.text_dim, "min_category_count": spec.min_category_count,
+        "min_word_count": spec.min_word_count, "seed": spec.seed}}
+    if notes:
+        console.print(f"content featurizer: {_describe_notes(notes, features, featurizer)}", highlight=False)
     return assemble(
         target,
         interactions=inter,
@@ -185,7 +248,28 @@ def ingest_table(
             "user_col": config.user_col,
             "item_col": config.item_col,
             "features": {s.name: str(s.path) + (f":{s.ids}" if s.ids else "") for s in config.features},
+            **content,
         },
         label=str(path),
         force=force,
+        extra={"featurizer_notes": notes} if notes else None,
+        featurizer=featurizer,
     )
+
+
+def _describe_notes(notes: dict, features: dict, featurizer) -> str:
+    """One line: each fitted modality's width and what the fit dropped (rare words, rare values)."""
+    parts = [f"{m} {features[m].shape[1]} dims" for m in featurizer.modalities]
+    if notes.get("unknown_words"):
+        parts.append(f"{notes['unknown_words']:,} rare word occurrence(s) dropped")
+    if notes.get("unknown_bow_words"):
+        parts.append(f"{notes['unknown_bow_words']:,.0f} rare bag-of-words count(s) dropped")
+    if notes.get("texts_without_words"):
+        parts.append(f"{notes['texts_without_words']:,} text(s) without a kept word (zero vectors)")
+    rare = sum((notes.get("unknown_categories") or {}).values())
+    if rare:
+        parts.append(f"{rare:,} rare category value(s) dropped")
+    missing = sum((notes.get("missing_numeric") or {}).values())
+    if missing:
+        parts.append(f"{missing:,} missing numeric value(s) flagged")
+    return ", ".join(parts)

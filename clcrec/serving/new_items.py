@@ -2,6 +2,7 @@
 
     python cli.py embed-items runs/RUN v=new_v.npy:new_ids.txt t=new_t.parquet --out new/
     python cli.py embed-items runs/RUN --movielens new_movies.csv --out new/
+    python cli.py embed-items runs/RUN --items new_items.csv --out new/    # raw content: raw_items.py
 
 Reads one feature file per modality of the run, in the formats of `ingest table --feature`
 (NAME=FEAT.parquet or NAME=FEAT.npy:IDS.txt, read by pipeline.ingest_table.read_feature; a bare

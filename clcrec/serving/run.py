@@ -3,6 +3,7 @@
     from clcrec import load_run
     run = load_run("runs/ml")                                     # best checkpoint; GPU if present
     new = run.embed_items(movielens="new_movies.csv")             # or files=[...], or features={...}, ids=[...]
+    new = run.embed_items(items=df)                               # raw content: a polars DataFrame or a table
     recs = run.recommend([196, 186], k=10, new_items=new)         # polars: user, rank, item, score, status
     scores = run.score([196], [1, 50, 1683], new_items=new)       # numpy (1, 3)
 
@@ -112,17 +113,27 @@ class Run:
     # --- new items ------------------------------------------------------------------------------
 
     def embed_items(self, features: dict[str, np.ndarray] | None = None, ids=None, *, files=(), movielens=None,
-                    replace: bool = False) -> NewItems:
+                    items=None, bow=None, replace: bool = False) -> NewItems:
         """Ranking vectors of items the run has not seen, from exactly one source:
         `features` ({modality: (N, dim)} arrays) with `ids`; `files` (one feature file per modality,
-        the `ingest table --feature` formats); or `movielens` (a u.item / movies.dat / movies.csv).
+        the `ingest table --feature` formats); `movielens` (a u.item / movies.dat / movies.csv); or
+        `items`, raw content (a polars DataFrame or an item table's path, with `bow` LDA-C lines for a
+        bag-of-words modality) through the featurizer the run's dataset kept (clcrec/serving/raw_items.py;
+        `files` then give only the modalities that were --feature files at ingest).
         Ids the run already has are refused unless `replace`, which replaces their vectors."""
         from clcrec.serving.new_items import check_feature_arrays, read_feature_files
 
-        if [features is not None, bool(files), movielens is not None].count(True) != 1:
-            raise UserError("give the new items' features one way: feature files, --movielens FILE, or arrays")
+        if [features is not None, bool(files) and items is None, movielens is not None, items is not None].count(True) != 1:
+            raise UserError("give the new items' content one way: --items FILE, feature files, --movielens FILE, "
+                            "or arrays")
         titles, meta = None, {"modalities": self.modalities}
-        if features is not None:
+        if items is not None:
+            from clcrec.serving.raw_items import featurize_items
+
+            ids, feats, titles, meta["notes"] = featurize_items(self.dataset, self.modalities, items, bow, files)
+        elif bow is not None:
+            raise UserError("--bow gives the bag-of-words lines of an --items table; give --items too")
+        elif features is not None:
             ids, feats = check_feature_arrays(features, ids, self.modalities)
         elif movielens is not None:
             from pipeline.ingest_movielens import movie_rows_features

@@ -123,7 +123,8 @@ class Trainer:
     def run_record(self) -> dict:
         return {
             "config": self.cfg.to_dict(),
-            "dataset_fingerprint": self.dataset.fingerprint,
+            "dataset_fingerprint": self.dataset.fingerprint,  # includes the raw-content featurizer's digest
+            "featurizer_sha256": (self.dataset.meta.get("featurizer") or {}).get("sha256"),  # None: features given
             "cache_config": self.store.manifest.get("config"),
             "uses_held_out_data": self.cfg.exclude != "train",
             "modalities": self.modalities,
