@@ -25,7 +25,7 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default 30, synthetic demo 15; with --resume: the run's own)."),
     patience: int = typer.Option(10, help="Epochs without validation improvement before stopping."),
     batch_size: int = typer.Option(256),
-    l_r: Optional[float] = typer.Option(None, "--l-r", help="Learning rate (reference default 0.001; the synthetic demo uses 0.005)."),
+    l_r: Optional[float] = typer.Option(None, "--l-r", help="Learning rate (default 0.005; the reference's 0.001 in reproduction mode)."),
     reg_weight: float = typer.Option(0.1),
     reg_content: float = typer.Option(1.0, help="Weight of the encoder outputs' norms in the regulariser, next to the "
                                       "ID embeddings' (0: the reference, which holds ID embeddings only)."),
