@@ -38,6 +38,8 @@ NUMERIC_RANGES = [
     ("val_confirm", 0, 0.9, False),
 ]  # upper bounds: far past any useful value, short of an allocation that fails or a loop that never ends
 _OPTION_NAMES = {"dim_E": "--dim-e"}
+# What a run recorded before these fields existed trained with (TrainConfig.from_dict)
+RECORDED_BEFORE = {"reg_content": 0.0, "val_confirm": 0.0}
 
 
 def option_name(field: str) -> str:
@@ -157,8 +159,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """A recorded config (a run's config.json, a checkpoint's); a field it predates takes the
+        value runs had before the field existed (`RECORDED_BEFORE`), not today's default."""
         known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        d = {**RECORDED_BEFORE, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}}
         return cls(**d)
 
     @classmethod

@@ -125,13 +125,18 @@ def describe(stats: dict, k: int = 10) -> str:
             + f"coverage@{k} {stats[f'coverage@{k}']:.2f}, pop share@{k} {stats[f'pop_share@{k}']:.2f}")
 
 
-def below_content_baseline(dataset, val_results: dict, cfg, eval_cfg) -> dict:
-    """Whether the selected model's validation cold Recall@select_k is below the content-only
-    cosine's on the same split: {"metric", "model", "content", "below"}. A run that is below says
-    so in its report and results.json instead of presenting the number as a result."""
+def below_content_baseline(dataset, val_results: dict, cfg, eval_cfg, confirmation: dict | None = None) -> dict:
+    """Whether the selected model's cold Recall@select_k is below the content-only cosine's:
+    {"metric", "model", "content", "below"}, on the held-back validation items when the run held
+    some back (`confirmation`, clcrec/train/confirm.py: items that made no choice, and the served
+    ranking before any fallback), else on all of validation. A run that is below says so in its
+    report and results.json instead of presenting the number as a result."""
     from clcrec.evaluation.baselines import content_baseline
     from clcrec.evaluation.ranking import RankingEvaluator
 
+    if confirmation:
+        return {"metric": f"held-back validation {confirmation['metric']}", "model": confirmation["served"],
+                "content": confirmation["content"], "below": bool(confirmation["served"] < confirmation["content"])}
     key = f"recall@{cfg.select_k}"
     ev = RankingEvaluator(dataset.train, dataset.val, dataset.item_status, dataset.num_users, eval_cfg)
     content = ev(*content_baseline(dataset))["cold"][key]

@@ -49,44 +49,58 @@ def shared_list(model: CLCRec, item_status) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
-def confirm_choices(model: CLCRec, dataset, prior: Prior, confirm_pairs: np.ndarray, select_k: int,
+def confirm_choices(model: CLCRec, dataset, prior: Prior, val_pairs: dict, select_k: int,
                     eval_block: int = 1024) -> dict:
-    """{"metric", "items", "served", "model_alone", "content", "shared_list", "confirmed", "reason"}
-    on the held-back validation pairs (`confirm_pairs`); empty dict when there are none."""
-    pairs = np.asarray(confirm_pairs).reshape(-1, 2)
-    if len(pairs) == 0:
+    """On the held-back validation pairs (`val_pairs["confirm"]`): {"metric", "items", "served",
+    "model_alone", "content", "shared_list", "confirmed", "reason"}, and the same four scores on the
+    choosing pairs under "choosing" (for the report: what the choices saw, next to what confirms
+    them); an empty dict when nothing was held back."""
+    held = np.asarray(val_pairs["confirm"]).reshape(-1, 2)
+    if len(held) == 0:
         return {}
     status = np.asarray(dataset.item_status)
     key = f"recall@{select_k}"
-    ev = RankingEvaluator(dataset.train, pairs, status, dataset.num_users,
-                          EvalConfig(ks=(select_k,), user_block=eval_block, modes=("cold",)))
     dev = model.item_emb.weight.device
-    score = lambda tables: ev(*(t.to(dev) for t in tables))["cold"][key]  # noqa: E731
-    served = score(model.tables(dataset.train, status, prior))
-    alone = served if prior.weight == 0 else score(model.tables(dataset.train, status))
-    content = score(content_baseline(dataset))
-    shared = score(shared_list(model, status))
-    losses = [name for name, bar in (("content-only cosine", content), ("shared list", shared)) if served < bar]
+    rankings = {"served": model.tables(dataset.train, status, prior), "model_alone": model.tables(dataset.train, status),
+                "content": content_baseline(dataset), "shared_list": shared_list(model, status)}
+
+    def scores(pairs: np.ndarray) -> dict:
+        ev = RankingEvaluator(dataset.train, pairs, status, dataset.num_users,
+                              EvalConfig(ks=(select_k,), user_block=eval_block, modes=("cold",)))
+        return {name: ev(*(t.to(dev) for t in tables))["cold"][key] for name, tables in rankings.items()}
+
+    out = scores(held)
+    choose = np.asarray(val_pairs["choose"]).reshape(-1, 2)
+    cold_choose = choose[status[choose[:, 1]] != 0]
+    served = out["served"]
+    losses = [name for name, bar in (("content-only cosine", out["content"]), ("shared list", out["shared_list"]))
+              if served < bar]
+    items = int(len(np.unique(held[:, 1])))
     return {
-        "metric": f"cold {key} on {len(np.unique(pairs[:, 1]))} held-back validation-cold items",
-        "items": int(len(np.unique(pairs[:, 1]))),
-        "served": served, "model_alone": alone, "content": content, "shared_list": shared,
+        "metric": f"cold {key} on {items} held-back validation-cold items", "items": items, **out,
+        "choosing": {"items": int(len(np.unique(cold_choose[:, 1]))), **(scores(cold_choose) if len(cold_choose) else {})},
         "confirmed": not losses,
         "reason": "" if not losses else f"the served cold ranking ({served:.4f}) is below the {' and the '.join(losses)}",
     }
 
 
 def describe_confirmation(c: dict, fell_back: bool) -> str:
-    """One line for the run's report."""
+    """The run's report: choosing and held-back validation side by side, and the verdict."""
     if not c:
         return "choices not confirmed: no validation-cold items were held back (--val-confirm 0, or too few)"
-    line = (f"confirmed on {c['items']} held-back validation-cold items (recall: served {c['served']:.4f}, "
-            f"model alone {c['model_alone']:.4f}, content-only {c['content']:.4f}, shared list {c['shared_list']:.4f})")
+    head = f"  {'validation cold ' + c['metric'].split()[1]:42s}served      model alone  content-only  shared list"
+    row = lambda name, r: (f"  {name:42s}{r['served']:.4f}      {r['model_alone']:.4f}        "  # noqa: E731
+                           f"{r['content']:.4f}       {r['shared_list']:.4f}")
+    lines = [head]
+    if "served" in c["choosing"]:
+        lines.append(row(f"choosing ({c['choosing']['items']} items, made the choices)", c["choosing"]))
+    lines.append(row(f"held back ({c['items']} items, made none)", c))
     if c["confirmed"]:
-        return line
-    what = "cold items now rank by the content-only cosine" if fell_back else "kept: the content prior was given"
-    return (f"NOT confirmed: {c['reason']} on {c['items']} held-back validation-cold items; {what} "
-            f"(model alone {c['model_alone']:.4f})")
+        return "\n".join(lines + ["confirmed: the served cold ranking is at least the content-only cosine and the "
+                                   "shared list on the held-back items"])
+    what = ("the run's choices are not taken: cold items rank by the content-only cosine" if fell_back
+            else "kept, because the content prior's weight was given")
+    return "\n".join(lines + [f"NOT confirmed: {c['reason']} on the held-back items; {what}"])
 
 
 def choose_and_confirm(model: CLCRec, dataset, cfg: TrainConfig, val_pairs: dict, console: Console) -> tuple[dict, dict]:
@@ -94,7 +108,7 @@ def choose_and_confirm(model: CLCRec, dataset, cfg: TrainConfig, val_pairs: dict
     `val_pairs["choose"]`, the result confirmed on `val_pairs["confirm"]`; a run whose choices lose
     there serves the content-only cosine (unless the prior's weight was given). Prints both."""
     prior = choose_prior(model, dataset, cfg, val_pairs=val_pairs["choose"])
-    confirmation = confirm_choices(model, dataset, Prior.of(prior), val_pairs["confirm"], cfg.select_k, cfg.eval_block)
+    confirmation = confirm_choices(model, dataset, Prior.of(prior), val_pairs, cfg.select_k, cfg.eval_block)
     fell_back = bool(confirmation) and not confirmation["confirmed"] and cfg.prior_weight is None
     if fell_back:
         prior = choose_prior(model, dataset, cfg, weight=CONTENT_ONLY,
@@ -103,5 +117,6 @@ def choose_and_confirm(model: CLCRec, dataset, cfg: TrainConfig, val_pairs: dict
         confirmation["fell_back_to_content"] = fell_back
     console.print(describe_prior(prior), highlight=False)
     line = describe_confirmation(confirmation, fell_back)
-    console.print(line if confirmation.get("confirmed", True) else f"[yellow]warning:[/yellow] {line}", highlight=False)
+    console.print(line if confirmation.get("confirmed", True) else f"[yellow]warning:[/yellow] {line}",
+                  highlight=False, soft_wrap=True)
     return prior, confirmation

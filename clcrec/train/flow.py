@@ -126,7 +126,9 @@ def report(run_dir: str, results: dict, console: Console) -> None:
     if below and below["below"]:
         console.print(f"[bold yellow]warning:[/bold yellow] this model is below its content-only baseline: "
                       f"{below['metric']} {below['model']:.4f} < {below['content']:.4f} (content-only cosine); "
-                      "its cold recommendations are not a result", highlight=False, soft_wrap=True)
+                      + ("cold items are served by the content-only cosine instead"
+                         if results.get("confirmation", {}).get("fell_back_to_content")
+                         else "its cold recommendations are not a result"), highlight=False, soft_wrap=True)
     if results.get("uses_held_out_data"):
         console.print(f"[yellow]note:[/yellow] {results['note']}")
     console.print(f"run directory: {run_dir}")

@@ -35,7 +35,8 @@ def write_results(run: RunDir, cfg: TrainConfig, dataset, evaluate, tables, eval
         results["baselines"] = {"test": baseline_results(dataset, "test", eval_cfg, seed=cfg.seed)}
         # Cold top-10 lists: distinct per user, coverage, popularity share (evaluation/personalisation.py)
         results["personalisation"] = personalisation_results(dataset, *tables(), seed=cfg.seed)
-    results["below_content_baseline"] = below_content_baseline(dataset, results["val"], cfg, eval_cfg)
+    results["below_content_baseline"] = below_content_baseline(dataset, results["val"], cfg, eval_cfg,
+                                                               results.get("confirmation"))
     results["negatives_exclude"] = cfg.exclude
     results["uses_held_out_data"] = cfg.exclude != "train"
     if results["uses_held_out_data"]:

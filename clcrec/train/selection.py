@@ -149,6 +149,8 @@ def describe_selection(cfg: TrainConfig) -> str:
         parts.append(f"mean of {cfg.select_window} epochs")
     if cfg.eval_ema > 0:
         parts.append(f"weights averaged (EMA {cfg.eval_ema})")
+    if cfg.val_confirm > 0:
+        parts.append(f"{cfg.val_confirm:.0%} of the validation-cold items held back to confirm")
     return ", ".join(parts)
 
 

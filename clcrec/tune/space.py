@@ -31,7 +31,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-# The reference hyperparameters, each around its default (l_r 0.001, reg_weight 0.1, temp_value 2.0,
+# The reference hyperparameters, each around its default (l_r 0.005, the reference's 0.001; reg_weight 0.1, temp_value 2.0,
 # lr_lambda 0.5, num_sample 0.5, dim_E 64).
 DEFAULT_SPACE = """
 [l_r]

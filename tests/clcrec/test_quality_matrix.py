@@ -17,36 +17,46 @@ def qm():
     return mod
 
 
-def _curve(val_cold, test_cold, distinct, choose=None):
-    res = lambda r: {m: {"recall@10": r, "ndcg@10": r / 2, "recall@20": r, "users": 5}  # noqa: E731
-                     for m in ("all", "warm", "cold")}
-    return {"val": res(val_cold), "test": res(test_cold), "choose": val_cold if choose is None else choose,
-            "confirm": 0.0,
-            "pers": {"distinct_share": distinct, "distinct_lists": int(distinct * 10), "users": 10,
-                     "coverage@10": 0.5, "pop_share@10": 0.2, "common_share": 0.3}}
+def _slim(r):
+    return {m: {"recall@10": r, "ndcg@10": r / 2, "recall@20": r, "users": 5} for m in ("all", "warm", "cold")}
+
+
+def _point(val_cold, test_cold, choose=None):
+    return {"val_cold": val_cold, "test": _slim(test_cold), "choose": val_cold if choose is None else choose,
+            "confirm": 0.0}
+
+
+def _pers(distinct):
+    return {"distinct_share": distinct, "distinct_lists": int(distinct * 10), "users": 10, "coverage@10": 0.5,
+            "pop_share@10": 0.2, "common_share": 0.3}
 
 
 def test_replay_picks_what_the_trainer_would(qm):
-    # raw weights: a one-epoch spike at epoch 1 wins with window 1, loses to the steady run with window 3
+    # raw weights: a one-epoch spike at epoch 1 loses to the steady run under the 3-epoch window
     val = [0.1, 0.9, 0.1, 0.6, 0.6, 0.6, 0.2]
-    recs = [{"curves": {"raw": {"raw": _curve(v, 10 + e, 0.5)}}} for e, v in enumerate(val)]
-    pick1 = qm.replay(recs, qm.rule("raw", "cold@10", 1, None, "raw"))
-    pick3 = qm.replay(recs, qm.rule("raw", "cold@10", 3, None, "raw"))
-    assert (pick1["epoch"], pick1["test"]["cold"]["recall@10"]) == (1, 11)
-    assert pick3["epoch"] == 5  # mean of epochs 3-5 = 0.6 beats 0.533 (epochs 1-3)
-    s = qm.summarise([pick1, pick3])
-    assert s["cold recall@10"]["mean"] == 13 and s["epochs"] == [1, 5] and s["last_epoch"] == 0
+    curves = [{"raw": _point(v, 10 + e)} for e, v in enumerate(val)]
+    assert qm.replay(curves, "raw", "val_cold") == 5  # mean of epochs 3-5 = 0.6 beats 0.533 (epochs 1-3)
+    # the choosing share's curve, not all of validation's: the held-back items' luck cannot pick
+    curves = [{"raw": _point(v, e, choose=c)} for e, (v, c) in enumerate(zip([0.9, 0.9, 0.9, 0.1], [0.1, 0.1, 0.2, 0.9]))]
+    assert qm.replay(curves, "raw", "val_cold") == 2 and qm.replay(curves, "raw", "choose") == 3
 
 
-def test_replay_chooses_on_the_choosing_share_and_reports_as_served(qm):
-    # all of validation peaks at epoch 1 (a lucky held-back item); the choosing share at epoch 3
-    recs = [{"curves": {"raw": {"raw": _curve(v, e, 0.5, choose=c), "raw+served": _curve(v, 100 + e, 0.9)}}}
-            for e, (v, c) in enumerate(zip([0.1, 0.9, 0.2, 0.3], [0.1, 0.1, 0.2, 0.3]))]
-    on_all = qm.replay(recs, qm.rule("raw", "cold@10", 1, None, "raw"))
-    chosen = qm.replay(recs, qm.rule("raw", "choose", 1, None, "raw", served=True))
-    assert on_all["epoch"] == 1 and on_all["test"]["cold"]["recall@10"] == 1
-    assert chosen["epoch"] == 3 and chosen["test"]["cold"]["recall@10"] == 103  # the served curve
-    assert chosen["last"]  # the last epoch of a run that ran out: "best epoch = last epoch"
+def test_rows_of_a_run(qm):
+    ends = {"served": {"test": _slim(0.3), "pers": _pers(0.9), "weight": 0.5,
+                       "confirmation": {"served": 0.2, "content": 0.1, "fell_back_to_content": False}},
+            "alone": {"test": _slim(0.2), "pers": _pers(0.5)},
+            "centred+served": {"test": _slim(0.25), "pers": _pers(1.0), "weight": 0.2, "confirmation": {}},
+            "centred+alone": {"test": _slim(0.15), "pers": _pers(1.0)}}
+    rec = {"curves": [{"raw": _point(0.1 * e, e), "ema0.9": _point(0.1 * e, e)} for e in range(12)], "ends": ends,
+           "best_epoch": 11, "epochs_run": 12, "max_epochs": 12}
+    rows = qm.variants(rec, "honest")
+    assert rows["default"]["test"]["cold"]["recall@10"] == 0.3 and rows["default"]["prior_weight"] == 0.5
+    assert rows["default"]["last"]  # best epoch = the last of a run that ran out of epochs
+    assert rows["model alone (no prior, no fallback)"]["test"]["cold"]["recall@10"] == 0.2
+    assert rows["cold vectors centred, model alone"]["pers"]["distinct_share"] == 1.0
+    s = qm.summarise([rows["default"], rows["default"]])
+    assert s["cold recall@10"]["mean"] == 0.3 and s["last_epoch"] == 2 and s["common_share"] == 0.3
+    assert list(qm.variants(rec, "repro")) == ["reproduction"]
 
 
 def test_absent_data_is_skipped_with_the_reason(qm, tmp_path, monkeypatch):

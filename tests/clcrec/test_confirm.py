@@ -1,0 +1,126 @@
+"""Personal cold rankings and confirmed choices (issue: a cold ranking no lucky list can fake):
+the encoder-output term of the regulariser, centred cold rows, the common share of cold scores,
+and the confirmation of a run's choices on held-back validation items."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from clcrec.config import TrainConfig
+from clcrec.evaluation.baselines import content_baseline
+from clcrec.evaluation.personalisation import common_share
+from clcrec.model import NO_PRIOR, CLCRec, concat_normalised_features
+from clcrec.serving.new_items import encode_features
+from clcrec.train.confirm import confirm_choices, shared_list
+from clcrec.train.selection import split_validation
+from clcrec.train.trainer import train
+from pipeline.dataset import load_dataset
+from tests.support import NUM_NEG
+
+
+def model_over(num_users=12, num_items=30, reg_content=0.0, cold_vectors="raw", seed=0):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    feats = concat_normalised_features([rng.normal(size=(num_items, 5)), rng.normal(size=(num_items, 3))])
+    return CLCRec(num_users=num_users, num_items=num_items, features=feats, dim_E=8, hidden=16,
+                  cold_vectors=cold_vectors, reg_content=reg_content)
+
+
+def test_reg_content_adds_the_slots_mean_encoder_output_norm():
+    g = torch.Generator().manual_seed(1)
+    users, items = torch.randint(0, 12, (6,), generator=g), torch.randint(0, 30, (6, 5), generator=g)
+    hybrid = torch.rand((6, 5), generator=g) < 0.5
+    plain, held = model_over(), model_over(reg_content=0.7)
+    held.load_state_dict(plain.state_dict())
+    a, b = plain(users, items, hybrid), held(users, items, hybrid)
+    # slow reference: every slot's encoder output, its L2 norm, the mean over the batch's slots
+    with torch.no_grad():
+        norms = [float(plain.encoder(plain.features[int(i)]).norm()) for i in items.reshape(-1)]
+    assert float((b.reg - a.reg).detach()) == pytest.approx(0.7 * np.mean(norms) / 2, rel=1e-5)
+    assert torch.equal(b.loss_ui, a.loss_ui) and torch.equal(b.loss_re, a.loss_re)
+    # every per-item form of the step computes the same term
+    for kw in ({"dense": True}, {"encode_all": True}):
+        assert float(held(users, items, hybrid, **kw).reg.detach()) == pytest.approx(float(b.reg.detach()), rel=1e-5)
+    b.reg.backward()
+    assert held.encoder[0].weight.grad.abs().sum() > 0  # the term reaches the encoder
+
+
+def test_centred_cold_rows_share_nothing_across_users_and_serve_new_items_alike():
+    model = model_over(cold_vectors="centred").eval()
+    status = np.zeros(30, dtype=np.int8)
+    status[20:25], status[25:] = 1, 2
+    table = model.ranking_table(status)
+    cold = torch.as_tensor(status != 0)
+    users = model.user_table()
+    means = users.mean(0) @ table[cold].T  # each cold item's mean score over all users
+    assert torch.allclose(means, means[0].expand_as(means), atol=1e-6)  # the same for every cold item
+    model.cold_vectors = "raw"
+    raw = model.ranking_table(status)
+    assert torch.allclose(table[cold].mean(0), raw[cold].mean(0), atol=1e-6)  # the cold level stays
+    assert torch.equal(table[~cold], raw[~cold])  # warm rows untouched
+    assert common_share(users, table, torch.nonzero(cold).flatten()) < 1e-10
+    model.cold_vectors = "centred"
+    # a new item with a cold item's content gets that item's row
+    feats = [model.features[20:22, :5].numpy(), model.features[20:22, 5:].numpy()]
+    rows = encode_features(model, feats, item_status=status)
+    assert np.allclose(rows, table[20:22].numpy(), atol=1e-5)
+
+
+def test_common_share_matches_a_slow_reference():
+    g = torch.Generator().manual_seed(3)
+    users, items = torch.randn(40, 6, generator=g), torch.randn(25, 6, generator=g)
+    cold = torch.arange(5, 25)
+    s = (users @ items[cold].T).double().numpy()
+    s = s - s.mean(axis=1, keepdims=True)
+    want = len(users) * (s.mean(axis=0) ** 2).sum() / (s**2).sum()
+    assert common_share(users, items, cold) == pytest.approx(want, rel=1e-6)
+    assert common_share(users, items, cold, block=7) == pytest.approx(want, rel=1e-6)
+    one = torch.ones_like(users)  # every user the same: one list, all of it common
+    assert common_share(one + 1e-3 * users, items, cold) > 0.99
+
+
+@pytest.fixture(scope="module")
+def untrained(tiny_dataset):
+    ds = load_dataset(tiny_dataset)
+    torch.manual_seed(0)
+    cfg = TrainConfig(dataset=str(tiny_dataset))
+    return ds, CLCRec.from_config(cfg, ds).eval()
+
+
+def test_an_untrained_model_is_not_confirmed_and_says_why(untrained):
+    ds, model = untrained
+    pairs = dict(zip(("choose", "confirm"), split_validation(ds.item_status, ds.val, 0.5, seed=0)))
+    c = confirm_choices(model, ds, NO_PRIOR, pairs, select_k=10)
+    held = pairs["confirm"]
+    assert c["items"] == len(np.unique(held[:, 1])) and c["choosing"]["items"] > 0
+    assert c["served"] == c["model_alone"]  # no prior: the served ranking is the model's
+    assert c["served"] < c["content"] and not c["confirmed"] and "content-only cosine" in c["reason"]
+    # the content-only score is the baseline's on the held-back pairs alone
+    from clcrec.evaluation.ranking import EvalConfig, RankingEvaluator
+
+    ev = RankingEvaluator(ds.train, held, ds.item_status, ds.num_users, EvalConfig(ks=(10,), modes=("cold",)))
+    assert c["content"] == ev(*content_baseline(ds))["cold"]["recall@10"]
+    users, items = shared_list(model, ds.item_status)
+    assert torch.equal(users[0], users[-1])  # one list for everyone
+    assert confirm_choices(model, ds, NO_PRIOR, {**pairs, "confirm": held[:0]}, select_k=10) == {}
+
+
+def test_a_run_records_choosing_and_held_back_side_by_side(tiny_dataset, tiny_cache, tmp_path):
+    cfg = TrainConfig(dataset=str(tiny_dataset), cache=str(tiny_cache), run_dir=str(tmp_path / "run"), num_neg=NUM_NEG,
+                      epochs=2, patience=2)
+    results = train(cfg, console=Console(file=open(os.devnull, "w")))
+    c = results["confirmation"]
+    assert set(c["choosing"]) >= {"served", "content", "shared_list", "model_alone"}
+    below = results["below_content_baseline"]  # computed on the held-back items, which chose nothing
+    assert below["model"] == c["served"] and below["content"] == c["content"]
+    assert "held-back" in below["metric"]
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["content_prior"]
+    if c["fell_back_to_content"]:
+        assert recorded["weight"] == 1.0 and "not confirmed" in recorded["chosen_on"]
+    off = TrainConfig(**{**cfg.to_dict(), "run_dir": str(tmp_path / "off"), "val_confirm": 0.0})
+    results = train(off, console=Console(file=open(os.devnull, "w")))
+    assert results["confirmation"] == {} and "held-back" not in results["below_content_baseline"]["metric"]
