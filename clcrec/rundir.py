@@ -178,7 +178,10 @@ class RunDir:
                 f"{self.root} already holds a run; pass --resume {self.root} to continue it "
                 "or choose another --run-dir"
             )
+        from common.provenance import write_marker
+
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(self.root, "run")  # proves the directory is this program's run (common/provenance.py)
         atomic_write_json(self.config_path, {**record, "run_id": uuid.uuid4().hex})  # binds its checkpoints
         atomic_write_bytes(self.root / "config.toml", TrainConfig.from_dict(record["config"]).to_toml().encode())
         self._run_id = None
@@ -202,6 +205,16 @@ class RunDir:
         if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
             raise UserError(f"{self.config_path} lacks the run's 'config'; the run cannot be used: start a new run")
         return record
+
+    def check_restartable(self) -> None:
+        """Refuse to restart from epoch 0 a run that has trained before but lost its last.pt:
+        starting over would overwrite its best.pt, metrics and results."""
+        done = [p.name for p in (self.best, self.results_path) if p.exists()]
+        done += [f"{len(self.read_metrics())} epoch(s) in metrics.jsonl"] if self.read_metrics() else []
+        if done:
+            raise UserError(f"{self.last} is missing, but run {self.root} has trained ({', '.join(done)}); "
+                            f"resuming would start it from epoch 0 and overwrite them. Restore last.pt from a "
+                            f"backup, or train a new run (--config {self.root / 'config.toml'} --run-dir NEW)")
 
     def lock(self):
         """The run's writer lock (cache.lock's flock: released by the kernel if the trainer dies).

@@ -147,20 +147,24 @@ def clean_tmp_leftovers(parent: Path, name: str) -> int:
     return n
 
 
-# What each kind of output is recognised by: the marker file its writer leaves and the "format"
-# that file names (None: the file's presence). `--force` replaces only an output of the kind the
-# command writes; anything else is refused by name, with or without --force.
+# What each kind of output looks like: the file its writer leaves and the "format" that file names
+# (None: the file's presence). Looks only name what is there in messages: what `--force` may replace
+# is proven by a provenance marker (common/provenance.py), never guessed from the files.
 OUTPUT_KINDS = {
     "dataset": ("a dataset directory (ingest, synth)", "meta.json", "clcrec-dataset"),
     "new-items": ("a new-items directory (embed-items)", "meta.json", "clcrec-new-items"),
     "export": ("an export directory (export)", "export.json", "clcrec-export"),
     "cache": ("a negative cache (build-negatives)", "manifest.json", "clcrec-negative-cache"),
-    "run": ("a run directory (train)", "config.json", None),
+    "study": ("a tune study folder (tune)", "study.db", None),
+    "run": ("a run directory (train, update)", "config.json", None),
 }
 FILE_KINDS = {"recommend-all": "a recommend-all Parquet file"}
-RECOMMEND_ALL_KEY = b"clcrec-recommend-all"  # key of the Parquet metadata recommend-all writes
+RECOMMEND_ALL_KEY = b"clcrec-recommend-all"  # key of the Parquet metadata recommend-all writes (its marker)
+NEVER_REPLACED = ("run", "study")  # a run or a study is never replaced, --force or not
 _LEGACY_EXPORT = {"users.npy", "items.npy", "user_ids.parquet", "item_ids.parquet"}  # before export.json
 _LEGACY_RECS = (b"user", b"rank", b"item", b"score")  # recommend-all's columns, before its key
+UNPROVEN = ("it carries no valid " + ".clcrec-output.json marker (written before markers existed, or not by "
+            "this program), so --force will not replace it: move it aside (mv PATH PATH.old) or choose another path")
 
 
 def _json_format(path: Path):
@@ -181,7 +185,7 @@ def _parquet_footer(path: Path) -> bytes:
             f.seek(size - 8)
             tail = f.read(8)
             n = int.from_bytes(tail[:4], "little")
-            if tail[4:] != b"PAR1" or n > size - 12:
+            if tail[4:] != b"PAR1" or n > size - 12 or n > 64 << 20:
                 return b""
             f.seek(size - 8 - n)
             return f.read(n)
@@ -189,32 +193,47 @@ def _parquet_footer(path: Path) -> bytes:
         return b""
 
 
-def output_kind(path: Path) -> tuple[str | None, str]:
-    """(kind, description) of what is at `path`: a key of OUTPUT_KINDS or FILE_KINDS, "empty" (an
-    empty directory), None with a description (anything else), or (None, "") if nothing is there."""
+def output_kind(path: Path) -> tuple[str | None, str, bool]:
+    """(kind, description, proven) of what is at `path`: kind is a key of OUTPUT_KINDS or FILE_KINDS
+    (by its marker if `proven`, else by its looks), "empty" (an empty directory), None with a
+    description (anything else), or (None, "", False) if nothing is there."""
+    from common.provenance import directory_kind, parquet_kind
+
     p = Path(path)
     if not os.path.lexists(p):
-        return None, ""
+        return None, "", False
     if p.is_symlink():
-        return None, f"a symbolic link (to {os.readlink(p)})"
+        return None, f"a symbolic link (to {os.readlink(p)})", False
     if not p.is_dir():
         footer = _parquet_footer(p) if p.is_file() else b""
+        if parquet_kind(footer):
+            return "recommend-all", FILE_KINDS["recommend-all"], True
         if RECOMMEND_ALL_KEY in footer or (footer and all(c in footer for c in _LEGACY_RECS)):
-            return "recommend-all", FILE_KINDS["recommend-all"]
-        return None, "a file" if p.is_file() else "not a regular file or directory"
+            return "recommend-all", "a Parquet file with recommend-all's columns", False
+        return None, "a file" if p.is_file() else "not a regular file or directory", False
     try:
         names = sorted(q.name for q in p.iterdir())
     except OSError as e:
-        return None, f"a directory that cannot be listed ({e.strerror})"
+        return None, f"a directory that cannot be listed ({e.strerror})", False
     if not names:
-        return "empty", "an empty directory"
+        return "empty", "an empty directory", False
+    proven = directory_kind(p)
+    if proven in OUTPUT_KINDS:
+        return proven, OUTPUT_KINDS[proven][0], True
     for kind, (desc, marker, fmt) in OUTPUT_KINDS.items():
         if marker in names and (fmt is None or _json_format(p / marker) == fmt):
-            return kind, desc
+            return kind, f"{desc} by its looks only", False
     if set(names) == _LEGACY_EXPORT:
-        return "export", OUTPUT_KINDS["export"][0]
+        return "export", f"{OUTPUT_KINDS['export'][0]} by its looks only", False
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    return None, f"a directory that no command of this program wrote (it holds {shown})"
+    return None, f"a directory that no command of this program wrote (it holds {shown})", False
+
+
+def enclosing_run(path: Path) -> Path | None:
+    """The run directory `path` sits directly in (its dataset/, embeddings/...), or None."""
+    parent = Path(path).absolute().parent
+    kind, _, _ = output_kind(parent)
+    return parent if kind == "run" else None
 
 
 def check_output(path: Path, what: str, kind: str, force: bool, *,
@@ -222,9 +241,11 @@ def check_output(path: Path, what: str, kind: str, force: bool, *,
                  forceable: bool = True) -> None:
     """The one check of an output path, before any work is done. The path must be creatable
     (check_output_dir; for a file kind, its directory) and, if something is there already, an
-    output of `kind` (OUTPUT_KINDS, FILE_KINDS), replaced only with `force` (else UserError ending
-    in `exists`). Anything else -- another command's output, a file where a directory goes, a
-    directory the program did not write, a link -- is refused by name, `force` or not."""
+    output of `kind` (OUTPUT_KINDS, FILE_KINDS) whose provenance marker verifies, replaced only with
+    `force` (else UserError ending in `exists`). Anything else -- another command's output, an
+    output without a marker, a run or study (NEVER_REPLACED), an output inside a run, a file where
+    a directory goes, a directory the program did not write, a link -- is refused by name, `force`
+    or not."""
     from common.errors import UserError
 
     error = error or UserError
@@ -239,13 +260,23 @@ def check_output(path: Path, what: str, kind: str, force: bool, *,
         check_output_dir(p.parent if str(p.parent) else Path("."), f"{what} {p}: its directory")
     else:
         check_output_dir(p, what)
-    found, desc = output_kind(p)
+    found, desc, proven = output_kind(p)
     if (found is None and not desc) or found == "empty":  # nothing there, or an empty directory
         return
-    if found == kind:
+    if found == kind and kind in NEVER_REPLACED:
+        raise error(f"{what} {p} already exists ({desc}); {exists}" if not forceable else
+                    f"{what} {p} already exists ({desc}); runs are never replaced, not even with --force: "
+                    "choose another path")
+    if found == kind and proven:
         if not force:
             raise error(f"{what} {p} already exists; {exists} (it is {desc})")
+        run = enclosing_run(p) if kind != "export" else None  # a run's embeddings/ are export's to replace
+        if run is not None:
+            raise error(f"{what} {p} is part of the run {run}, and runs are never replaced, not even in part "
+                        "(--force included): choose another path")
         return
+    if found == kind:
+        raise error(f"{what} {p} is {desc}, but {UNPROVEN.replace('PATH', str(p))}")
     raise error(f"{what} {p} is {desc}, not {want}; nothing was changed: choose another path"
                 + (f" (--force only ever replaces {want})" if forceable else ""))
 
@@ -288,16 +319,20 @@ def check_new_target(target: Path, force: bool, what: str = "target", kind: str 
 
 
 @contextmanager
-def building_dir(target: Path, *, force: bool = False):
+def building_dir(target: Path, kind: str, *, force: bool = False):
     """The whole pattern for a directory: yields a fresh temporary directory beside `target` (the
-    leftovers of killed builds cleaned first) to build in; when the block ends, its files are
-    flushed and it replaces `target` (`publish_dir`; an existing target only with `force`). On any
-    exception it is removed and `target` is as it was (a copy moved aside goes back)."""
+    leftovers of killed builds cleaned first) to build in; when the block ends, it gets the marker
+    of `kind` (common/provenance.py), its files are flushed and it replaces `target` (`publish_dir`;
+    an existing target only with `force`). On any exception it is removed and `target` is as it was
+    (a copy moved aside goes back)."""
+    from common.provenance import write_marker
+
     target = Path(target)
     clean_tmp_leftovers(target.parent, target.name)
     tmp = make_tmp_dir(target)
     try:
         yield tmp
+        write_marker(tmp, kind)
         fsync_tree(tmp)  # on disk before the rename, so a power loss cannot publish empty files
         publish_dir(tmp, target, force=force)
     except BaseException:

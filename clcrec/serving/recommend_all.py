@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from common.fsutil import RECOMMEND_ALL_KEY, TMP_PREFIX, check_output
+from common.provenance import marker_bytes
 
 
 def default_block(num_items: int, device: torch.device) -> int:
@@ -62,7 +63,7 @@ def write_topk_parquet(out: Path, blocks, user_ids: np.ndarray, item_ids: np.nda
     schema = pa.schema([("user", pa.from_numpy_dtype(user_ids.dtype)), ("rank", pa.int32()),
                         ("item", pa.from_numpy_dtype(item_ids.dtype)), ("score", pa.float32()),
                         *[(name, pa.dictionary(pa.int32(), pa.string())) for name in (labels or {})]],
-                       metadata={RECOMMEND_ALL_KEY: b"1"})
+                       metadata={RECOMMEND_ALL_KEY: marker_bytes("recommend-all")})
     rows = 0
     bar = _Bar(len(user_ids), progress)
     try:

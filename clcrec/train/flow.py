@@ -83,9 +83,12 @@ def run_training(cfg: TrainConfig, *, scale: str = "default", console: Console |
 
     def prepare() -> None:
         from common.fsutil import check_output
+        from common.provenance import directory_kind
 
-        # before any data or cache is made; an existing run is continued with --resume, never replaced
-        stub = not (Path(cfg.run_dir) / "checkpoints" / "last.pt").exists()  # a run that failed at its start
+        # before any data or cache is made; an existing run is continued with --resume, never replaced.
+        # A run that failed at its start (no checkpoint) may be called worthless only if it is provably ours.
+        stub = (directory_kind(Path(cfg.run_dir)) == "run"
+                and not (Path(cfg.run_dir) / "checkpoints" / "last.pt").exists())
         exists = (f"it never finished an epoch (no checkpoint), so nothing in it is worth keeping: remove it to "
                   f"start again with other options, or pass --resume {cfg.run_dir} to restart it with its own"
                   if stub else f"pass --resume {cfg.run_dir} to continue it, or choose another --run-dir")

@@ -105,7 +105,7 @@ def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: Ne
     console = console or Console(stderr=True)
     t0 = time.perf_counter()
     parent_dir, out, interactions = Path(parent_dir), Path(out), Path(interactions)
-    check_new_target(out, force, "--out", kind="run")  # a run, replaced only by --force
+    check_new_target(out, force, "--out", kind="run")  # a run is never replaced, --force or not
     if out.resolve() == parent_dir.resolve():
         raise UserError("--out must differ from the parent run: the parent run is never modified")
     parent = parent or open_run(parent_dir)
@@ -116,7 +116,7 @@ def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: Ne
                "interactions_file": str(interactions.resolve()), "interactions_sha256": file_sha256(interactions),
                "new_items": new_items_source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
-    with building_dir(out, force=force) as tmp:
+    with building_dir(out, "run") as tmp:  # a writer racing us to `out`: FileExistsError, exit 1
         ext = extend_dataset(parent.dataset, modalities, delta, new_items, tmp / "dataset",
                              val_fraction=config.val_fraction, seed=config.seed, label=str(interactions),
                              source={**parent.dataset.meta.get("source", {}),  # kind kept: --movielens again
