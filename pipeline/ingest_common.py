@@ -41,6 +41,9 @@ class FeatureSpec:
     id_col: str = "item"  # Parquet: the item-id column; the other numeric/list columns are the vector
 
 
+MAX_HASH_DIM = 65536  # hashed bag-of-words widths (titles, tags, citations): an items x dim float32 array
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     split: SplitConfig | TemporalSplitConfig = SplitConfig()  # the paper's random cold items, or temporal
@@ -52,8 +55,9 @@ class IngestConfig:
     allow_pickle: bool = False  # reference .npy layout: those files are pickles (they run code)
 
     def __post_init__(self):
-        if isinstance(self.title_dim, bool) or not isinstance(self.title_dim, int) or self.title_dim < 1:
-            raise InputError(f"--title-dim must be an integer >= 1, got {self.title_dim!r}")
+        for name, v, lo in (("--title-dim", self.title_dim, 1), ("--tag-dim", self.tag_dim, 0)):
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= MAX_HASH_DIM:
+                raise InputError(f"{name} must be an integer from {lo} to {MAX_HASH_DIM}, got {v!r}")
 
 
 def require_file(path: Path, what: str) -> Path:
