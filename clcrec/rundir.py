@@ -178,7 +178,7 @@ class RunDir:
                 f"{self.root} already holds a run; pass --resume {self.root} to continue it "
                 "or choose another --run-dir"
             )
-        from common.provenance import write_marker
+        from common.fsutil import write_marker
 
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         write_marker(self.root, "run")  # proves the directory is this program's run (common/provenance.py)

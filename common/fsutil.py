@@ -311,6 +311,13 @@ def check_output_dir(path: Path, what: str) -> None:
                         "or fix its permissions") from None
 
 
+def write_marker(directory: Path, kind: str) -> None:
+    """Mark `directory` as an output of `kind` (common/provenance.py): what --force checks."""
+    from common.provenance import MARKER, new_marker
+
+    atomic_write_json(Path(directory) / MARKER, new_marker(kind))
+
+
 def check_new_target(target: Path, force: bool, what: str = "target", kind: str = "dataset") -> None:
     """A directory about to be written by a command whose output is `kind`: check_output."""
     from common.errors import InputError
@@ -325,8 +332,6 @@ def building_dir(target: Path, kind: str, *, force: bool = False):
     of `kind` (common/provenance.py), its files are flushed and it replaces `target` (`publish_dir`;
     an existing target only with `force`). On any exception it is removed and `target` is as it was
     (a copy moved aside goes back)."""
-    from common.provenance import write_marker
-
     target = Path(target)
     clean_tmp_leftovers(target.parent, target.name)
     tmp = make_tmp_dir(target)

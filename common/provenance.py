@@ -48,7 +48,7 @@ def new_marker(kind: str, command: str | None = None) -> dict:
 
 
 def marker_bytes(kind: str) -> bytes:
-    """A fresh marker as canonical JSON (the Parquet metadata value)."""
+    """A fresh marker as canonical JSON (the Parquet metadata value; fsutil.write_marker writes a directory's)."""
     return json.dumps(new_marker(kind), sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -60,13 +60,6 @@ def verified_kind(record) -> str | None:
     if not all(isinstance(v, str) for v in fields.values()) or record["kind"] not in KINDS:
         return None
     return record["kind"] if record["digest"] == _digest(fields) else None
-
-
-def write_marker(directory: Path, kind: str) -> None:
-    """Mark `directory` (being built) as an output of `kind`."""
-    from common.fsutil import atomic_write_json
-
-    atomic_write_json(Path(directory) / MARKER, new_marker(kind))
 
 
 def directory_kind(directory: Path) -> str | None:

@@ -68,9 +68,8 @@ def run_tune(tc: TuneConfig, given: dict, space: tuple[list[Param], str] | None,
 
     from clcrec.train.flow import default_paths, ensure_cache
     from clcrec.train.selection import check_selectable
-    from common.fsutil import check_output_dir, output_kind
+    from common.fsutil import check_output_dir, output_kind, write_marker
     from common.lock import OwnedLock
-    from common.provenance import write_marker
     from cache.store import CacheStore
     from clcrec.device import resolve_device
     from clcrec.train.generations import check_cache
