@@ -66,13 +66,13 @@ def run_tune(tc: TuneConfig, given: dict, space: tuple[list[Param], str] | None,
     TrainConfig fields set by the user (a --config file, options); the rest take their defaults."""
     import optuna
 
+    from cache.store import CacheStore
+    from clcrec.device import resolve_device
     from clcrec.train.flow import default_paths, ensure_cache
+    from clcrec.train.generations import check_cache
     from clcrec.train.selection import check_selectable
     from common.fsutil import check_output_dir, output_kind, write_marker
     from common.lock import OwnedLock
-    from cache.store import CacheStore
-    from clcrec.device import resolve_device
-    from clcrec.train.generations import check_cache
     from pipeline.dataset import load_dataset, read_fingerprint
 
     root = Path(tc.study_dir)
