@@ -10,6 +10,7 @@ missing, `recover_aside` (called by `clean_tmp_leftovers`) renames it back inste
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -58,7 +59,22 @@ def make_tmp_dir(target: Path) -> Path:
     """A fresh temporary directory beside `target`, for building it."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=TMP_PREFIX + target.name + ".", dir=target.parent))
+    # the pid in the name: a concurrent writer's cleanup leaves a live builder's directory alone
+    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}.{os.getpid()}.", dir=target.parent))
+
+
+def _live_builder(leftover: Path, name: str) -> bool:
+    """Whether `.tmp-<name>.<pid>.*` belongs to another process that is still running."""
+    pid = leftover.name[len(TMP_PREFIX + name) + 1:].split(".", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid() or "." not in leftover.name[len(TMP_PREFIX + name) + 1:]:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
 
 
 def fsync_tree(root: Path) -> None:
@@ -94,7 +110,7 @@ def publish_dir(tmp: Path, target: Path, *, force: bool = False) -> None:
     """Move a fully built `tmp` directory to `target`.
 
     Without `force` an existing target is never touched (the caller should have refused
-    earlier with a helpful message). With `force` the old target is first renamed aside to
+    earlier with a helpful message; one that appeared since, from a concurrent writer, wins). With `force` the old target is first renamed aside to
     `.tmp-<name>.old` and removed only after the new one is in place, so a crash leaves one
     complete copy: the new target, or the old one aside, which `recover_aside` puts back.
     """
@@ -103,13 +119,18 @@ def publish_dir(tmp: Path, target: Path, *, force: bool = False) -> None:
     if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
         target.rmdir()  # an empty directory holds nothing to lose (check_output lets it through)
     if target.exists():
-        if not force:
-            raise FileExistsError(target)
+        if not force:  # another writer published it since our check: it wins, we fail (exit 1)
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
         old = aside_path(target)
         if old.exists():  # a stale copy from an earlier kill; the target is the newer one
             _delete_tree(old)
         os.rename(target, old)
-    os.rename(tmp, target)
+    try:
+        os.rename(tmp, target)
+    except OSError as e:  # a concurrent writer's output appeared in the meantime: it wins
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from None
     fsync_dir(target.parent)
     if old is not None:
         _delete_tree(old)
@@ -139,6 +160,8 @@ def clean_tmp_leftovers(parent: Path, name: str) -> int:
         return 0
     recover_aside(parent / name)
     for p in parent.glob(TMP_PREFIX + name + ".*"):
+        if _live_builder(p, name):  # two builds of one output: the other one's work is not garbage
+            continue
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
