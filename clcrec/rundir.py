@@ -90,12 +90,12 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         # weights_only=True: tensors, dicts, lists and numbers only; nothing in the file can run code
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
+        if "global" in str(e).lower():  # an object to import and call: what a planted pickle needs
             raise UserError(
                 f"refusing to load {path}: it holds objects other than tensors and plain values, and "
                 f"loading those could run code; this is not a checkpoint this program wrote. {fix}"
             ) from None
-        raise UserError(f"checkpoint {path} is corrupt ({_first_line(e)}); {fix}") from None
+        raise UserError(f"checkpoint {path} is corrupt (its bytes are not a readable checkpoint); {fix}") from None
     except Exception as e:  # truncated / empty / garbage: RuntimeError, EOFError, zip errors...
         raise UserError(f"checkpoint {path} is truncated or corrupt ({_first_line(e)}); {fix}") from None
     if not isinstance(ck, dict):
@@ -105,6 +105,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         if not ok:
             raise UserError(f"checkpoint {path} lacks a valid {key!r} entry; {fix}")
     digest = ck.pop("digest", None)
+    if digest is None and "run_id" in ck:  # run ids came after digests: this program wrote both or neither
+        raise UserError(f"checkpoint {path} has a run id but no digest: it was altered after it was written; {fix}")
     if digest is not None and digest != state_digest(ck):  # None: written before digests existed
         raise UserError(f"checkpoint {path} is corrupt: its content does not match its recorded digest; {fix}")
     return ck

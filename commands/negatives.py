@@ -189,7 +189,9 @@ def cache_verify(
     if bad_gens and drop_bad:
         console.print(f"dropped generations {drop_generations(cache, bad_gens)}; rebuild with build-negatives or refresh")
     if bad_gens:
-        raise typer.Exit(1)
+        raise UserError(f"{len(bad_gens)} generation(s) of {cache} failed verification: {bad_gens} (listed above); "
+                        + ("they were dropped: rebuild with build-negatives or refresh" if drop_bad else
+                           f"drop them with `cli.py cache-verify {cache} --drop-bad`, then rebuild"))
 
 
 @app.command("cache-prune")

@@ -14,6 +14,7 @@ to the split's pairs; the earliest time of a repeated pair).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,10 @@ class IngestConfig:
 def require_file(path: Path, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{what} {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+        if path.is_dir():
+            raise InputError(f"{what} {path} is a directory; pass the file itself")
+        raise InputError(f"{what} {path} " + ("is not a regular file (a pipe or device); pass a file"
+                                              if os.path.lexists(path) else "does not exist"))
     if path.stat().st_size == 0:
         raise InputError(f"{what} {path} is empty")
     return path

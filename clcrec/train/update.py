@@ -42,10 +42,11 @@ from rich.console import Console
 from clcrec.config import COLD_VECTORS
 from clcrec.evaluation.ranking import EvalConfig, evaluate_ranking
 from clcrec.model import concat_normalised_features
-from clcrec.rundir import RunDir, TrainedRun, open_run
+from clcrec.rundir import RUN_LOCK, RunDir, TrainedRun, open_run
 from common.errors import UserError
 from common.fsutil import atomic_write_json, building_dir, check_new_target
 from common.integrity import file_sha256
+from common.lock import is_locked
 from pipeline.dataset import COLD_VAL, Dataset, load_dataset
 from pipeline.extend_dataset import Extension, NewItemRows, extend_dataset
 from pipeline.new_interactions import read_new_interactions
@@ -108,6 +109,10 @@ def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: Ne
     check_new_target(out, force, "--out", kind="run")  # a run is never replaced, --force or not
     if out.resolve() == parent_dir.resolve():
         raise UserError("--out must differ from the parent run: the parent run is never modified")
+    busy = parent_dir / RUN_LOCK  # probed only if present: the parent is never written, not even a lock file
+    if busy.is_file() and not busy.is_symlink() and is_locked(busy):
+        raise UserError(f"a trainer is still running on {parent_dir} (it holds {RUN_LOCK}) and may replace its "
+                        "best.pt while the update reads it; wait for it to finish, then update")
     parent = parent or open_run(parent_dir)
     delta = read_new_interactions(interactions)  # before anything is written
     modalities = list(parent.checkpoint["modalities"])

@@ -463,8 +463,19 @@ def second_pass_world(w: dict, tmp: Path) -> dict:
     (p["keep"] / "summary.json").write_text('{"mine": 1}\n')
     (p["keep"] / "best.toml").write_text("mine = 1\n")
     pl.DataFrame({"user": [1], "rank": [1], "item": [2], "score": [0.5]}).write_parquet(p["mine"])
-    for name in ("runcopy", "upd", "nolast", "badprior", "nanprior"):
+    for name in ("runcopy", "upd", "nolast", "badprior", "nanprior", "garbage", "stripped", "busy"):
         shutil.copytree(run, tmp / name)
+    (tmp / "garbage" / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint at all " * 20)
+    import torch
+
+    ck = torch.load(tmp / "stripped" / "checkpoints" / "best.pt", weights_only=True)
+    del ck["digest"]
+    first = next(iter(ck["model"]))
+    ck["model"][first] = ck["model"][first] + 1  # altered weights, the digest that would tell stripped
+    torch.save(ck, tmp / "stripped" / "checkpoints" / "best.pt")
+    shutil.copytree(w["cache"], tmp / "leasecache", ignore=shutil.ignore_patterns("*.lock", "leases"))
+    (tmp / "elsewhere").mkdir()
+    os.symlink(tmp / "elsewhere", tmp / "leasecache" / "leases")
     shutil.copytree(ds, tmp / "upd" / "dataset")  # an update run's own dataset
     (tmp / "nolast" / "checkpoints" / "last.pt").unlink()  # a finished run that lost its last.pt
     record = json.loads((run / "config.json").read_text())
@@ -542,6 +553,11 @@ def second_pass_cases(w: dict, p: dict, tmp: Path) -> list[dict]:
         dict(argv=[*tune, "--device", "tpu"], says=["--device 'tpu'"], watch=[st]),
         dict(argv=["tune", st, "--dataset", ds, "--cache", cache], says=[f"num_neg = {NUM_NEG}"], watch=[st]),
         dict(argv=[*tune, "--space", tmp / "space.toml"], says=["needs numbers low and high"], watch=[st]),
+        # low: checkpoints that are garbage or altered, a planted leases link, a parent being trained
+        dict(argv=["evaluate", tmp / "garbage"], says=["garbage/checkpoints/best.pt is corrupt"], not_says=["could run code"], watch=[tmp / "garbage"]),
+        dict(argv=["evaluate", tmp / "stripped"], says=["stripped/checkpoints/best.pt has a run id but no digest"], watch=[tmp / "stripped"]),
+        dict(argv=["cache-verify", tmp / "leasecache"], says=["leases is a symbolic link"], watch=[tmp / "elsewhere", tmp / "leasecache"]),
+        dict(argv=["update", tmp / "busy", "--interactions", r / "t.csv", "--out", tmp / "newupd"], says=["a trainer is still running on", "run.lock"], watch=[tmp / "busy", tmp / "newupd"]),
         dict(argv=["recommend", tmp / "badprior", "--user", "0"], says=["content_prior", "weight", "'x'"], watch=[tmp / "badprior"]),
         dict(argv=["recommend", tmp / "nanprior", "--user", "0"], says=["content_prior", "weight", "nan"], watch=[tmp / "nanprior"]),
     ]
@@ -553,7 +569,13 @@ def test_second_pass_nothing_lost(world, tmp_path):
     p = second_pass_world(world, tmp_path)
     table = second_pass_cases(world, p, tmp_path)
     failed = []
-    for c, res in zip(table, run_batch(table, tmp_path)):
+    lock = OwnedLock(tmp_path / "busy" / "run.lock", "pytest trainer", busy="busy {path} {holder}")
+    lock.acquire(wait=False)
+    try:
+        results = run_batch(table, tmp_path)
+    finally:
+        lock.release()
+    for c, res in zip(table, results):
         try:
             assert_refused(c, res)
             assert len(res["out"].strip().splitlines()) == 1, "more than one line"
