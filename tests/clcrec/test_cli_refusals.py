@@ -495,6 +495,8 @@ def second_pass_world(w: dict, tmp: Path) -> dict:
     (tmp / "space.toml").write_text(f"[epochs]\nlow = 1\nhigh = {big}\n")
     (tmp / "u0.csv").write_text("user,item\n" + "".join(f"{u},{i}\n" for u in range(12) for i in range(8) if (u + i) % 3))
     np.save(tmp / "zero.npy", np.ones((8, 0)))
+    shutil.copytree(w["root"] / "ml", tmp / "ml-badtags")
+    (tmp / "ml-badtags" / "tags.csv").write_text("userId,movieId,tag,timestamp\n1,1,good,1\n1,one,bad,1\n")
     d = tmp / "ml-garbled"  # an ml-100k release whose u.item rows are not '|'-separated rows of one width
     d.mkdir()
     (d / "u.data").write_text("".join(f"{u}\t{i}\t4\t1\n" for u in range(1, 9) for i in (1, 2)))
@@ -548,6 +550,8 @@ def second_pass_cases(w: dict, p: dict, tmp: Path) -> list[dict]:
         dict(argv=["cache-verify", cache, "--generation", -1], says=["--generation must be from 0"], watch=[cache]),
         dict(argv=["ingest", "movielens", r / "ml", tmp / "newds", "--title-dim", 10**12], says=["--title-dim must be an integer from 1 to 65536"], watch=[tmp / "newds"]),
         dict(argv=["ingest", "movielens", tmp / "ml-garbled", tmp / "newds"], says=["u.item"], not_says=["ignore_errors"], watch=[tmp / "newds"]),
+        dict(argv=["ingest", "movielens", tmp / "ml-badtags", tmp / "newds"], says=["tags.csv could not be parsed"], not_says=["ignore_errors"], watch=[tmp / "newds"]),
+        dict(argv=["ingest", "citeulike", r, tmp / "newds", "--citation-dim", 10**11], says=["--citation-dim must be an integer from 0 to 65536"], watch=[tmp / "newds"]),
         dict(argv=["ingest", "table", tmp / "u0.csv", tmp / "newds", "--feature", f"f={tmp / 'zero.npy'}:{r / 'ids8.txt'}"], says=["zero.npy", "0 feature columns"], watch=[tmp / "newds"]),
         dict(argv=[*tune, "--sampler-seed", -1], says=["--sampler-seed must be an integer from 0"], watch=[st]),
         dict(argv=[*tune, "--device", "tpu"], says=["--device 'tpu'"], watch=[st]),
