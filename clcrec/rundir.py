@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import pickle
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,6 +209,17 @@ class RunDir:
             raise UserError(f"{self.config_path} lacks the run's 'config'; the run cannot be used: start a new run")
         return record
 
+    def train_config(self, record: dict | None = None) -> TrainConfig:
+        """The TrainConfig config.json records, checked; a bad field is named as config.json names it
+        (l_r, where the checks name the command-line option --l-r)."""
+        record = record or self.read_config()
+        try:
+            return TrainConfig.from_dict(record["config"])
+        except (TypeError, UserError) as e:  # an unknown-typed or out-of-range field, hand-edited
+            fields = {f.lower(): f for f in TrainConfig.__dataclass_fields__}
+            text = re.sub(r"^--([a-z-]+)", lambda m: fields.get(m[1].replace("-", "_"), m[0]), str(e))
+            raise UserError(f"{self.config_path} holds an invalid config ({text}); restore it, or start a new run") from None
+
     def check_restartable(self) -> None:
         """Refuse to restart from epoch 0 a run that has trained before but lost its last.pt:
         starting over would overwrite its best.pt, metrics and results."""
@@ -295,10 +307,7 @@ def open_run(run_dir: Path, which: str = "best") -> TrainedRun:
     dataset's fingerprint must be the checkpoint's, and the weights must fit the config's model."""
     run = RunDir(run_dir)
     record = run.read_config()
-    try:
-        cfg = TrainConfig.from_dict(record["config"])
-    except TypeError as e:  # an unknown-typed or mangled field in a hand-edited config.json
-        raise UserError(f"{run.config_path} holds an invalid config ({e}); start a new run") from None
+    cfg = run.train_config(record)
     path = run.best if which == "best" else run.last
     if which == "best" and not path.exists() and run.last.exists():  # a run from before provisional best.pt
         done = len(run.read_metrics())

@@ -10,6 +10,8 @@ skips straight to training.
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -104,10 +106,26 @@ def run_training(cfg: TrainConfig, *, scale: str = "default", console: Console |
         ensure_cache(Path(cfg.dataset), Path(cfg.cache), cfg.num_neg, cfg.seed, console, cfg.exclude)
 
     dist.main_first(ctx, prepare)  # a refusal on rank 0 reaches every rank as the same one line
-    results = train(cfg, console=console)
+    existed = os.path.lexists(cfg.run_dir)
+    try:
+        results = train(cfg, console=console)
+    except BaseException:
+        if ctx.is_main and not existed:
+            remove_stub(Path(cfg.run_dir))
+        raise
     if results:
         report(cfg.run_dir, results, console)
     return results
+
+
+def remove_stub(run_dir: Path) -> None:
+    """Remove the run directory this process created if training failed before its first checkpoint
+    (a refusal, a diverged first epoch, Ctrl-C): nothing in it could be resumed. Only a directory
+    that carries this program's run marker, and only then."""
+    from common.provenance import directory_kind
+
+    if directory_kind(run_dir) == "run" and not (run_dir / "checkpoints" / "last.pt").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def report(run_dir: str, results: dict, console: Console) -> None:
