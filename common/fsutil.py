@@ -266,7 +266,7 @@ def check_output(path: Path, what: str, kind: str, force: bool, *,
     (check_output_dir; for a file kind, its directory) and, if something is there already, an
     output of `kind` (OUTPUT_KINDS, FILE_KINDS) whose provenance marker verifies, replaced only with
     `force` (else UserError ending in `exists`). Anything else -- another command's output, an
-    output without a marker, a run or study (NEVER_REPLACED), an output inside a run, a file where
+    output without a marker, a run or study (NEVER_REPLACED), the dataset inside a run, a file where
     a directory goes, a directory the program did not write, a link -- is refused by name, `force`
     or not."""
     from common.errors import UserError
@@ -293,7 +293,7 @@ def check_output(path: Path, what: str, kind: str, force: bool, *,
     if found == kind and proven:
         if not force:
             raise error(f"{what} {p} already exists; {exists} (it is {desc})")
-        run = enclosing_run(p) if kind != "export" else None  # a run's embeddings/ are export's to replace
+        run = enclosing_run(p) if kind == "dataset" else None  # an update run's dataset/ is the run's own
         if run is not None:
             raise error(f"{what} {p} is part of the run {run}, and runs are never replaced, not even in part "
                         "(--force included): choose another path")
