@@ -42,7 +42,8 @@ def describe_failure(e: BaseException) -> str | None:
     if isinstance(e, UserError):
         return str(e)
     if isinstance(e, OSError) and e.errno is not None:
-        path = f"{e.filename}: " if e.filename is not None else ""
+        name = e.filename2 if e.errno == errno.EEXIST and e.filename2 else e.filename  # link/rename: the target
+        path = f"{name}: " if name is not None else ""
         return f"{path}{e.strerror or e}; {OS_ADVICE.get(e.errno, 'nothing was written in its place')}"
     if isinstance(e, MemoryError):  # numpy's ArrayMemoryError too: a size option or file asked too much
         return f"not enough memory ({str(e).splitlines()[0][:200] or 'MemoryError'}); lower the sizes given"

@@ -13,6 +13,7 @@ name beside it and renamed when complete: a failed or killed run leaves no parti
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -75,7 +76,16 @@ def write_topk_parquet(out: Path, blocks, user_ids: np.ndarray, item_ids: np.nda
                 bar.advance(idx.shape[0])
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, out)
+        if force:
+            os.replace(tmp, out)
+        else:  # link fails with EEXIST if a concurrent writer put its file there first: it wins, we exit 1
+            try:
+                os.link(tmp, out)
+            except OSError as e:
+                if e.errno == errno.EEXIST:
+                    raise
+                os.replace(tmp, out)  # a filesystem without hard links: the last writer wins
+            tmp.unlink(missing_ok=True)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
