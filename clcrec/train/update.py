@@ -109,6 +109,9 @@ def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: Ne
     check_new_target(out, force, "--out", kind="run")  # a run is never replaced, --force or not
     if out.resolve() == parent_dir.resolve():
         raise UserError("--out must differ from the parent run: the parent run is never modified")
+    if parent_dir.resolve() in out.resolve().parents:  # a child inside its parent would be lost with it
+        raise UserError(f"--out {out} is inside the parent run {parent_dir}, which is never modified; "
+                        "choose a path outside it")
     busy = parent_dir / RUN_LOCK  # probed only if present: the parent is never written, not even a lock file
     if busy.is_file() and not busy.is_symlink() and is_locked(busy):
         raise UserError(f"a trainer is still running on {parent_dir} (it holds {RUN_LOCK}) and may replace its "

@@ -520,6 +520,7 @@ def second_pass_cases(w: dict, p: dict, tmp: Path) -> list[dict]:
         # 2. update --force never replaces a run: another run, or its own parent
         dict(argv=[*upd, "--out", tmp / "runcopy", "--force"], says=["runs are never replaced"], watch=[tmp / "runcopy"]),
         dict(argv=[*upd, "--out", run, "--force"], says=["runs are never replaced"], watch=[run]),
+        dict(argv=[*upd, "--out", run / "child"], says=["is inside the parent run"], watch=[run]),
         # 3. tune writes only into a new or empty folder, or its own study
         dict(argv=["tune", keep, "--dataset", ds], says=["is a directory that no command of this program wrote", "not a tune study folder"], watch=[keep]),
         dict(argv=["tune", tmp / "runcopy", "--dataset", ds], says=["is a run directory", "not a tune study folder"], watch=[tmp / "runcopy"]),
