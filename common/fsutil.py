@@ -109,10 +109,11 @@ def _delete_tree(path: Path) -> None:
 def publish_dir(tmp: Path, target: Path, *, force: bool = False) -> None:
     """Move a fully built `tmp` directory to `target`.
 
-    Without `force` an existing target is never touched (the caller should have refused
-    earlier with a helpful message; one that appeared since, from a concurrent writer, wins). With `force` the old target is first renamed aside to
-    `.tmp-<name>.old` and removed only after the new one is in place, so a crash leaves one
-    complete copy: the new target, or the old one aside, which `recover_aside` puts back.
+    Without `force` an existing target is never touched: the caller refused it earlier with a
+    helpful message, and one that a concurrent writer published since wins (FileExistsError, EEXIST).
+    With `force` the old target is first renamed aside to `.tmp-<name>.old` and removed only after
+    the new one is in place, so a crash leaves one complete copy: the new target, or the old one
+    aside, which `recover_aside` puts back.
     """
     tmp, target = Path(tmp), Path(target)
     old = None
@@ -186,8 +187,8 @@ RECOMMEND_ALL_KEY = b"clcrec-recommend-all"  # key of the Parquet metadata recom
 NEVER_REPLACED = ("run", "study")  # a run or a study is never replaced, --force or not
 _LEGACY_EXPORT = {"users.npy", "items.npy", "user_ids.parquet", "item_ids.parquet"}  # before export.json
 _LEGACY_RECS = (b"user", b"rank", b"item", b"score")  # recommend-all's columns, before its key
-UNPROVEN = ("it carries no valid " + ".clcrec-output.json marker (written before markers existed, or not by "
-            "this program), so --force will not replace it: move it aside (mv PATH PATH.old) or choose another path")
+UNPROVEN = ("it carries no valid .clcrec-output.json marker (written before markers existed, or not by this "
+            "program), so --force will not replace it: move it aside (mv PATH PATH.old) or choose another path")
 
 
 def _json_format(path: Path):
@@ -253,7 +254,7 @@ def output_kind(path: Path) -> tuple[str | None, str, bool]:
 
 
 def enclosing_run(path: Path) -> Path | None:
-    """The run directory `path` sits directly in (its dataset/, embeddings/...), or None."""
+    """The run directory `path` sits directly in (an update run's dataset/, say), or None."""
     parent = Path(path).absolute().parent
     kind, _, _ = output_kind(parent)
     return parent if kind == "run" else None
