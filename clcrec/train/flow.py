@@ -121,11 +121,25 @@ def run_training(cfg: TrainConfig, *, scale: str = "default", console: Console |
 def remove_stub(run_dir: Path) -> None:
     """Remove the run directory this process created if training failed before its first checkpoint
     (a refusal, a diverged first epoch, Ctrl-C): nothing in it could be resumed. Only a directory
-    that carries this program's run marker, and only then."""
+    that carries this program's run marker, and only under its lock: a trainer that claimed the
+    directory meanwhile (ours failed on its lock) keeps it."""
+    from clcrec.rundir import RUN_LOCK
+    from common.lock import FileLock
     from common.provenance import directory_kind
 
-    if directory_kind(run_dir) == "run" and not (run_dir / "checkpoints" / "last.pt").exists():
-        shutil.rmtree(run_dir, ignore_errors=True)
+    if directory_kind(run_dir) != "run":
+        return
+    lock = FileLock(run_dir / RUN_LOCK)
+    try:
+        if not lock.acquire(wait=False):
+            return
+    except (UserError, OSError):  # a planted lock link: leave everything as it is
+        return
+    try:
+        if not (run_dir / "checkpoints" / "last.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+    finally:
+        lock.release()
 
 
 def report(run_dir: str, results: dict, console: Console) -> None:
