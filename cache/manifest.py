@@ -73,8 +73,8 @@ class NegativeConfig:
     replay: float | None = None
 
     def __post_init__(self):
-        if not isinstance(self.num_neg, int) or self.num_neg < 1:
-            raise CacheError(f"num_neg must be a positive integer, got {self.num_neg!r}")
+        if not isinstance(self.num_neg, int) or not 1 <= self.num_neg <= 65535:  # TrainConfig's bound too
+            raise CacheError(f"num_neg must be an integer from 1 to 65535, got {self.num_neg!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise CacheError(f"seed must be an integer in 0..2^63-1, got {self.seed!r}")
         if not isinstance(self.chunk_rows, int) or self.chunk_rows < 1:

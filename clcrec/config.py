@@ -26,12 +26,13 @@ GRAPH_MODES = ("auto", "on", "off")
 COMPILE_MODES = ("off", "on")
 ASSEMBLE = ("host", "device")  # where batches are cut (clcrec/data/stream.py)
 ASSEMBLE_MODES = ("auto", *ASSEMBLE)
+MAX_K = 10_000  # the largest Recall@K / NDCG@K cut-off (ks, select_k): top-K lists of 1e9 never end
 # (field, lower bound, upper bound or None, lower bound excluded): checked on every TrainConfig
 NUMERIC_RANGES = [
     ("l_r", 0, None, True), ("reg_weight", 0, None, False), ("reg_content", 0, None, False), ("num_neg", 1, 65535, False),
     ("lr_lambda", 0, 1, False), ("temp_value", 0, None, True), ("num_sample", 0, 1, False),
     ("batch_size", 1, 2**20, False), ("dim_E", 1, 8192, False), ("hidden", 1, 65536, False),
-    ("epochs", 1, 100_000, False), ("patience", 1, 100_000, False), ("select_k", 1, None, False),
+    ("epochs", 1, 100_000, False), ("patience", 1, 100_000, False), ("select_k", 1, MAX_K, False),
     ("eval_block", 1, 2**20, False), ("refresh_every", 0, 100_000, False), ("seed", 0, 2**63 - 1, False),
     ("prefetch", 1, 64, False), ("log_every", 1, 10**9, False), ("threads", 0, 4096, False),
     ("readers", 0, 64, False), ("select_window", 1, 1000, False), ("eval_ema", 0, 0.99, False),
@@ -50,6 +51,13 @@ EXCLUDE_MODES = EXCLUSIONS  # which of a user's items negatives avoid (cache/man
 # with-replacement: the reference's int(slots * num_sample) slot indices drawn with replacement.
 HYBRID_DRAWS = ("bernoulli", "with-replacement")
 COLD_VECTORS = ("raw", "normalised", "scaled", "centred")  # how cold items rank (clcrec/model.py says what each does)
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer past float's range (10**400)
+        return False
 
 
 def _prior_ok(value) -> bool:
@@ -141,7 +149,7 @@ class TrainConfig:
         for name, lo, hi, lo_open in NUMERIC_RANGES:
             v = getattr(self, name)
             kind = int if isinstance(dataclasses.fields(self)[_FIELD_INDEX[name]].default, int) else float
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v)
             ok = ok and (kind is float or float(v).is_integer())
             ok = ok and (v > lo if lo_open else v >= lo) and (hi is None or v <= hi)
             # the bound that failed (both when the value is not a number at all)
@@ -149,6 +157,8 @@ class TrainConfig:
             rng = f"{'>' if lo_open else '>='} {lo}" if not low_ok or hi is None else f"<= {hi}"
             checks.append((ok, f"{option_name(name)} must be {'an integer' if kind is int else 'a finite number'} "
                                f"{rng}, got {v!r}"))
+        checks.append((all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_K for k in self.ks)
+                       and len(self.ks) > 0, f"ks must be integers from 1 to {MAX_K}, got {list(self.ks)}"))
         checks.append((self.select_k in self.ks, f"--select-k {self.select_k} must be one of ks={self.ks}"))
         for ok, msg in checks:
             if not ok:

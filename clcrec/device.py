@@ -30,6 +30,8 @@ def resolve_device(name: str, local_rank: int = 0, distributed: bool = False) ->
         raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if dev.type not in ("cpu", "cuda"):
         raise UserError(f"--device {name!r}: only cpu and cuda devices are supported; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cpu" and dev.index not in (None, 0):  # torch has one CPU device; cpu:3 breaks loading later
+        raise UserError(f"--device {name}: there is one CPU device; use --device cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} was asked for but no CUDA device is available; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

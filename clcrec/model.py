@@ -84,9 +84,19 @@ class Prior(NamedTuple):
     @classmethod
     def of(cls, record: dict | None) -> "Prior":
         """The prior a run recorded (config.json "content_prior"); none for runs without one."""
-        r = record or {}
-        w = float(r.get("weight", 0.0))
-        return cls(w, float(r.get("beta", 0.0)), float(r.get("share", 1.0 - w)))
+        r = record if isinstance(record, dict) else {}
+        vals = {k: r.get(k, d) for k, d in (("weight", 0.0), ("beta", 0.0), ("share", None))}
+        vals["share"] = 1.0 - vals["weight"] if vals["share"] is None and _real(vals["weight"]) else vals["share"]
+        bad = [k for k, v in vals.items() if not _real(v) or (k == "weight" and not 0 <= v <= 1)]
+        if bad or (record is not None and not isinstance(record, dict)):
+            raise UserError(f"the run's config.json has an invalid content_prior ({bad[0] if bad else 'not a table'}: "
+                            f"{vals[bad[0]] if bad else record!r}; weight must be a finite number from 0 to 1, beta "
+                            "and share finite numbers); the run's ranking cannot be trusted: restore its config.json")
+        return cls(float(vals["weight"]), float(vals["beta"]), float(vals["share"]))
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 NO_PRIOR = Prior(0.0, 0.0, 1.0)

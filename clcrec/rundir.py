@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import pickle
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,12 +91,12 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         # weights_only=True: tensors, dicts, lists and numbers only; nothing in the file can run code
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
+        if "global" in str(e).lower():  # an object to import and call: what a planted pickle needs
             raise UserError(
                 f"refusing to load {path}: it holds objects other than tensors and plain values, and "
                 f"loading those could run code; this is not a checkpoint this program wrote. {fix}"
             ) from None
-        raise UserError(f"checkpoint {path} is corrupt ({_first_line(e)}); {fix}") from None
+        raise UserError(f"checkpoint {path} is corrupt (its bytes are not a readable checkpoint); {fix}") from None
     except Exception as e:  # truncated / empty / garbage: RuntimeError, EOFError, zip errors...
         raise UserError(f"checkpoint {path} is truncated or corrupt ({_first_line(e)}); {fix}") from None
     if not isinstance(ck, dict):
@@ -105,6 +106,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         if not ok:
             raise UserError(f"checkpoint {path} lacks a valid {key!r} entry; {fix}")
     digest = ck.pop("digest", None)
+    if digest is None and "run_id" in ck:  # run ids came after digests: this program wrote both or neither
+        raise UserError(f"checkpoint {path} has a run id but no digest: it was altered after it was written; {fix}")
     if digest is not None and digest != state_digest(ck):  # None: written before digests existed
         raise UserError(f"checkpoint {path} is corrupt: its content does not match its recorded digest; {fix}")
     return ck
@@ -178,7 +181,10 @@ class RunDir:
                 f"{self.root} already holds a run; pass --resume {self.root} to continue it "
                 "or choose another --run-dir"
             )
+        from common.fsutil import write_marker
+
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(self.root, "run")  # proves the directory is this program's run (common/provenance.py)
         atomic_write_json(self.config_path, {**record, "run_id": uuid.uuid4().hex})  # binds its checkpoints
         atomic_write_bytes(self.root / "config.toml", TrainConfig.from_dict(record["config"]).to_toml().encode())
         self._run_id = None
@@ -202,6 +208,27 @@ class RunDir:
         if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
             raise UserError(f"{self.config_path} lacks the run's 'config'; the run cannot be used: start a new run")
         return record
+
+    def train_config(self, record: dict | None = None) -> TrainConfig:
+        """The TrainConfig config.json records, checked; a bad field is named as config.json names it
+        (l_r, where the checks name the command-line option --l-r)."""
+        record = record or self.read_config()
+        try:
+            return TrainConfig.from_dict(record["config"])
+        except (TypeError, UserError) as e:  # an unknown-typed or out-of-range field, hand-edited
+            fields = {f.lower(): f for f in TrainConfig.__dataclass_fields__}
+            text = re.sub(r"^--([a-z-]+)", lambda m: fields.get(m[1].replace("-", "_"), m[0]), str(e))
+            raise UserError(f"{self.config_path} holds an invalid config ({text}); restore it, or start a new run") from None
+
+    def check_restartable(self) -> None:
+        """Refuse to restart from epoch 0 a run that has trained before but lost its last.pt:
+        starting over would overwrite its best.pt, metrics and results."""
+        done = [p.name for p in (self.best, self.results_path) if p.exists()]
+        done += [f"{len(self.read_metrics())} epoch(s) in metrics.jsonl"] if self.read_metrics() else []
+        if done:
+            raise UserError(f"{self.last} is missing, but run {self.root} has trained ({', '.join(done)}); "
+                            f"resuming would start it from epoch 0 and overwrite them. Restore last.pt from a "
+                            f"backup, or train a new run (--config {self.root / 'config.toml'} --run-dir NEW)")
 
     def lock(self):
         """The run's writer lock (cache.lock's flock: released by the kernel if the trainer dies).
@@ -280,10 +307,7 @@ def open_run(run_dir: Path, which: str = "best") -> TrainedRun:
     dataset's fingerprint must be the checkpoint's, and the weights must fit the config's model."""
     run = RunDir(run_dir)
     record = run.read_config()
-    try:
-        cfg = TrainConfig.from_dict(record["config"])
-    except TypeError as e:  # an unknown-typed or mangled field in a hand-edited config.json
-        raise UserError(f"{run.config_path} holds an invalid config ({e}); start a new run") from None
+    cfg = run.train_config(record)
     path = run.best if which == "best" else run.last
     if which == "best" and not path.exists() and run.last.exists():  # a run from before provisional best.pt
         done = len(run.read_metrics())

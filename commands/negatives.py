@@ -33,6 +33,16 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+MAX_GENERATIONS = 1000  # generations one build-negatives call makes (each a full pass over the data)
+MAX_GENERATION_ID = 10**6  # the largest generation id (one a day for 2,700 years)
+
+
+def check_generation(generation: int | None) -> None:
+    """Refuse a --generation id outside 0..MAX_GENERATION_ID, before anything is read or written."""
+    if generation is not None and not 0 <= generation <= MAX_GENERATION_ID:
+        raise UserError(f"--generation must be from 0 to {MAX_GENERATION_ID:,}, got {generation}")
+
+
 @app.command("build-negatives")
 def build_negatives(
     dataset: Path = typer.Argument(..., help="Dataset directory (from `ingest` or `synth`)."),
@@ -61,6 +71,9 @@ def build_negatives(
     """Sample negatives for every training pair into numbered cache generations."""
     from cache import build
 
+    check_generation(generation)
+    if not 1 <= generations <= MAX_GENERATIONS:
+        raise UserError(f"--generations must be from 1 to {MAX_GENERATIONS}, got {generations}")
     from_file = {}
     if config_file is not None:
         from cache.manifest import NegativeConfig
@@ -151,7 +164,11 @@ def cache_verify(
     from cache.build import drop_generations
     from cache.store import CacheStore, UnreadableGenerationError
 
+    check_generation(generation)
     store = CacheStore(cache)
+    if generation is not None and generation not in store.published():  # before any lease file is made
+        raise UserError(f"cache {cache} has no published generation {generation}; it has "
+                        f"{store.published() or 'none'}")
     ids = [generation] if generation is not None else store.published()
     if not ids:
         raise UserError(f"cache {cache} has no published generation, so there is nothing to verify; "
@@ -172,7 +189,9 @@ def cache_verify(
     if bad_gens and drop_bad:
         console.print(f"dropped generations {drop_generations(cache, bad_gens)}; rebuild with build-negatives or refresh")
     if bad_gens:
-        raise typer.Exit(1)
+        raise UserError(f"{len(bad_gens)} generation(s) of {cache} failed verification: {bad_gens} (listed above); "
+                        + ("they were dropped: rebuild with build-negatives or refresh" if drop_bad else
+                           f"drop them with `cli.py cache-verify {cache} --drop-bad`, then rebuild"))
 
 
 @app.command("cache-prune")

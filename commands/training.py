@@ -89,6 +89,7 @@ def train(
         from clcrec.train.trainer import train as train_run
 
         record = RunDir(resume).read_config()
+        RunDir(resume).train_config(record)  # a hand-edited field is config.json's, before the options merge
         if record.get("lineage"):  # made by `cli.py update`: its negatives were not kept
             raise UserError(f"{resume} was made by `cli.py update` and cannot be resumed (it keeps no negatives); "
                             f"update its parent again with more --epochs, or fold further pairs into it with "

@@ -10,6 +10,7 @@ missing, `recover_aside` (called by `clean_tmp_leftovers`) renames it back inste
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -58,7 +59,22 @@ def make_tmp_dir(target: Path) -> Path:
     """A fresh temporary directory beside `target`, for building it."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=TMP_PREFIX + target.name + ".", dir=target.parent))
+    # the pid in the name: a concurrent writer's cleanup leaves a live builder's directory alone
+    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}.{os.getpid()}.", dir=target.parent))
+
+
+def _live_builder(leftover: Path, name: str) -> bool:
+    """Whether `.tmp-<name>.<pid>.*` belongs to another process that is still running."""
+    pid = leftover.name[len(TMP_PREFIX + name) + 1:].split(".", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid() or "." not in leftover.name[len(TMP_PREFIX + name) + 1:]:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
 
 
 def fsync_tree(root: Path) -> None:
@@ -93,23 +109,29 @@ def _delete_tree(path: Path) -> None:
 def publish_dir(tmp: Path, target: Path, *, force: bool = False) -> None:
     """Move a fully built `tmp` directory to `target`.
 
-    Without `force` an existing target is never touched (the caller should have refused
-    earlier with a helpful message). With `force` the old target is first renamed aside to
-    `.tmp-<name>.old` and removed only after the new one is in place, so a crash leaves one
-    complete copy: the new target, or the old one aside, which `recover_aside` puts back.
+    Without `force` an existing target is never touched: the caller refused it earlier with a
+    helpful message, and one that a concurrent writer published since wins (FileExistsError, EEXIST).
+    With `force` the old target is first renamed aside to `.tmp-<name>.old` and removed only after
+    the new one is in place, so a crash leaves one complete copy: the new target, or the old one
+    aside, which `recover_aside` puts back.
     """
     tmp, target = Path(tmp), Path(target)
     old = None
     if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
         target.rmdir()  # an empty directory holds nothing to lose (check_output lets it through)
     if target.exists():
-        if not force:
-            raise FileExistsError(target)
+        if not force:  # another writer published it since our check: it wins, we fail (exit 1)
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
         old = aside_path(target)
         if old.exists():  # a stale copy from an earlier kill; the target is the newer one
             _delete_tree(old)
         os.rename(target, old)
-    os.rename(tmp, target)
+    try:
+        os.rename(tmp, target)
+    except OSError as e:  # a concurrent writer's output appeared in the meantime: it wins
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from None
     fsync_dir(target.parent)
     if old is not None:
         _delete_tree(old)
@@ -139,6 +161,8 @@ def clean_tmp_leftovers(parent: Path, name: str) -> int:
         return 0
     recover_aside(parent / name)
     for p in parent.glob(TMP_PREFIX + name + ".*"):
+        if _live_builder(p, name):  # two builds of one output: the other one's work is not garbage
+            continue
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
@@ -147,20 +171,24 @@ def clean_tmp_leftovers(parent: Path, name: str) -> int:
     return n
 
 
-# What each kind of output is recognised by: the marker file its writer leaves and the "format"
-# that file names (None: the file's presence). `--force` replaces only an output of the kind the
-# command writes; anything else is refused by name, with or without --force.
+# What each kind of output looks like: the file its writer leaves and the "format" that file names
+# (None: the file's presence). Looks only name what is there in messages: what `--force` may replace
+# is proven by a provenance marker (common/provenance.py), never guessed from the files.
 OUTPUT_KINDS = {
     "dataset": ("a dataset directory (ingest, synth)", "meta.json", "clcrec-dataset"),
     "new-items": ("a new-items directory (embed-items)", "meta.json", "clcrec-new-items"),
     "export": ("an export directory (export)", "export.json", "clcrec-export"),
     "cache": ("a negative cache (build-negatives)", "manifest.json", "clcrec-negative-cache"),
-    "run": ("a run directory (train)", "config.json", None),
+    "study": ("a tune study folder (tune)", "study.db", None),
+    "run": ("a run directory (train, update)", "config.json", None),
 }
 FILE_KINDS = {"recommend-all": "a recommend-all Parquet file"}
-RECOMMEND_ALL_KEY = b"clcrec-recommend-all"  # key of the Parquet metadata recommend-all writes
+RECOMMEND_ALL_KEY = b"clcrec-recommend-all"  # key of the Parquet metadata recommend-all writes (its marker)
+NEVER_REPLACED = ("run", "study")  # a run or a study is never replaced, --force or not
 _LEGACY_EXPORT = {"users.npy", "items.npy", "user_ids.parquet", "item_ids.parquet"}  # before export.json
 _LEGACY_RECS = (b"user", b"rank", b"item", b"score")  # recommend-all's columns, before its key
+UNPROVEN = ("it carries no valid .clcrec-output.json marker (written before markers existed, or not by this "
+            "program), so --force will not replace it: move it aside (mv PATH PATH.old) or choose another path")
 
 
 def _json_format(path: Path):
@@ -181,7 +209,7 @@ def _parquet_footer(path: Path) -> bytes:
             f.seek(size - 8)
             tail = f.read(8)
             n = int.from_bytes(tail[:4], "little")
-            if tail[4:] != b"PAR1" or n > size - 12:
+            if tail[4:] != b"PAR1" or n > size - 12 or n > 64 << 20:
                 return b""
             f.seek(size - 8 - n)
             return f.read(n)
@@ -189,32 +217,47 @@ def _parquet_footer(path: Path) -> bytes:
         return b""
 
 
-def output_kind(path: Path) -> tuple[str | None, str]:
-    """(kind, description) of what is at `path`: a key of OUTPUT_KINDS or FILE_KINDS, "empty" (an
-    empty directory), None with a description (anything else), or (None, "") if nothing is there."""
+def output_kind(path: Path) -> tuple[str | None, str, bool]:
+    """(kind, description, proven) of what is at `path`: kind is a key of OUTPUT_KINDS or FILE_KINDS
+    (by its marker if `proven`, else by its looks), "empty" (an empty directory), None with a
+    description (anything else), or (None, "", False) if nothing is there."""
+    from common.provenance import directory_kind, parquet_kind
+
     p = Path(path)
     if not os.path.lexists(p):
-        return None, ""
+        return None, "", False
     if p.is_symlink():
-        return None, f"a symbolic link (to {os.readlink(p)})"
+        return None, f"a symbolic link (to {os.readlink(p)})", False
     if not p.is_dir():
         footer = _parquet_footer(p) if p.is_file() else b""
+        if parquet_kind(footer):
+            return "recommend-all", FILE_KINDS["recommend-all"], True
         if RECOMMEND_ALL_KEY in footer or (footer and all(c in footer for c in _LEGACY_RECS)):
-            return "recommend-all", FILE_KINDS["recommend-all"]
-        return None, "a file" if p.is_file() else "not a regular file or directory"
+            return "recommend-all", "a Parquet file with recommend-all's columns", False
+        return None, "a file" if p.is_file() else "not a regular file or directory", False
     try:
         names = sorted(q.name for q in p.iterdir())
     except OSError as e:
-        return None, f"a directory that cannot be listed ({e.strerror})"
+        return None, f"a directory that cannot be listed ({e.strerror})", False
     if not names:
-        return "empty", "an empty directory"
+        return "empty", "an empty directory", False
+    proven = directory_kind(p)
+    if proven in OUTPUT_KINDS:
+        return proven, OUTPUT_KINDS[proven][0], True
     for kind, (desc, marker, fmt) in OUTPUT_KINDS.items():
         if marker in names and (fmt is None or _json_format(p / marker) == fmt):
-            return kind, desc
+            return kind, f"{desc} by its looks only", False
     if set(names) == _LEGACY_EXPORT:
-        return "export", OUTPUT_KINDS["export"][0]
+        return "export", f"{OUTPUT_KINDS['export'][0]} by its looks only", False
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    return None, f"a directory that no command of this program wrote (it holds {shown})"
+    return None, f"a directory that no command of this program wrote (it holds {shown})", False
+
+
+def enclosing_run(path: Path) -> Path | None:
+    """The run directory `path` sits directly in (an update run's dataset/, say), or None."""
+    parent = Path(path).absolute().parent
+    kind, _, _ = output_kind(parent)
+    return parent if kind == "run" else None
 
 
 def check_output(path: Path, what: str, kind: str, force: bool, *,
@@ -222,9 +265,11 @@ def check_output(path: Path, what: str, kind: str, force: bool, *,
                  forceable: bool = True) -> None:
     """The one check of an output path, before any work is done. The path must be creatable
     (check_output_dir; for a file kind, its directory) and, if something is there already, an
-    output of `kind` (OUTPUT_KINDS, FILE_KINDS), replaced only with `force` (else UserError ending
-    in `exists`). Anything else -- another command's output, a file where a directory goes, a
-    directory the program did not write, a link -- is refused by name, `force` or not."""
+    output of `kind` (OUTPUT_KINDS, FILE_KINDS) whose provenance marker verifies, replaced only with
+    `force` (else UserError ending in `exists`). Anything else -- another command's output, an
+    output without a marker, a run or study (NEVER_REPLACED), the dataset inside a run, a file where
+    a directory goes, a directory the program did not write, a link -- is refused by name, `force`
+    or not."""
     from common.errors import UserError
 
     error = error or UserError
@@ -239,13 +284,23 @@ def check_output(path: Path, what: str, kind: str, force: bool, *,
         check_output_dir(p.parent if str(p.parent) else Path("."), f"{what} {p}: its directory")
     else:
         check_output_dir(p, what)
-    found, desc = output_kind(p)
+    found, desc, proven = output_kind(p)
     if (found is None and not desc) or found == "empty":  # nothing there, or an empty directory
         return
-    if found == kind:
+    if found == kind and kind in NEVER_REPLACED:
+        raise error(f"{what} {p} already exists ({desc}); {exists}" if not forceable else
+                    f"{what} {p} already exists ({desc}); runs are never replaced, not even with --force: "
+                    "choose another path")
+    if found == kind and proven:
         if not force:
             raise error(f"{what} {p} already exists; {exists} (it is {desc})")
+        run = enclosing_run(p) if kind == "dataset" else None  # an update run's dataset/ is the run's own
+        if run is not None:
+            raise error(f"{what} {p} is part of the run {run}, and runs are never replaced, not even in part "
+                        "(--force included): choose another path")
         return
+    if found == kind:
+        raise error(f"{what} {p} is {desc}, but {UNPROVEN.replace('PATH', str(p))}")
     raise error(f"{what} {p} is {desc}, not {want}; nothing was changed: choose another path"
                 + (f" (--force only ever replaces {want})" if forceable else ""))
 
@@ -280,6 +335,13 @@ def check_output_dir(path: Path, what: str) -> None:
                         "or fix its permissions") from None
 
 
+def write_marker(directory: Path, kind: str) -> None:
+    """Mark `directory` as an output of `kind` (common/provenance.py): what --force checks."""
+    from common.provenance import MARKER, new_marker
+
+    atomic_write_json(Path(directory) / MARKER, new_marker(kind))
+
+
 def check_new_target(target: Path, force: bool, what: str = "target", kind: str = "dataset") -> None:
     """A directory about to be written by a command whose output is `kind`: check_output."""
     from common.errors import InputError
@@ -288,16 +350,18 @@ def check_new_target(target: Path, force: bool, what: str = "target", kind: str 
 
 
 @contextmanager
-def building_dir(target: Path, *, force: bool = False):
+def building_dir(target: Path, kind: str, *, force: bool = False):
     """The whole pattern for a directory: yields a fresh temporary directory beside `target` (the
-    leftovers of killed builds cleaned first) to build in; when the block ends, its files are
-    flushed and it replaces `target` (`publish_dir`; an existing target only with `force`). On any
-    exception it is removed and `target` is as it was (a copy moved aside goes back)."""
+    leftovers of killed builds cleaned first) to build in; when the block ends, it gets the marker
+    of `kind` (common/provenance.py), its files are flushed and it replaces `target` (`publish_dir`;
+    an existing target only with `force`). On any exception it is removed and `target` is as it was
+    (a copy moved aside goes back)."""
     target = Path(target)
     clean_tmp_leftovers(target.parent, target.name)
     tmp = make_tmp_dir(target)
     try:
         yield tmp
+        write_marker(tmp, kind)
         fsync_tree(tmp)  # on disk before the rename, so a power loss cannot publish empty files
         publish_dir(tmp, target, force=force)
     except BaseException:

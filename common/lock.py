@@ -32,6 +32,10 @@ class FileLock:
 
     def acquire(self, *, wait: bool) -> bool:
         """True once held; False if `wait` is off and another process holds a conflicting lock."""
+        if self.path.parent.is_symlink():  # e.g. a planted CACHE/leases link: locks are written there
+            raise self.error(f"the lock directory {self.path.parent} is a symbolic link (to "
+                             f"{os.readlink(self.path.parent)}); a lock file is written, so nothing is created "
+                             "through it. Nothing was changed: remove the link (the program creates its own)")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)

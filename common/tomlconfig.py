@@ -49,7 +49,7 @@ def check_value(kind, value) -> object | None:
     if kind is bool or isinstance(value, bool):  # a bool is an int in Python, never in a config
         return value if kind is bool and isinstance(value, bool) else None
     if kind is float and isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
+        return float(value) if abs(value) <= 1e308 and math.isfinite(value) else None  # 10**400: no float
     return value if isinstance(value, kind) else None
 
 

@@ -304,7 +304,7 @@ def write_dataset(
         **(extra or {}),
     }
 
-    with building_dir(target, force=force) as tmp:
+    with building_dir(target, "dataset", force=force) as tmp:
         for name, arr in splits.items():
             np.save(tmp / f"{name}.npy", arr)
         np.save(tmp / "item_status.npy", item_status)

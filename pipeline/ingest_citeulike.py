@@ -36,7 +36,7 @@ import polars as pl
 
 from common.errors import InputError
 from pipeline.features import token_bucket
-from pipeline.ingest_common import IngestConfig, assemble, require_file
+from pipeline.ingest_common import MAX_HASH_DIM, IngestConfig, assemble, require_file
 
 FILES = {"users": "users.dat", "item_tags": "item-tag.dat", "tags": "tags.dat", "citations": "citations.dat"}
 
@@ -103,8 +103,9 @@ def ingest_citeulike(source: Path, target: Path, config: IngestConfig = IngestCo
     if not source.is_dir():
         raise InputError(f"CiteULike directory {source} does not exist")
     for name, v in (("--tag-dim", tag_dim), ("--citation-dim", citation_dim), ("--max-users", max_users)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise InputError(f"{name} must be an integer >= 0, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (name != "--max-users" and v > MAX_HASH_DIM):
+            raise InputError(f"{name} must be an integer from 0 to {MAX_HASH_DIM}, got {v!r}"
+                             if name != "--max-users" else f"{name} must be an integer >= 0, got {v!r}")
     if tag_dim == 0 and citation_dim == 0:
         raise InputError("--tag-dim 0 and --citation-dim 0 leave no content; CLCRec needs at least one modality")
     features: dict[str, np.ndarray] = {}

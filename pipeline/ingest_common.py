@@ -14,6 +14,7 @@ to the split's pairs; the earliest time of a repeated pair).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,9 @@ class FeatureSpec:
     id_col: str = "item"  # Parquet: the item-id column; the other numeric/list columns are the vector
 
 
+MAX_HASH_DIM = 65536  # hashed bag-of-words widths (titles, tags, citations): an items x dim float32 array
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     split: SplitConfig | TemporalSplitConfig = SplitConfig()  # the paper's random cold items, or temporal
@@ -55,14 +59,18 @@ class IngestConfig:
     allow_pickle: bool = False  # reference .npy layout: those files are pickles (they run code)
 
     def __post_init__(self):
-        if isinstance(self.title_dim, bool) or not isinstance(self.title_dim, int) or self.title_dim < 1:
-            raise InputError(f"--title-dim must be an integer >= 1, got {self.title_dim!r}")
+        for name, v, lo in (("--title-dim", self.title_dim, 1), ("--tag-dim", self.tag_dim, 0)):
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= MAX_HASH_DIM:
+                raise InputError(f"{name} must be an integer from {lo} to {MAX_HASH_DIM}, got {v!r}")
 
 
 def require_file(path: Path, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{what} {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+        if path.is_dir():
+            raise InputError(f"{what} {path} is a directory; pass the file itself")
+        raise InputError(f"{what} {path} " + ("is not a regular file (a pipe or device); pass a file"
+                                              if os.path.lexists(path) else "does not exist"))
     if path.stat().st_size == 0:
         raise InputError(f"{what} {path} is empty")
     return path

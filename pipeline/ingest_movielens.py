@@ -35,7 +35,7 @@ from pipeline.features import (
     title_year,
 )
 from pipeline.ingest_common import IngestConfig, assemble, integer_ids, require_file
-from pipeline.movielens_tags import tag_modalities
+from pipeline.movielens_tags import polars_reason, tag_modalities
 
 console = Console(stderr=True)
 ML100K_GENRES = 19
@@ -113,7 +113,7 @@ def _ratings(path: Path, release: str) -> pl.DataFrame:
             df = pl.read_csv(path, columns=["userId", "movieId", *([time_col] if time_col else [])], infer_schema=False)
             cols = ["userId", "movieId"]
     except pl.exceptions.ComputeError as e:
-        raise InputError(f"ratings file {path} could not be parsed: {e}") from None
+        raise InputError(f"ratings file {path} could not be parsed: {polars_reason(e)}") from None
     if len(df.columns) < 2 or len(cols) < 2:
         raise InputError(f"ratings file {path} has fewer than two columns; expected user and item ids")
     out = {"user": integer_ids(df[cols[0]], f"{path} user ids"), "item": integer_ids(df[cols[1]], f"{path} item ids")}
@@ -123,7 +123,11 @@ def _ratings(path: Path, release: str) -> pl.DataFrame:
 
 
 def _movies_100k(path: Path) -> tuple[pl.DataFrame, np.ndarray, list[str], pl.Series]:
-    df = pl.read_csv(_utf8_bytes(path), has_header=False, separator="|", quote_char=None, infer_schema=False)
+    try:
+        df = pl.read_csv(_utf8_bytes(path), has_header=False, separator="|", quote_char=None, infer_schema=False)
+    except pl.exceptions.PolarsError as e:  # rows of different widths, a garbled file
+        raise InputError(f"movies file {path} could not be parsed as ml-100k u.item rows ('|'-separated): "
+                         f"{polars_reason(e)}") from None
     if df.width < 5 + ML100K_GENRES:
         raise InputError(f"movies file {path} has {df.width} columns; ml-100k u.item has {5 + ML100K_GENRES}")
     raw = df.select(pl.col(df.columns[5 : 5 + ML100K_GENRES]).str.strip_chars()).to_numpy()

@@ -133,6 +133,9 @@ def read_feature(spec: FeatureSpec, item_col: str) -> tuple[pl.Series, np.ndarra
                     f"{'non-numeric: ' + str(bad) if bad else 'no vector columns'}"
                 )
             mat = rest.to_numpy().astype(np.float64)
+    if mat.ndim == 2 and mat.shape[1] == 0:  # every item's content the same (empty) vector: nothing to learn
+        raise InputError(f"feature file {path} for {spec.name!r} has 0 feature columns (shape {mat.shape}); "
+                         "each item needs at least one content value")
     if ids.is_duplicated().any():
         raise InputError(f"feature file {path}: item id {ids.filter(ids.is_duplicated())[0]} has more than one row")
     mat = validate_features({spec.name: mat}, len(ids), where=f" ({path})")[spec.name]

@@ -29,6 +29,12 @@ GENOME = "genome-scores.csv"
 TAG_FILES = ("tags.csv", "tags.dat")
 
 
+def polars_reason(e: Exception) -> str:
+    """The first line of a polars parse error, without its advice (ignore_errors, infer_schema_length:
+    reading past bad rows is not what a dataset should do)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(":")[:300]
+
+
 def _read_genome(path: Path) -> pl.DataFrame:
     try:
         df = pl.read_csv(path, columns=["movieId", "tagId", "relevance"],
@@ -37,7 +43,7 @@ def _read_genome(path: Path) -> pl.DataFrame:
         raise InputError(f"tag genome file {path} lacks the columns movieId, tagId, relevance ({e})") from None
     except pl.exceptions.ComputeError as e:
         raise InputError(f"tag genome file {path} could not be parsed (ids must be integers, "
-                         f"relevance a number): {e}") from None
+                         f"relevance a number): {polars_reason(e)}") from None
     bad = df.filter(pl.any_horizontal(pl.all().is_null()) | ~pl.col("relevance").is_finite())
     if len(bad):
         raise InputError(f"tag genome file {path} has {len(bad)} row(s) with a missing or non-finite value, "
@@ -60,7 +66,7 @@ def _read_tags(path: Path) -> pl.DataFrame:
     except pl.exceptions.ColumnNotFoundError as e:
         raise InputError(f"tags file {path} lacks the columns movieId, tag ({e})") from None
     except pl.exceptions.ComputeError as e:
-        raise InputError(f"tags file {path} could not be parsed (movieId must be an integer): {e}") from None
+        raise InputError(f"tags file {path} could not be parsed (movieId must be an integer): {polars_reason(e)}") from None
     return df
 
 

@@ -27,7 +27,7 @@ def export_embeddings(run_dir: Path, out_dir: Path | None = None, force: bool = 
     check_output(out_dir, "--out", "export", force)  # only an earlier export is ever replaced
     lr = open_run(run_dir)
     users, items = lr.tables()
-    with building_dir(out_dir, force=out_dir.exists()) as tmp:
+    with building_dir(out_dir, "export", force=out_dir.exists()) as tmp:
         np.save(tmp / "users.npy", users.numpy().astype(np.float32))
         np.save(tmp / "items.npy", items.numpy().astype(np.float32))
         lr.dataset.user_ids().write_parquet(tmp / "user_ids.parquet")

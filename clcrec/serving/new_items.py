@@ -67,7 +67,7 @@ class NewItems:
 
         out = Path(out)
         check_output(out, "--out", "new-items", force)  # only an earlier embed-items output is replaced
-        with building_dir(out, force=out.exists()) as tmp:
+        with building_dir(out, "new-items", force=out.exists()) as tmp:
             np.save(tmp / "vectors.npy", self.vectors.astype(np.float32))
             if self.features is not None:  # the content itself, so `update` can train these items
                 (tmp / "features").mkdir()

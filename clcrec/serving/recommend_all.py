@@ -13,6 +13,7 @@ name beside it and renamed when complete: a failed or killed run leaves no parti
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 import torch
 
 from common.fsutil import RECOMMEND_ALL_KEY, TMP_PREFIX, check_output
+from common.provenance import marker_bytes
 
 
 def default_block(num_items: int, device: torch.device) -> int:
@@ -62,7 +64,7 @@ def write_topk_parquet(out: Path, blocks, user_ids: np.ndarray, item_ids: np.nda
     schema = pa.schema([("user", pa.from_numpy_dtype(user_ids.dtype)), ("rank", pa.int32()),
                         ("item", pa.from_numpy_dtype(item_ids.dtype)), ("score", pa.float32()),
                         *[(name, pa.dictionary(pa.int32(), pa.string())) for name in (labels or {})]],
-                       metadata={RECOMMEND_ALL_KEY: b"1"})
+                       metadata={RECOMMEND_ALL_KEY: marker_bytes("recommend-all")})
     rows = 0
     bar = _Bar(len(user_ids), progress)
     try:
@@ -74,7 +76,16 @@ def write_topk_parquet(out: Path, blocks, user_ids: np.ndarray, item_ids: np.nda
                 bar.advance(idx.shape[0])
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, out)
+        if force:
+            os.replace(tmp, out)
+        else:  # link fails with EEXIST if a concurrent writer put its file there first: it wins, we exit 1
+            try:
+                os.link(tmp, out)
+            except OSError as e:
+                if e.errno == errno.EEXIST:
+                    raise
+                os.replace(tmp, out)  # a filesystem without hard links: the last writer wins
+            tmp.unlink(missing_ok=True)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -10,6 +10,8 @@ skips straight to training.
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -83,9 +85,12 @@ def run_training(cfg: TrainConfig, *, scale: str = "default", console: Console |
 
     def prepare() -> None:
         from common.fsutil import check_output
+        from common.provenance import directory_kind
 
-        # before any data or cache is made; an existing run is continued with --resume, never replaced
-        stub = not (Path(cfg.run_dir) / "checkpoints" / "last.pt").exists()  # a run that failed at its start
+        # before any data or cache is made; an existing run is continued with --resume, never replaced.
+        # A run that failed at its start (no checkpoint) may be called worthless only if it is provably ours.
+        stub = (directory_kind(Path(cfg.run_dir)) == "run"
+                and not (Path(cfg.run_dir) / "checkpoints" / "last.pt").exists())
         exists = (f"it never finished an epoch (no checkpoint), so nothing in it is worth keeping: remove it to "
                   f"start again with other options, or pass --resume {cfg.run_dir} to restart it with its own"
                   if stub else f"pass --resume {cfg.run_dir} to continue it, or choose another --run-dir")
@@ -101,10 +106,40 @@ def run_training(cfg: TrainConfig, *, scale: str = "default", console: Console |
         ensure_cache(Path(cfg.dataset), Path(cfg.cache), cfg.num_neg, cfg.seed, console, cfg.exclude)
 
     dist.main_first(ctx, prepare)  # a refusal on rank 0 reaches every rank as the same one line
-    results = train(cfg, console=console)
+    existed = os.path.lexists(cfg.run_dir)
+    try:
+        results = train(cfg, console=console)
+    except BaseException:
+        if ctx.is_main and not existed:
+            remove_stub(Path(cfg.run_dir))
+        raise
     if results:
         report(cfg.run_dir, results, console)
     return results
+
+
+def remove_stub(run_dir: Path) -> None:
+    """Remove the run directory this process created if training failed before its first checkpoint
+    (a refusal, a diverged first epoch, Ctrl-C): nothing in it could be resumed. Only a directory
+    that carries this program's run marker, and only under its lock: a trainer that claimed the
+    directory meanwhile (ours failed on its lock) keeps it."""
+    from clcrec.rundir import RUN_LOCK
+    from common.lock import FileLock
+    from common.provenance import directory_kind
+
+    if directory_kind(run_dir) != "run":
+        return
+    lock = FileLock(run_dir / RUN_LOCK)
+    try:
+        if not lock.acquire(wait=False):
+            return
+    except (UserError, OSError):  # a planted lock link: leave everything as it is
+        return
+    try:
+        if not (run_dir / "checkpoints" / "last.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+    finally:
+        lock.release()
 
 
 def report(run_dir: str, results: dict, console: Console) -> None:

@@ -44,7 +44,8 @@ def check_cache(store: CacheStore, dataset_dir: Path, fingerprint: str, num_neg:
     if store.config.num_neg != num_neg:
         raise UserError(
             f"cache {store.cache_dir} holds {store.config.num_neg} negatives per pair but --num-neg is "
-            f"{num_neg}; pass --num-neg {store.config.num_neg} or another --cache"
+            f"{num_neg}; pass --num-neg {store.config.num_neg} (in a --config file: num_neg = "
+            f"{store.config.num_neg}) or another --cache"
         )
     if store.config.exclusion != exclude:
         raise UserError(

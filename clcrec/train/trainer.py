@@ -155,6 +155,8 @@ class Trainer:
         """Rank 0, before anything is written: lock the run directory (a second trainer exits
         naming the holder) and, on resume, verify both checkpoints, not only the one read first."""
         self.run_lock = self.run.lock()
+        if self.resume and not self.run.last.exists():
+            self.run.check_restartable()  # no last.pt: only a run that never finished an epoch restarts
         if self.resume and self.run.last.exists():
             for path in (self.run.last, self.run.best):
                 if path == self.run.best and not path.exists():

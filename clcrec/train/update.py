@@ -42,10 +42,11 @@ from rich.console import Console
 from clcrec.config import COLD_VECTORS
 from clcrec.evaluation.ranking import EvalConfig, evaluate_ranking
 from clcrec.model import concat_normalised_features
-from clcrec.rundir import RunDir, TrainedRun, open_run
+from clcrec.rundir import RUN_LOCK, RunDir, TrainedRun, open_run
 from common.errors import UserError
 from common.fsutil import atomic_write_json, building_dir, check_new_target
 from common.integrity import file_sha256
+from common.lock import is_locked
 from pipeline.dataset import COLD_VAL, Dataset, load_dataset
 from pipeline.extend_dataset import Extension, NewItemRows, extend_dataset
 from pipeline.new_interactions import read_new_interactions
@@ -105,9 +106,16 @@ def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: Ne
     console = console or Console(stderr=True)
     t0 = time.perf_counter()
     parent_dir, out, interactions = Path(parent_dir), Path(out), Path(interactions)
-    check_new_target(out, force, "--out", kind="run")  # a run, replaced only by --force
+    check_new_target(out, force, "--out", kind="run")  # a run is never replaced, --force or not
     if out.resolve() == parent_dir.resolve():
         raise UserError("--out must differ from the parent run: the parent run is never modified")
+    if parent_dir.resolve() in out.resolve().parents:  # a child inside its parent would be lost with it
+        raise UserError(f"--out {out} is inside the parent run {parent_dir}, which is never modified; "
+                        "choose a path outside it")
+    busy = parent_dir / RUN_LOCK  # probed only if present: the parent is never written, not even a lock file
+    if busy.is_file() and not busy.is_symlink() and is_locked(busy):
+        raise UserError(f"a trainer is still running on {parent_dir} (it holds {RUN_LOCK}) and may replace its "
+                        "best.pt while the update reads it; wait for it to finish, then update")
     parent = parent or open_run(parent_dir)
     delta = read_new_interactions(interactions)  # before anything is written
     modalities = list(parent.checkpoint["modalities"])
@@ -116,7 +124,7 @@ def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: Ne
                "interactions_file": str(interactions.resolve()), "interactions_sha256": file_sha256(interactions),
                "new_items": new_items_source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
-    with building_dir(out, force=force) as tmp:
+    with building_dir(out, "run") as tmp:  # a writer racing us to `out`: FileExistsError, exit 1
         ext = extend_dataset(parent.dataset, modalities, delta, new_items, tmp / "dataset",
                              val_fraction=config.val_fraction, seed=config.seed, label=str(interactions),
                              source={**parent.dataset.meta.get("source", {}),  # kind kept: --movielens again

@@ -126,7 +126,7 @@ def parse_space(text: str, where: str) -> list[Param]:
         lo, hi = spec.get("low"), spec.get("high")
         numbers = [v for v in (lo, hi, spec.get("step")) if v is not None]
         if lo is None or hi is None or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                               and math.isfinite(v) for v in numbers):
+                                               and abs(v) < 1e300 and math.isfinite(v) for v in numbers):
             raise UserError(f"{at} needs numbers low and high (and a number step, if any)")
         if kind is int and not all(float(v).is_integer() for v in numbers):
             raise UserError(f"{at}: {name} is an integer field; low, high and step must be integers")

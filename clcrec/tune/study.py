@@ -50,6 +50,10 @@ class TuneConfig:
     prune_after: int = 4  # completed trials before the pruner compares
 
     def __post_init__(self):
+        if not 0 <= self.seed < 2**32:  # numpy's seed range (TPESampler)
+            raise UserError(f"--sampler-seed must be an integer from 0 to 2^32-1, got {self.seed}")
+        if not 1 <= self.trials <= 100_000:
+            raise UserError(f"--trials must be from 1 to 100000, got {self.trials}")
         if self.trials < 1:
             raise UserError(f"--trials must be >= 1, got {self.trials}")
         if self.timeout is not None and not self.timeout > 0:
@@ -62,16 +66,26 @@ def run_tune(tc: TuneConfig, given: dict, space: tuple[list[Param], str] | None,
     TrainConfig fields set by the user (a --config file, options); the rest take their defaults."""
     import optuna
 
+    from cache.store import CacheStore
+    from clcrec.device import resolve_device
     from clcrec.train.flow import default_paths, ensure_cache
+    from clcrec.train.generations import check_cache
     from clcrec.train.selection import check_selectable
-    from common.fsutil import check_output_dir
+    from common.fsutil import check_output_dir, output_kind, write_marker
     from common.lock import OwnedLock
-    from pipeline.dataset import load_dataset
+    from pipeline.dataset import load_dataset, read_fingerprint
 
     root = Path(tc.study_dir)
     check_output_dir(root, "the study folder")
     db = root / "study.db"
-    stored = load_stored(db) if db.exists() else None
+    found, desc, proven = output_kind(root)
+    if desc and found not in ("study", "empty"):  # never write into a run, a dataset, a user's folder...
+        raise UserError(f"the study folder {root} is {desc}, not a tune study folder; nothing was changed: "
+                        "pass a new or empty folder to start a study")
+    stored = load_stored(db) if db.exists() else None  # a study from before markers: resumed if it loads
+    if found == "study" and not proven and stored is None:
+        raise UserError(f"the study folder {root} is {desc}, but not a study of this program; nothing was "
+                        "changed: pass a new or empty folder to start a study")
     if stored is None and not given.get("dataset"):
         raise UserError(f"{root} holds no study yet; a new one needs --dataset (or --config with a dataset)")
     if stored is not None:  # resume: the study's own base and space; a different one is refused
@@ -82,12 +96,17 @@ def run_tune(tc: TuneConfig, given: dict, space: tuple[list[Param], str] | None,
     base = default_paths(base.replace(run_dir=str(root / "trials" / "base")), "default")
     check_space(params, base)
     check_selectable(load_dataset(base.dataset), base)  # before anything is written
+    resolve_device(base.device)  # `--device tpu`: refused here, not in every trial
+    if (Path(base.cache) / "manifest.json").exists():  # another num_neg or exclusion: refused before the lock
+        check_cache(CacheStore(base.cache), Path(base.dataset), read_fingerprint(base.dataset), base.num_neg, base.exclude)
 
     root.mkdir(parents=True, exist_ok=True)
     lock = OwnedLock(root / "tune.lock", f"tune of {root}", busy=(
         "another tune is running on {path} ({holder}); wait for it, or study in another folder"))
     lock.acquire(wait=False)
     try:
+        if not proven:
+            write_marker(root, "study")
         ensure_cache(Path(base.dataset), Path(base.cache), base.num_neg, base.seed, console, base.exclude)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}")

@@ -167,6 +167,7 @@ def test_corrupt_chunks_are_reported_by_generation_and_chunk(dataset, tmp_path):
 
     proc = run_cli("cache-verify", cache, check=False)
     assert proc.returncode == 1 and "generation 0: 2 bad chunk(s)" in proc.stderr
+    assert "error: 1 generation(s) of" in " ".join(proc.stderr.split())  # the one error line, last
     assert "chunk 1 (rows 256..511)" in proc.stderr and "Traceback" not in proc.stderr
     run_cli("cache-verify", cache, "--drop-bad", check=False)
     assert CacheStore(cache).published() == []

@@ -84,3 +84,28 @@ def test_export_writes_the_ranking_tables_with_ids(run_dir, tiny_dataset, tmp_pa
     assert users.shape == (ds.num_users, width) and items.shape == (ds.num_items, width)
     np.testing.assert_array_equal(items, t.numpy())
     np.testing.assert_array_equal(users, u.numpy())
+
+
+def test_two_recommend_all_writers_one_wins_the_other_exits_1(tmp_path, monkeypatch):
+    """Issue 28: without --force, a file a concurrent writer published after our check is never
+    overwritten: the later writer fails with EEXIST (one `error:` line), the winner's file stays."""
+    import errno
+
+    import torch
+
+    import clcrec.serving.recommend_all as ra
+    from cli import describe_failure
+    from common.fsutil import output_kind
+
+    def blocks(score):
+        return iter([(0, torch.full((2, 2), score), torch.zeros((2, 2), dtype=torch.long))])
+
+    out, users, items = tmp_path / "r.parquet", np.arange(2), np.arange(3)
+    assert ra.write_topk_parquet(out, blocks(1.0), users, items) == 4
+    first = out.read_bytes()
+    monkeypatch.setattr(ra, "check_output", lambda *a, **k: None)  # its check ran before the first published
+    with pytest.raises(FileExistsError) as e:
+        ra.write_topk_parquet(out, blocks(2.0), users, items)
+    assert e.value.errno == errno.EEXIST and describe_failure(e.value).startswith(f"{out}: File exists")
+    assert out.read_bytes() == first and os.listdir(tmp_path) == ["r.parquet"]
+    assert output_kind(out) == ("recommend-all", "a recommend-all Parquet file", True)  # its marker verifies

@@ -158,7 +158,7 @@ def test_api_and_cli_give_identical_results(env, served, tmp_path):
     run, new = served
     proc = run_cli("embed-items", run_dir, *files, "--out", tmp_path / "new")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(os.listdir(tmp_path / "new")) == ["features", "items.parquet", "meta.json", "vectors.npy"]
+    assert sorted(os.listdir(tmp_path / "new")) == [".clcrec-output.json", "features", "items.parquet", "meta.json", "vectors.npy"]
     for m, arr in new.features.items():  # the raw content too, which `update` trains on
         np.testing.assert_array_equal(np.load(tmp_path / "new" / "features" / f"{m}.npy"), arr)
     np.testing.assert_array_equal(np.load(tmp_path / "new" / "vectors.npy"), new.vectors)

@@ -255,9 +255,10 @@ def test_bad_input_is_refused_and_nothing_is_written(parent, feed, tmp_path):
     (other / "meta.json").write_text(json.dumps({**meta, "encoder_sha256": "0" * 64}))  # another run's encoder
     refused(csv, "embedded by another model", new_items=other)
     out.mkdir()
-    (out / "config.json").write_text("{}")  # a run directory's marker: an earlier update's, say
-    with pytest.raises(UserError, match="already exists; pass --force"):
-        parent.update(csv, out, new_items=new_dir, console=quiet())
+    (out / "config.json").write_text("{}")  # looks like a run: never replaced, --force or not (issue 28)
+    for force in (False, True):
+        with pytest.raises(UserError, match="runs are never replaced, not even with --force"):
+            parent.update(csv, out, new_items=new_dir, force=force, console=quiet())
     assert [p.name for p in out.iterdir()] == ["config.json"]
 
 

@@ -81,3 +81,19 @@ def test_table_corrupt_feature_parquet(cli, tmp_path, corrupt):
     r = cli("ingest", "table", tmp_path / "i.csv", out, "--feature", f"f={feat}")
     assert_clean_failure(r, out, f"feature file {feat} for 'f' could not be read as parquet", "truncated or corrupt")
 
+
+
+@pytest.mark.parametrize("exc, says", [
+    (PermissionError(13, "Permission denied", "/data/locked/out"), "/data/locked/out: Permission denied; fix its permissions"),
+    (OSError(36, "File name too long", "/data/" + "a" * 300), "/data/" + "a" * 300 + ": File name too long; use shorter"),
+    (OSError(28, "No space left on device", "/data/out/.tmp-x"), "/data/out/.tmp-x: No space left on device; free some disk space"),
+    (MemoryError("Unable to allocate 3.6 TiB for an array"), "not enough memory (Unable to allocate 3.6 TiB"),
+    (OverflowError("int too large to convert to float"), "a number given is too large"),
+])
+def test_os_and_size_failures_are_one_line_naming_the_path(exc, says):
+    """Issue 28: the operating system's refusals (run as root, the tests cannot chmod 000), sizes
+    and overflows that escape every check become main()'s one `error:` line, not a traceback."""
+    from cli import describe_failure
+
+    assert describe_failure(exc).startswith(says)
+    assert describe_failure(RuntimeError("a bug")) is None  # a bug still shows its traceback

@@ -61,6 +61,34 @@ def test_next_write_restores_the_copy_a_killed_force_rewrite_left_aside(tmp_path
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_two_writers_of_one_output_one_wins_the_other_exits_1(tmp_path):
+    """Issue 28: a second build's cleanup left a live builder's directory alone (it used to delete
+    it, and the builder crashed with FileNotFoundError); the writer that publishes second fails
+    with EEXIST, one `error:` line, and the winner's output is intact."""
+    import errno
+
+    from cli import describe_failure
+    from common.fsutil import building_dir
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        (tmp_path / f".tmp-data.{live.pid}.abc").mkdir()  # another process's build in progress
+        (tmp_path / f".tmp-data.{dead.pid}.abc").mkdir()  # a killed one's
+        clean_tmp_leftovers(tmp_path, "data")
+        assert [p.name for p in tmp_path.iterdir()] == [f".tmp-data.{live.pid}.abc"]
+    finally:
+        live.kill()
+        live.wait()
+    first = write_small(tmp_path / "data", seed=1)
+    with pytest.raises(FileExistsError) as e:
+        with building_dir(tmp_path / "data", "dataset") as tmp:  # its check passed before the other published
+            (tmp / "x").write_text("late")
+    assert e.value.errno == errno.EEXIST and "one writer wins" in describe_failure(e.value)
+    assert load_dataset(tmp_path / "data").fingerprint == first and not list(tmp_path.glob(".tmp-data.*.*"))
+
+
 def test_cleaning_leftovers_never_deletes_the_only_copy(tmp_path):
     target = tmp_path / "data"
     first = write_small(target, seed=1)
