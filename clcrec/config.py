@@ -20,6 +20,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "fp32")
 RESUMABLE_CHANGES = {"run_dir", "content_prior", "epochs", "patience", "device", "amp", "threads", "log_every", "prefetch", "eval_block", "encode",
                      "scoring", "cuda_graph", "compile", "assemble", "readers", "tensorboard"}
 SELECT_MODES = ("cold", "warm", "all", "mean")
+SELECT_RANKS = ("centred", "served")  # how cold items rank while epochs are selected
 ENCODE_MODES = ("auto", "unique", "slots", "all")
 SCORING_MODES = ("auto", "gather", "dense")
 GRAPH_MODES = ("auto", "on", "off")
@@ -40,7 +41,7 @@ NUMERIC_RANGES = [
 ]  # upper bounds: far past any useful value, short of an allocation that fails or a loop that never ends
 _OPTION_NAMES = {"dim_E": "--dim-e"}
 # What a run recorded before these fields existed trained with (TrainConfig.from_dict)
-RECORDED_BEFORE = {"reg_content": 0.0, "val_confirm": 0.0}
+RECORDED_BEFORE = {"reg_content": 0.0, "val_confirm": 0.0, "select_rank": "served"}
 
 
 def option_name(field: str) -> str:
@@ -112,6 +113,10 @@ class TrainConfig:
     # A seeded share of the validation-cold items makes no choice (epoch, prior weight): it confirms
     # them against the content-only cosine and a shared list (clcrec/train/confirm.py; 0: off).
     val_confirm: float = 0.5
+    # How cold items rank while epochs are selected: "centred" (cold_vectors centred: without the list
+    # all users share, so a shared list that happens to hold popular validation items cannot pick the
+    # epoch) or "served" (as the run serves them; the reference's, and reproduction mode's).
+    select_rank: str = "centred"
     ks: tuple[int, ...] = (10, 20, 50)
     eval_block: int = 1024  # users per evaluation block
     refresh_every: int = 0  # move to the next negative generation every N epochs (0: never)
@@ -135,6 +140,7 @@ class TrainConfig:
         checks = [
             (self.amp in AMP_MODES, f"--amp must be one of {AMP_MODES}, got {self.amp!r}"),
             (self.select_mode in SELECT_MODES, f"--select-mode must be one of {SELECT_MODES}, got {self.select_mode!r}"),
+            (self.select_rank in SELECT_RANKS, f"--select-rank must be one of {SELECT_RANKS}, got {self.select_rank!r}"),
             (self.encode in ENCODE_MODES, f"--encode must be one of {ENCODE_MODES}, got {self.encode!r}"),
             (self.scoring in SCORING_MODES, f"--scoring must be one of {SCORING_MODES}, got {self.scoring!r}"),
             (self.cuda_graph in GRAPH_MODES, f"--cuda-graph must be one of {GRAPH_MODES}, got {self.cuda_graph!r}"),

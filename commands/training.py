@@ -51,6 +51,8 @@ def train(
     modality: list[str] = typer.Option([], help="Use only these feature modalities (repeatable)."),
     select_mode: str = typer.Option("cold", help="Validation Recall@K that picks the best epoch: cold, warm, all, mean."),
     select_k: int = typer.Option(10, help="K of the validation Recall@K that selects the epoch."),
+    select_rank: str = typer.Option("centred", help="How cold items rank while epochs are selected: centred (without "
+                                    "the list all users share, so its luck cannot pick the epoch) or served."),
     val_confirm: float = typer.Option(0.5, help="Share of the validation-cold items held back from every choice "
                                       "(epoch, prior weight) to confirm it; 0: choose on all of validation."),
     eval_ema: float = typer.Option(0.9, "--eval-ema", help="Evaluate and keep an EMA of epoch-end weights with this decay (0: raw weights)."),

@@ -67,7 +67,8 @@ REGIMES = ("mllatest-ref", "mllatest", "ml100k", "ml100k-ref", "citeulike", "ml1
            "synth-longtail", "synth-default")
 # reproduction mode: the reference's negatives, hybrid draw, step and regulariser, nothing held back
 REPRO = {"exclude": "all-known", "hybrid_draw": "with-replacement", "l_r": 0.001, "reg_content": 0.0, "val_confirm": 0.0,
-         "select_mode": "all", "select_window": 1, "eval_ema": 0.0, "content_prior": "off", "patience": 100_000}
+         "select_mode": "all", "select_window": 1, "eval_ema": 0.0, "content_prior": "off", "select_rank": "served",
+         "patience": 100_000}
 MODES = {"honest": {}, "repro": REPRO}
 SCORINGS = ("raw", "centred")
 DECAY = 0.9  # the average recorded beside the raw weights
@@ -182,13 +183,21 @@ class RecordingTrainer(Trainer):
                 "choose": self.evaluate("choose")["cold"]["recall@10"] if held else val["cold"]["recall@10"],
                 "confirm": self.evaluate("confirm")["cold"]["recall@10"] if held else None}
 
+    def _points(self) -> dict:
+        out = {}
+        for scoring in SCORINGS:  # the model alone, cold rows ranked each way
+            self.model.cold_vectors = scoring
+            out[scoring] = self._point()
+        self.model.cold_vectors = self.cfg.cold_vectors
+        return out
+
     def end_epoch(self, epoch, generation, record):
         stop = super().end_epoch(epoch, generation, record)
         self.model.eval()
         self.shadow.update(self.model)
-        point = {"raw": self._point()}
+        point = {"raw": self._points()}
         with self.shadow.swapped_in(self.model):
-            point[f"ema{DECAY}"] = self._point()
+            point[f"ema{DECAY}"] = self._points()
         self.curves.append(point)
         return stop
 
@@ -261,26 +270,32 @@ def variants(rec: dict, cfg_mode: str) -> dict[str, dict]:
     for name, e in ends.items():
         if name not in ("served", "alone"):
             rows[f"cold vectors {name.replace('+served', ', served').replace('+alone', ', model alone')}"] = pick(e)
-    for name, weights, key in replayed_rules():
-        e = replay(rec["curves"], weights, key)
-        rows[name] = {"epoch": e, "last": False, "test": rec["curves"][e][weights]["test"], "pers": None,
+    for name, weights, ranking, key, serve in replayed_rules():
+        e = replay(rec["curves"], weights, ranking, key)
+        rows[name] = {"epoch": e, "last": False, "test": rec["curves"][e][weights][serve]["test"], "pers": None,
                       "prior_weight": None, "confirmation": {}}
     return rows
 
 
-def replayed_rules() -> list[tuple[str, str, str]]:
-    """(row, weights, validation curve) of the selection rules replayed on the model alone."""
+def replayed_rules() -> list[tuple[str, str, str, str, str]]:
+    """(row, weights, ranking selected on, validation curve, ranking reported) of the selection
+    rules replayed on the model alone: the trainer's rule with one thing changed."""
     d = TrainConfig()
     weights = f"ema{DECAY}" if d.eval_ema > 0 else "raw"
     other = "raw" if weights != "raw" else f"ema{DECAY}"
-    return [("model alone, epoch chosen on all of validation", weights, "val_cold"),
-            (f"model alone, {'raw' if other == 'raw' else 'averaged'} weights", other, "choose")]
+    sel = "centred" if d.select_rank == "centred" else d.cold_vectors
+    sel_other = d.cold_vectors if sel == "centred" else "centred"
+    serve = d.cold_vectors
+    return [("model alone, replayed", weights, sel, "choose", serve),
+            (f"model alone, epoch selected on {sel_other} ranks", weights, sel_other, "choose", serve),
+            ("model alone, epoch chosen on all of validation", weights, sel, "val_cold", serve),
+            (f"model alone, {'raw' if other == 'raw' else 'averaged'} weights", other, sel, "choose", serve)]
 
 
-def replay(curves: list[dict], weights: str, key: str) -> int:
+def replay(curves: list[dict], weights: str, ranking: str, key: str) -> int:
     """The epoch the trainer's rule (window, patience, first selectable epoch) picks on a curve."""
     d = TrainConfig()
-    scores = [c[weights][key] for c in curves]
+    scores = [c[weights][ranking][key] for c in curves]
     first = first_selectable(DECAY if weights != "raw" else 0.0, len(scores))
     return select_epoch(scores, d.select_window, d.patience, first)[0]
 

@@ -25,15 +25,8 @@ from clcrec.data.stream import ChunkStream, batches_on_device
 from clcrec.device import bind_device, resolve_device, wants_cuda
 from clcrec.evaluation.ranking import EvalConfig, RankingEvaluator
 from clcrec.model import NO_PRIOR, CLCRec, Prior
-from clcrec.rundir import (
-    RunDir,
-    check_model_state,
-    check_own_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from clcrec.rundir import (RunDir, check_model_state, check_own_checkpoint, load_checkpoint, rng_state, save_checkpoint,
+                           set_rng_state)
 from clcrec.train import distributed as dist
 from clcrec.train.board import open_board
 from clcrec.train.generations import (
@@ -46,8 +39,8 @@ from clcrec.train.generations import (
 from clcrec.train.plan import hybrid_rate, plan_execution, step_config
 from clcrec.train.confirm import choose_and_confirm
 from clcrec.train.results import write_results
-from clcrec.train.selection import (EpochAverage, check_selectable, first_selectable, select_score, smoothed_score,
-                                    split_validation)
+from clcrec.train.selection import (EpochAverage, check_selectable, first_selectable, ranked_for_selection,
+                                    select_score, smoothed_score, split_validation)
 from clcrec.train.step import (
     SUM_NAMES,
     StepRunner,
@@ -329,8 +322,10 @@ class Trainer:
                 self.average.update(self.model)
             with self.average.swapped_in(self.model) if self.average is not None else nullcontext():
                 record["val"] = self.evaluate("val")
-                record.update({"val_choose": self.evaluate("choose"), "val_confirm": self.evaluate("confirm")["cold"]} if held else {})
-            score = select_score(record["val_choose"] if held else record["val"], cfg)
+                record.update({"val_confirm": self.evaluate("confirm")["cold"]} if held else {})
+                with ranked_for_selection(self.model, cfg.select_rank):
+                    record["val_choose"] = self.evaluate("choose" if held else "val")
+            score = select_score(record["val_choose"], cfg)
             record["select_score"] = score
             smoothed = smoothed_score([r["select_score"] for r in self.metrics] + [score], cfg.select_window)
             if cfg.select_window > 1:

@@ -217,6 +217,7 @@ def _fine_tune(parent: TrainedRun, ext: Extension, tmp: Path, modalities, config
     cfg = parent.cfg.replace(
         dataset=str(tmp / "dataset"), cache=str(tmp / "cache"), run_dir=str(tmp), modalities=tuple(modalities),
         epochs=config.epochs, patience=config.epochs, eval_ema=0.0, select_window=1, select_mode="all",
+        val_confirm=0.0,  # the update's held-out new pairs pick the epoch and the blend, as they are (below)
         refresh_every=0, seed=config.seed, device=config.device, threads=config.threads,
         # by default one scale for every ranking row: the blend interpolates an item's ID embedding and
         # its content vector, so the content is taken at the ID embeddings' scale (times the factor that

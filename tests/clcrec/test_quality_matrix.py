@@ -34,11 +34,12 @@ def _pers(distinct):
 def test_replay_picks_what_the_trainer_would(qm):
     # raw weights: a one-epoch spike at epoch 1 loses to the steady run under the 3-epoch window
     val = [0.1, 0.9, 0.1, 0.6, 0.6, 0.6, 0.2]
-    curves = [{"raw": _point(v, 10 + e)} for e, v in enumerate(val)]
-    assert qm.replay(curves, "raw", "val_cold") == 5  # mean of epochs 3-5 = 0.6 beats 0.533 (epochs 1-3)
+    curves = [{"raw": {"raw": _point(v, 10 + e)}} for e, v in enumerate(val)]
+    assert qm.replay(curves, "raw", "raw", "val_cold") == 5  # mean of epochs 3-5 = 0.6 beats 0.533 (epochs 1-3)
     # the choosing share's curve, not all of validation's: the held-back items' luck cannot pick
-    curves = [{"raw": _point(v, e, choose=c)} for e, (v, c) in enumerate(zip([0.9, 0.9, 0.9, 0.1], [0.1, 0.1, 0.2, 0.9]))]
-    assert qm.replay(curves, "raw", "val_cold") == 2 and qm.replay(curves, "raw", "choose") == 3
+    curves = [{"raw": {"raw": _point(v, e, choose=c)}}
+              for e, (v, c) in enumerate(zip([0.9, 0.9, 0.9, 0.1], [0.1, 0.1, 0.2, 0.9]))]
+    assert qm.replay(curves, "raw", "raw", "val_cold") == 2 and qm.replay(curves, "raw", "raw", "choose") == 3
 
 
 def test_rows_of_a_run(qm):
@@ -47,7 +48,8 @@ def test_rows_of_a_run(qm):
             "alone": {"test": _slim(0.2), "pers": _pers(0.5)},
             "centred+served": {"test": _slim(0.25), "pers": _pers(1.0), "weight": 0.2, "confirmation": {}},
             "centred+alone": {"test": _slim(0.15), "pers": _pers(1.0)}}
-    rec = {"curves": [{"raw": _point(0.1 * e, e), "ema0.9": _point(0.1 * e, e)} for e in range(12)], "ends": ends,
+    point = lambda e: {"raw": _point(0.1 * e, e), "centred": _point(0.1 * e, e)}  # noqa: E731
+    rec = {"curves": [{"raw": point(e), "ema0.9": point(e)} for e in range(12)], "ends": ends,
            "best_epoch": 11, "epochs_run": 12, "max_epochs": 12}
     rows = qm.variants(rec, "honest")
     assert rows["default"]["test"]["cold"]["recall@10"] == 0.3 and rows["default"]["prior_weight"] == 0.5
