@@ -10,12 +10,15 @@ ends, the cold ranking those choices produce is scored on the held-back items ne
 - the content-only cosine (clcrec/evaluation/baselines.py), which chose nothing;
 - the shared list: the cold items in the order of the model's mean score over all users, the same
   list for everyone (what the model's cold ranking would be with nothing personal in it).
-The choices are taken only if the served ranking is at least both. Otherwise the run serves the
-content-only cosine for cold items (the prior's W = 1) and says so: a choice that loses on items
-it was not made on is luck, not signal. Why a shared list as a bar: on a large catalogue a list
-that happens to hold one popular validation item scores high for every user who liked it, so a
-model whose cold ranking is mostly one list can win validation and lose test (ml-latest-small:
-validation 3.5x the cosine, test 0.6x).
+The choices are confirmed if the served ranking is at least both. Below the content-only cosine,
+they are not taken: the run serves the cosine for cold items (the prior's W = 1) and says so, since
+a choice that loses on items it was not made on is luck, not signal. Below the shared list only,
+the run says so and keeps its ranking: the cosine does not beat that list either, and a list
+that is the same for everyone is never served. Why a shared list as a bar: on a large catalogue a
+list that happens to hold one popular validation item scores high for every user who liked it, so
+a model whose cold ranking is mostly one list can win validation and lose test (ml-latest-small:
+validation 3.5x the cosine, test 0.6x); a personal ranking that loses to its own shared list on
+held-back items has learned nothing personal there.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def confirm_choices(model: CLCRec, dataset, prior: Prior, val_pairs: dict, selec
     return {
         "metric": f"cold {key} on {items} held-back validation-cold items", "items": items, **out,
         "choosing": {"items": int(len(np.unique(cold_choose[:, 1]))), **(scores(cold_choose) if len(cold_choose) else {})},
-        "confirmed": not losses,
+        "confirmed": not losses, "below_content": served < out["content"], "below_shared_list": served < out["shared_list"],
         "reason": "" if not losses else f"the served cold ranking ({served:.4f}) is below the {' and the '.join(losses)}",
     }
 
@@ -99,7 +102,8 @@ def describe_confirmation(c: dict, fell_back: bool) -> str:
         return "\n".join(lines + ["confirmed: the served cold ranking is at least the content-only cosine and the "
                                    "shared list on the held-back items"])
     what = ("the run's choices are not taken: cold items rank by the content-only cosine" if fell_back
-            else "kept, because the content prior's weight was given")
+            else "kept, because the content prior's weight was given" if c["below_content"]
+            else "kept: the content-only cosine is no better, and one list for everyone is never served")
     return "\n".join(lines + [f"NOT confirmed: {c['reason']} on the held-back items; {what}"])
 
 
@@ -109,7 +113,7 @@ def choose_and_confirm(model: CLCRec, dataset, cfg: TrainConfig, val_pairs: dict
     there serves the content-only cosine (unless the prior's weight was given). Prints both."""
     prior = choose_prior(model, dataset, cfg, val_pairs=val_pairs["choose"])
     confirmation = confirm_choices(model, dataset, Prior.of(prior), val_pairs, cfg.select_k, cfg.eval_block)
-    fell_back = bool(confirmation) and not confirmation["confirmed"] and cfg.prior_weight is None
+    fell_back = bool(confirmation) and confirmation["below_content"] and cfg.prior_weight is None
     if fell_back:
         prior = choose_prior(model, dataset, cfg, weight=CONTENT_ONLY,
                              chosen_on="content only: the run's choices were not confirmed on held-back items")

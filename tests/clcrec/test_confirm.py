@@ -99,6 +99,7 @@ def test_an_untrained_model_is_not_confirmed_and_says_why(untrained):
     assert c["items"] == len(np.unique(held[:, 1])) and c["choosing"]["items"] > 0
     assert c["served"] == c["model_alone"]  # no prior: the served ranking is the model's
     assert c["served"] < c["content"] and not c["confirmed"] and "content-only cosine" in c["reason"]
+    assert c["below_content"] and c["below_shared_list"] == (c["served"] < c["shared_list"])
     # the content-only score is the baseline's on the held-back pairs alone
     from clcrec.evaluation.ranking import EvalConfig, RankingEvaluator
 
