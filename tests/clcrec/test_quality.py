@@ -10,34 +10,42 @@ The bounds (tests/trajectory_bounds.json) are the worst of several seeds and ker
 a margin; `python scripts/derive_bounds.py --write` measures them again and rewrites this block:
 
 Measured by scripts/derive_bounds.py:
-    on AMD EPYC (2 cores, torch's native capability AVX2), torch 2.13.0+cpu, numba 0.68.1,
-    2026-12-06, commit 432e835; seeds [0, 1, 2]; targets ['aten=avx2', 'aten=avx2+numba=generic',
-    'aten=default', 'aten=default+numba=generic']; aten=avx512: not available on this CPU (torch
-    reports AVX2), not measured:
-    cold / oracle: worst 0.4338 (seed 2, aten=avx2), bound 0.390 (worst - 10%)
+    on AMD EPYC (2 cores, torch's native capability AVX512), torch 2.13.0+cpu, numba 0.68.1,
+    2026-12-07, commit 6f33d6c; seeds [0, 1, 2]; targets ['aten=avx512',
+    'aten=avx512+numba=generic', 'aten=avx2', 'aten=avx2+numba=generic', 'aten=default',
+    'aten=default+numba=generic']:
+    cold / oracle: worst 0.3518 (seed 2, aten=default), bound 0.316 (worst - 10%)
       target                          seed 0    seed 1    seed 2
-      aten=avx2                       0.6145    0.5619    0.4338
-      aten=avx2+numba=generic         0.6128    0.5579    0.4519
-      aten=default                    0.6180    0.5631    0.4670
-      aten=default+numba=generic      0.6192    0.5580    0.4422
-    cold / content: worst 0.9996 (seed 0, aten=avx2+numba=generic), bound 0.899 (worst - 10%)
+      aten=avx512                     0.6131    0.5497    0.4082
+      aten=avx512+numba=generic       0.6131    0.5497    0.3793
+      aten=avx2                       0.6131    0.5497    0.4082
+      aten=avx2+numba=generic         0.6131    0.5497    0.3793
+      aten=default                    0.6131    0.5497    0.3518
+      aten=default+numba=generic      0.6131    0.5497    0.3881
+    cold / content: worst 0.8217 (seed 2, aten=default), bound 0.739 (worst - 10%)
       target                          seed 0    seed 1    seed 2
-      aten=avx2                       1.0023    1.0222    1.0132
-      aten=avx2+numba=generic         0.9996    1.0150    1.0554
-      aten=default                    1.0080    1.0243    1.0907
-      aten=default+numba=generic      1.0099    1.0151    1.0327
-    cold / random: worst 2.0914 (seed 2, aten=avx2), bound 1.882 (worst - 10%)
+      aten=avx512                     1.0000    1.0000    0.9534
+      aten=avx512+numba=generic       1.0000    1.0000    0.8858
+      aten=avx2                       1.0000    1.0000    0.9534
+      aten=avx2+numba=generic         1.0000    1.0000    0.8858
+      aten=default                    1.0000    1.0000    0.8217
+      aten=default+numba=generic      1.0000    1.0000    0.9063
+    cold / random: worst 1.6961 (seed 2, aten=default), bound 1.526 (worst - 10%)
       target                          seed 0    seed 1    seed 2
-      aten=avx2                       3.1760    2.4161    2.0914
-      aten=avx2+numba=generic         3.1674    2.3991    2.1786
-      aten=default                    3.1939    2.4211    2.2514
-      aten=default+numba=generic      3.2001    2.3992    2.1318
-    warm / content warm: worst 1.5774 (seed 0, aten=default), bound 1.419 (worst - 10%)
+      aten=avx512                     3.1686    2.3636    1.9681
+      aten=avx512+numba=generic       3.1686    2.3636    1.8284
+      aten=avx2                       3.1686    2.3636    1.9681
+      aten=avx2+numba=generic         3.1686    2.3636    1.8284
+      aten=default                    3.1686    2.3636    1.6961
+      aten=default+numba=generic      3.1686    2.3636    1.8709
+    warm / content warm: worst 1.5907 (seed 0, aten=avx512+numba=generic), bound 1.431 (worst - 10%)
       target                          seed 0    seed 1    seed 2
-      aten=avx2                       1.5822    1.7737    1.6724
-      aten=avx2+numba=generic         1.5871    1.7742    1.7109
-      aten=default                    1.5774    1.7588    1.7455
-      aten=default+numba=generic      1.5959    1.7052    1.6936
+      aten=avx512                     1.6098    1.8368    1.6949
+      aten=avx512+numba=generic       1.5907    1.8900    1.6757
+      aten=avx2                       1.6098    1.8368    1.6949
+      aten=avx2+numba=generic         1.5907    1.8900    1.6757
+      aten=default                    1.6650    1.8279    1.6694
+      aten=default+numba=generic      1.6420    1.7897    1.6525
 (end of measured block)
 """
 

@@ -12,16 +12,18 @@ worst of several seeds and kernel targets less a margin; `python scripts/derive_
 measures it again and rewrites this block:
 
 Measured by scripts/derive_bounds.py:
-    on AMD EPYC (2 cores, torch's native capability AVX2), torch 2.13.0+cpu, numba 0.68.1,
-    2026-12-06, commit 432e835; seeds [0, 1, 2]; targets ['aten=avx2', 'aten=avx2+numba=generic',
-    'aten=default', 'aten=default+numba=generic']; aten=avx512: not available on this CPU (torch
-    reports AVX2), not measured:
-    with tags / without: worst 2.0603 (seed 0, aten=default+numba=generic), bound 1.854 (worst - 10%)
+    on AMD EPYC (2 cores, torch's native capability AVX512), torch 2.13.0+cpu, numba 0.68.1,
+    2026-12-07, commit 6f33d6c; seeds [0, 1, 2]; targets ['aten=avx512',
+    'aten=avx512+numba=generic', 'aten=avx2', 'aten=avx2+numba=generic', 'aten=default',
+    'aten=default+numba=generic']:
+    with tags / without: worst 2.1287 (seed 0, aten=default+numba=generic), bound 1.915 (worst - 10%)
       target                          seed 0    seed 1    seed 2
-      aten=avx2                       2.0846    3.7356    4.3016
-      aten=avx2+numba=generic         2.1741    3.5694    4.3016
-      aten=default                    2.3419    4.0040    4.1692
-      aten=default+numba=generic      2.0603    4.0040    4.1077
+      aten=avx512                     2.2161    3.4412    3.7089
+      aten=avx512+numba=generic       2.1526    3.6902    3.4685
+      aten=avx2                       2.2161    3.4412    3.7089
+      aten=avx2+numba=generic         2.1526    3.6902    3.4685
+      aten=default                    2.1953    3.6630    3.6158
+      aten=default+numba=generic      2.1287    3.6230    3.9266
 (end of measured block)
 """
 
