@@ -180,7 +180,7 @@ def cases(w: dict) -> list[dict]:
         dict(argv=["update", run, "--interactions", r / "t.csv", "--out", new, "--item-init", "users"],
              says=["--item-init must be one of fold-in, content, got 'users'"], watch=[run, new]),
         dict(argv=["update", run, "--interactions", r / "t.csv", "--out", new, "--cold-vectors", "cosine"],
-             says=["--cold-vectors must be one of raw, normalised, scaled, got 'cosine'"], watch=[run, new]),
+             says=["--cold-vectors must be one of raw, normalised, scaled, centred, got 'cosine'"], watch=[run, new]),
         dict(argv=["train", "--resume", run, "--run-dir", new], says=["--resume", "--run-dir"], watch=[run, new]),
         dict(argv=[*trn, "--run-dir", new, "--compile", "yes"], says=["--compile must be one of", "'yes'"], watch=[new, cache]),
         dict(argv=[*trn, "--run-dir", new, "--device", "cpu", "--compile", "on"],

@@ -36,6 +36,12 @@ def test_cold_list_stats_exact_values():
     s = cold_list_stats(users, ITEMS, STATUS, pop, k=2)
     # users 0, 1 -> {2, 3}; users 2, 3 -> {4, 5}: 2 distinct lists, 4 of 5 cold items covered,
     # and item 2 (the head) fills 2 of the 8 slots
+    # common share: each user's cold scores less their mean; the items' mean of that over users,
+    # squared and summed over items and users, over the whole sum of squares
+    dev = (users @ ITEMS[2:].T).double().numpy()
+    dev -= dev.mean(axis=1, keepdims=True)
+    common = 4 * (dev.mean(axis=0) ** 2).sum() / (dev**2).sum()
+    assert s.pop("common_share") == pytest.approx(common, rel=1e-6) and 0.70 < common < 0.71
     assert s == {"users": 4, "cold_items": 5, "distinct_lists": 2, "distinct_share": 0.5,
                  "coverage@2": 0.8, "pop_share@2": 0.25, "head_items": 1}
 

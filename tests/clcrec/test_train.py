@@ -31,8 +31,10 @@ def test_run_directory_holds_config_metrics_checkpoints_results_and_plots(tiny_d
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [0, 1, 2, 3]
     assert all(m["generation"] == 0 and m["samples"] == 3701 for m in metrics)  # every pair, each epoch
-    # the best epoch is the one with the highest validation cold Recall@20
-    best = max(metrics, key=lambda m: m["val"]["cold"]["recall@20"])
+    # the best epoch is the one with the highest selection score: validation cold Recall@20 of the
+    # choosing share, cold rows centred (the held-back items and the served ranking are only logged)
+    assert all(m["select_score"] == m["val_choose"]["cold"]["recall@20"] for m in metrics)
+    best = max(metrics, key=lambda m: m["select_score"])
     assert results["best_epoch"] == best["epoch"]
     assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == best["epoch"]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 3
@@ -49,7 +51,7 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(tiny_dat
     cfg = config(tiny_dataset, tiny_cache, tmp_path / "run", epochs=30, patience=2, l_r=0.05)
     results = train(cfg, console=quiet())
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    scores = [m["val"]["cold"]["recall@20"] for m in metrics]
+    scores = [m["select_score"] for m in metrics]
     best = max(range(len(scores)), key=lambda i: (scores[i], -i))
     assert results["best_epoch"] == best
     assert len(metrics) == min(30, best + 1 + 2)  # stopped exactly `patience` epochs after the best
