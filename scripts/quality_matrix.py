@@ -58,7 +58,7 @@ import clcrec  # noqa: E402,F401 - first: sets the OpenMP spin default before to
 from clcrec.config import TrainConfig  # noqa: E402
 from clcrec.evaluation.personalisation import cold_list_stats, held_out_popularity  # noqa: E402
 from clcrec.model import NO_PRIOR, Prior  # noqa: E402
-from clcrec.train.confirm import choose_and_confirm  # noqa: E402
+from clcrec.train.confirm import choose_and_confirm, decide  # noqa: E402
 from clcrec.train.selection import EpochAverage, first_selectable, select_epoch  # noqa: E402
 from clcrec.train.trainer import Trainer  # noqa: E402
 
@@ -257,9 +257,28 @@ def train_recorded(dataset: Path, run: Path, seed: int, mode: str, epochs: int) 
 # ---------------------------------------------------------------------------------------------
 
 
-def variants(rec: dict, cfg_mode: str) -> dict[str, dict]:
-    """name -> pick {"epoch", "last", "test", "pers", "prior_weight", "confirmation"} of one run."""
-    ends, best = rec["ends"], rec["best_epoch"]
+def as_decided(ends: dict, name: str, content: dict) -> dict:
+    """The served end `name` as the trainer serves it after confirmation (clcrec.train.confirm.decide):
+    runs recorded before the prior's weight was confirmed against the model alone are replayed with
+    the scores they recorded on the held-back items (exact: the model alone's test figures are
+    recorded too, and the content-only cosine's are the baseline's)."""
+    end = ends[name]
+    c = end.get("confirmation") or {}
+    if not c or "decision" in c:
+        return end
+    decision = decide(c, weight_given=False)
+    alone = name.replace("served", "alone")
+    return {"served": end, "alone": {**ends[alone], "weight": 0.0, "confirmation": c},
+            "content": {**content, "weight": 1.0, "confirmation": {**c, "fell_back_to_content": True}}}[decision]
+
+
+def variants(rec: dict, cfg_mode: str, content: dict | None = None) -> dict[str, dict]:
+    """name -> pick {"epoch", "last", "test", "pers", "prior_weight", "confirmation"} of one run;
+    `content`: the content-only cosine's {"test", "pers"} (what a run that falls back serves)."""
+    ends, best = dict(rec["ends"]), rec["best_epoch"]
+    for name in list(ends):
+        if name.endswith("served") and content is not None:
+            ends[name] = as_decided(ends, name, content)
     last = best == rec["epochs_run"] - 1 and rec["epochs_run"] == rec["max_epochs"]
     pick = lambda e, epoch=best: {"epoch": epoch, "last": last if epoch == best else False, "test": e["test"],  # noqa: E731
                                   "pers": e.get("pers"), "prior_weight": e.get("weight"),
@@ -398,7 +417,7 @@ def run_regime(regime: str, args) -> tuple[dict | None, str]:
     content_test = b["content"]["cold"]["recall@10"]
     by_row: dict[str, list[dict]] = {}
     for (mode, s), rec in recs.items():
-        for name, p in variants(rec, mode).items():
+        for name, p in variants(rec, mode, base["content"][args.seeds.index(s)]).items():
             c = p["confirmation"]
             p["false_claim"] = bool(c) and c["served"] >= c["content"] and p["test"]["cold"]["recall@10"] < content_test
             p["seed"] = s

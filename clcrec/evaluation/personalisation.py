@@ -135,8 +135,9 @@ def below_content_baseline(dataset, val_results: dict, cfg, eval_cfg, confirmati
     from clcrec.evaluation.ranking import RankingEvaluator
 
     if confirmation:
-        return {"metric": f"held-back validation {confirmation['metric']}", "model": confirmation["served"],
-                "content": confirmation["content"], "below": bool(confirmation["served"] < confirmation["content"])}
+        kept = confirmation["model_alone"] if confirmation.get("decision") == "alone" else confirmation["served"]
+        return {"metric": f"held-back validation {confirmation['metric']}", "model": kept,
+                "content": confirmation["content"], "below": bool(kept < confirmation["content"])}
     key = f"recall@{cfg.select_k}"
     ev = RankingEvaluator(dataset.train, dataset.val, dataset.item_status, dataset.num_users, eval_cfg)
     content = ev(*content_baseline(dataset))["cold"][key]

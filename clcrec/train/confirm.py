@@ -10,22 +10,23 @@ ends, the cold ranking those choices produce is scored on the held-back items ne
 - the content-only cosine (clcrec/evaluation/baselines.py), which chose nothing;
 - the shared list: the cold items in the order of the model's mean score over all users, the same
   list for everyone (what the model's cold ranking would be with nothing personal in it).
-The choices are confirmed if the served ranking is at least both. Below the content-only cosine,
-they are not taken: the run serves the cosine for cold items (the prior's W = 1) and says so, since
-a choice that loses on items it was not made on is luck, not signal. Below the shared list only,
-the run says so and keeps its ranking: the cosine does not beat that list either, and a list
-that is the same for everyone is never served. Why a shared list as a bar: on a large catalogue a
-list that happens to hold one popular validation item scores high for every user who liked it, so
-a model whose cold ranking is mostly one list can win validation and lose test (ml-latest-small:
-validation 3.5x the cosine, test 0.6x); a personal ranking that loses to its own shared list on
-held-back items has learned nothing personal there.
+Two checks, in order (`decide`):
+1. The prior's weight W is taken only if the served ranking is at least the model alone (W = 0)
+   on the held-back items; else the run serves the model alone.
+2. Below the content-only cosine there, the run's choices are not taken: it serves the cosine
+   for cold items (W = 1) and says so, since a choice that loses on items it was not made on is
+   luck, not signal. Below the shared list only, it says so and keeps its ranking: the cosine does
+   not beat that list either, and a list that is the same for everyone is never served.
+Why a shared list as a bar: on a large catalogue a list that happens to hold one popular
+validation item scores high for every user who liked it, so a model whose cold ranking is mostly
+one list can win validation and lose test (ml-latest-small: validation 3.5x the cosine, test
+0.6x); a personal ranking that loses to its own shared list on held-back items has learned nothing personal there.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-
 from rich.console import Console
 
 from clcrec.config import TrainConfig
@@ -35,6 +36,7 @@ from clcrec.model import CLCRec, Prior
 from clcrec.train.prior import choose_prior, describe_prior
 
 CONTENT_ONLY = 1.0  # the prior's weight that ranks cold items by the content cosine alone
+NOT_MIXED = 0.0  # the prior's weight of the model alone
 
 
 @torch.no_grad()
@@ -75,19 +77,38 @@ def confirm_choices(model: CLCRec, dataset, prior: Prior, val_pairs: dict, selec
     out = scores(held)
     choose = np.asarray(val_pairs["choose"]).reshape(-1, 2)
     cold_choose = choose[status[choose[:, 1]] != 0]
-    served = out["served"]
-    losses = [name for name, bar in (("content-only cosine", out["content"]), ("shared list", out["shared_list"]))
-              if served < bar]
     items = int(len(np.unique(held[:, 1])))
-    return {
-        "metric": f"cold {key} on {items} held-back validation-cold items", "items": items, **out,
-        "choosing": {"items": int(len(np.unique(cold_choose[:, 1]))), **(scores(cold_choose) if len(cold_choose) else {})},
-        "confirmed": not losses, "below_content": served < out["content"], "below_shared_list": served < out["shared_list"],
-        "reason": "" if not losses else f"the served cold ranking ({served:.4f}) is below the {' and the '.join(losses)}",
-    }
+    return {"metric": f"cold {key} on {items} held-back validation-cold items", "items": items, **out,
+            "choosing": {"items": int(len(np.unique(cold_choose[:, 1]))),
+                         **(scores(cold_choose) if len(cold_choose) else {})}}
 
 
-def describe_confirmation(c: dict, fell_back: bool) -> str:
+def decide(c: dict, weight_given: bool) -> str:
+    """What the run serves after confirmation `c` (confirm_choices'): "served" (its choices, the
+    prior's weight W included), "alone" (W not confirmed: at least the model alone on the
+    held-back items, or W = 0), or "content" (the ranking kept is below the content-only cosine
+    there). Nothing held back, or a W the user gave: "served". Pure, so that
+    scripts/quality_matrix.py replays it on recorded scores."""
+    if not c or weight_given:
+        return "served"
+    pick = "served" if c["served"] >= c["model_alone"] else "alone"
+    return "content" if c["served" if pick == "served" else "model_alone"] < c["content"] else pick
+
+
+def verdict(c: dict, decision: str) -> dict:
+    """The confirmation record's verdict fields for `decision`: what is kept scored against the bars."""
+    kept = c["model_alone"] if decision == "alone" else c["served"]
+    losses = [name for name, bar in (("content-only cosine", c["content"]), ("shared list", c["shared_list"]))
+              if kept < bar]
+    return {"decision": decision, "prior_confirmed": c["served"] >= c["model_alone"],
+            "below_content": kept < c["content"], "below_shared_list": kept < c["shared_list"],
+            "confirmed": not losses and c["served"] >= c["model_alone"],
+            "reason": "; ".join(([] if c["served"] >= c["model_alone"] else
+                                 [f"the prior's weight lowers the model alone ({c['served']:.4f} < {c['model_alone']:.4f})"])
+                                + ([f"the ranking kept ({kept:.4f}) is below the {' and the '.join(losses)}"] if losses else []))}
+
+
+def describe_confirmation(c: dict) -> str:
     """The run's report: choosing and held-back validation side by side, and the verdict."""
     if not c:
         return "choices not confirmed: no validation-cold items were held back (--val-confirm 0, or too few)"
@@ -99,28 +120,30 @@ def describe_confirmation(c: dict, fell_back: bool) -> str:
         lines.append(row(f"choosing ({c['choosing']['items']} items, made the choices)", c["choosing"]))
     lines.append(row(f"held back ({c['items']} items, made none)", c))
     if c["confirmed"]:
-        return "\n".join(lines + ["confirmed: the served cold ranking is at least the content-only cosine and the "
-                                   "shared list on the held-back items"])
-    what = ("the run's choices are not taken: cold items rank by the content-only cosine" if fell_back
-            else "kept, because the content prior's weight was given" if c["below_content"]
-            else "kept: the content-only cosine is no better, and one list for everyone is never served")
-    return "\n".join(lines + [f"NOT confirmed: {c['reason']} on the held-back items; {what}"])
+        return "\n".join(lines + ["confirmed: the served cold ranking is at least the model alone, the content-only "
+                                   "cosine and the shared list on the held-back items"])
+    what = {"content": "the run's choices are not taken: cold items rank by the content-only cosine",
+            "alone": "the prior's weight is not taken: cold items rank by the model alone (W = 0)",
+            "served": ("kept, because the content prior's weight was given" if c["below_content"] or not c["prior_confirmed"]
+                       else "kept: the content-only cosine is no better, and one list for everyone is never served")}
+    return "\n".join(lines + [f"NOT confirmed: {c['reason']} on the held-back items; {what[c['decision']]}"])
 
 
 def choose_and_confirm(model: CLCRec, dataset, cfg: TrainConfig, val_pairs: dict, console: Console) -> tuple[dict, dict]:
     """(the content prior as served, the confirmation) for the model now loaded: W chosen on
-    `val_pairs["choose"]`, the result confirmed on `val_pairs["confirm"]`; a run whose choices lose
-    there serves the content-only cosine (unless the prior's weight was given). Prints both."""
+    `val_pairs["choose"]`, then confirmed on `val_pairs["confirm"]` (`decide`): a W that lowers the
+    model alone there is not taken, and a run below the content-only cosine there serves the cosine
+    (unless the prior's weight was given). Prints both."""
     prior = choose_prior(model, dataset, cfg, val_pairs=val_pairs["choose"])
     confirmation = confirm_choices(model, dataset, Prior.of(prior), val_pairs, cfg.select_k, cfg.eval_block)
-    fell_back = bool(confirmation) and confirmation["below_content"] and cfg.prior_weight is None
-    if fell_back:
-        prior = choose_prior(model, dataset, cfg, weight=CONTENT_ONLY,
-                             chosen_on="content only: the run's choices were not confirmed on held-back items")
     if confirmation:
-        confirmation["fell_back_to_content"] = fell_back
+        decision = decide(confirmation, cfg.prior_weight is not None)
+        confirmation.update(verdict(confirmation, decision), fell_back_to_content=decision == "content")
+        if decision != "served":
+            prior = choose_prior(model, dataset, cfg, weight=CONTENT_ONLY if decision == "content" else NOT_MIXED,
+                                 chosen_on=f"{decision}: the choice made on validation was not confirmed on held-back items")
     console.print(describe_prior(prior), highlight=False)
-    line = describe_confirmation(confirmation, fell_back)
+    line = describe_confirmation(confirmation)
     console.print(line if confirmation.get("confirmed", True) else f"[yellow]warning:[/yellow] {line}",
                   highlight=False, soft_wrap=True)
     return prior, confirmation

@@ -45,7 +45,7 @@ def choose_prior(model: CLCRec, dataset, cfg: TrainConfig, val_pairs=None, weigh
     fixed = cfg.prior_weight if weight is None else weight
     val = np.asarray(dataset.val if val_pairs is None else val_pairs)
     if fixed == 0.0:
-        return {**NO_PRIOR._asdict(), "unit": None, "chosen_on": "off (--content-prior off)", "val": {}}
+        return {**NO_PRIOR._asdict(), "unit": None, "chosen_on": chosen_on or "off (--content-prior off)", "val": {}}
     status = np.asarray(dataset.item_status)
     users, items = model.user_table(), model.ranking_table(torch.as_tensor(status))
     profiles, content, centre = model.content_tables(dataset.train, status)

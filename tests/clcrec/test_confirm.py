@@ -15,7 +15,7 @@ from clcrec.evaluation.baselines import content_baseline
 from clcrec.evaluation.personalisation import common_share
 from clcrec.model import NO_PRIOR, CLCRec, concat_normalised_features
 from clcrec.serving.new_items import encode_features
-from clcrec.train.confirm import confirm_choices, shared_list
+from clcrec.train.confirm import confirm_choices, decide, shared_list, verdict
 from clcrec.train.selection import split_validation
 from clcrec.train.trainer import train
 from pipeline.dataset import load_dataset
@@ -98,8 +98,11 @@ def test_an_untrained_model_is_not_confirmed_and_says_why(untrained):
     held = pairs["confirm"]
     assert c["items"] == len(np.unique(held[:, 1])) and c["choosing"]["items"] > 0
     assert c["served"] == c["model_alone"]  # no prior: the served ranking is the model's
-    assert c["served"] < c["content"] and not c["confirmed"] and "content-only cosine" in c["reason"]
-    assert c["below_content"] and c["below_shared_list"] == (c["served"] < c["shared_list"])
+    assert c["served"] < c["content"]
+    assert decide(c, weight_given=False) == "content" and decide(c, weight_given=True) == "served"
+    v = verdict(c, "content")
+    assert not v["confirmed"] and v["below_content"] and "content-only cosine" in v["reason"]
+    assert v["below_shared_list"] == (c["served"] < c["shared_list"])
     # the content-only score is the baseline's on the held-back pairs alone
     from clcrec.evaluation.ranking import EvalConfig, RankingEvaluator
 
@@ -108,6 +111,18 @@ def test_an_untrained_model_is_not_confirmed_and_says_why(untrained):
     users, items = shared_list(model, ds.item_status)
     assert torch.equal(users[0], users[-1])  # one list for everyone
     assert confirm_choices(model, ds, NO_PRIOR, {**pairs, "confirm": held[:0]}, select_k=10) == {}
+
+
+def test_decide_takes_a_weight_only_where_it_helps_on_held_back_items():
+    c = {"served": 0.30, "model_alone": 0.25, "content": 0.20, "shared_list": 0.40}
+    assert decide(c, False) == "served" and decide({}, False) == "served"
+    assert decide({**c, "served": 0.22}, False) == "alone"  # W lowered the model alone: W = 0
+    assert decide({**c, "served": 0.19, "model_alone": 0.21}, False) == "alone"  # W below content, alone above it
+    assert decide({**c, "served": 0.18, "model_alone": 0.15}, False) == "content"  # both below content
+    assert decide({**c, "served": 0.19, "model_alone": 0.15}, False) == "content"  # W helps, but below content
+    v = verdict(c, "served")
+    assert v["below_shared_list"] and not v["below_content"] and not v["confirmed"] and "shared list" in v["reason"]
+    assert verdict({**c, "shared_list": 0.1}, "served")["confirmed"]
 
 
 def test_a_run_records_choosing_and_held_back_side_by_side(tiny_dataset, tiny_cache, tmp_path):
