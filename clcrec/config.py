@@ -93,7 +93,9 @@ class TrainConfig:
     batch_size: int = 256  # positive pairs per step (global across ranks)
     dim_E: int = 64
     hidden: int = 256  # encoder hidden width (reference: 256)
-    cold_vectors: str = "raw"  # cold items rank by their encoder output as is, "normalised" or "scaled" (README section 5)
+    # How cold items rank (clcrec/model.py): "centred" (without the component all users share: no list
+    # common to everyone; docs/results.md has the ablation), "raw" (the reference), "normalised", "scaled"
+    cold_vectors: str = "centred"
     # Cold items rank by 1 - W of the model's score plus W of the content-only cosine (clcrec/model.py
     # with_prior): "auto" chooses W on validation when training ends, "off" is W = 0, or W in [0, 1].
     content_prior: str = "auto"

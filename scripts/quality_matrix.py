@@ -68,6 +68,7 @@ REGIMES = ("mllatest-ref", "mllatest", "ml100k", "ml100k-ref", "citeulike", "ml1
 # reproduction mode: the reference's negatives, hybrid draw, step and regulariser, nothing held back
 REPRO = {"exclude": "all-known", "hybrid_draw": "with-replacement", "l_r": 0.001, "reg_content": 0.0, "val_confirm": 0.0,
          "select_mode": "all", "select_window": 1, "eval_ema": 0.0, "content_prior": "off", "select_rank": "served",
+         "cold_vectors": "raw",
          "patience": 100_000}
 MODES = {"honest": {}, "repro": REPRO}
 SCORINGS = ("raw", "centred")
@@ -275,19 +276,24 @@ def as_decided(ends: dict, name: str, content: dict) -> dict:
 def variants(rec: dict, cfg_mode: str, content: dict | None = None) -> dict[str, dict]:
     """name -> pick {"epoch", "last", "test", "pers", "prior_weight", "confirmation"} of one run;
     `content`: the content-only cosine's {"test", "pers"} (what a run that falls back serves)."""
-    ends, best = dict(rec["ends"]), rec["best_epoch"]
+    # ends by scoring: "served"/"alone" are the scoring the run was trained to serve, the other's
+    # carry its name (a record made under another default is read the same way)
+    base = "raw" if "centred+served" in rec["ends"] else "centred"
+    ends = {(k if "+" in k else f"{base}+{k}"): v for k, v in rec["ends"].items()}
     for name in list(ends):
         if name.endswith("served") and content is not None:
             ends[name] = as_decided(ends, name, content)
+    best = rec["best_epoch"]
     last = best == rec["epochs_run"] - 1 and rec["epochs_run"] == rec["max_epochs"]
     pick = lambda e, epoch=best: {"epoch": epoch, "last": last if epoch == best else False, "test": e["test"],  # noqa: E731
                                   "pers": e.get("pers"), "prior_weight": e.get("weight"),
                                   "confirmation": e.get("confirmation") or {}}
     if cfg_mode == "repro":
-        return {"reproduction": pick(ends["alone"])}
-    rows = {"default": pick(ends["served"]), "model alone (no prior, no fallback)": pick(ends["alone"])}
+        return {"reproduction": pick(ends[f"{base}+alone"])}
+    d = TrainConfig().cold_vectors
+    rows = {"default": pick(ends[f"{d}+served"]), "model alone (no prior, no fallback)": pick(ends[f"{d}+alone"])}
     for name, e in ends.items():
-        if name not in ("served", "alone"):
+        if not name.startswith(f"{d}+"):
             rows[f"cold vectors {name.replace('+served', ', served').replace('+alone', ', model alone')}"] = pick(e)
     for name, weights, ranking, key, serve in replayed_rules():
         e = replay(rec["curves"], weights, ranking, key)
