@@ -309,7 +309,7 @@ def replayed_rules() -> list[tuple[str, str, str, str, str]]:
     weights = f"ema{DECAY}" if d.eval_ema > 0 else "raw"
     other = "raw" if weights != "raw" else f"ema{DECAY}"
     sel = "centred" if d.select_rank == "centred" else d.cold_vectors
-    sel_other = d.cold_vectors if sel == "centred" else "centred"
+    sel_other = "raw" if sel == "centred" else "centred"
     serve = d.cold_vectors
     return [("model alone, replayed", weights, sel, "choose", serve),
             (f"model alone, epoch selected on {sel_other} ranks", weights, sel_other, "choose", serve),
