@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clcrec.config import RESUMABLE_CHANGES, TrainConfig
+from clcrec.config import COLD_VECTORS, RESUMABLE_CHANGES, TrainConfig
 from clcrec.model import CLCRec, Prior
 from common.errors import DatasetChangedError, UserError
 from common.fsutil import atomic_write_bytes, atomic_write_json
@@ -297,6 +297,16 @@ class TrainedRun:
         return self.model.tables(self.dataset.train, self.dataset.item_status, self.prior, counts=counts, blend_k=k)
 
 
+def served_form(record: dict | None, default: str) -> str:
+    """How the run ranks cold items as served: the form it chose when it finished (recorded with
+    its content prior, clcrec/train/confirm.py), else its config's `cold_vectors`."""
+    form = ((record or {}).get("content_prior") or {}).get("cold_vectors", default)
+    if form not in COLD_VECTORS:
+        raise UserError(f"config.json: content_prior.cold_vectors must be one of {COLD_VECTORS}, got {form!r}; "
+                        "restore the run's config.json")
+    return form
+
+
 def item_counts(dataset: Dataset) -> np.ndarray:
     """(I,) int64 training interactions per item."""
     return np.bincount(np.asarray(dataset.train)[:, 1], minlength=dataset.num_items).astype(np.int64)
@@ -324,6 +334,7 @@ def open_run(run_dir: Path, which: str = "best") -> TrainedRun:
             "re-train, or point the run at the original data"
         )
     model = CLCRec.from_config(cfg, dataset, list(ck["modalities"]))
+    model.cold_vectors = served_form(record, cfg.cold_vectors)
     check_model_state(ck, model, path)
     model.load_state_dict(ck["model"])
     model.eval()

@@ -58,7 +58,7 @@ import clcrec  # noqa: E402,F401 - first: sets the OpenMP spin default before to
 from clcrec.config import TrainConfig  # noqa: E402
 from clcrec.evaluation.personalisation import cold_list_stats, held_out_popularity  # noqa: E402
 from clcrec.model import NO_PRIOR, Prior  # noqa: E402
-from clcrec.train.confirm import choose_and_confirm, decide  # noqa: E402
+from clcrec.train.confirm import ALTERNATIVE_FORM, choose_and_confirm, choose_form, decide  # noqa: E402
 from clcrec.train.selection import EpochAverage, first_selectable, select_epoch  # noqa: E402
 from clcrec.train.trainer import Trainer  # noqa: E402
 
@@ -268,8 +268,9 @@ def as_decided(ends: dict, name: str, content: dict) -> dict:
     if not c or "decision" in c:
         return end
     decision = decide(c, weight_given=False)
+    c = {**c, "decision": decision}
     alone = name.replace("served", "alone")
-    return {"served": end, "alone": {**ends[alone], "weight": 0.0, "confirmation": c},
+    return {"served": {**end, "confirmation": c}, "alone": {**ends[alone], "weight": 0.0, "confirmation": c},
             "content": {**content, "weight": 1.0, "confirmation": {**c, "fell_back_to_content": True}}}[decision]
 
 
@@ -291,7 +292,12 @@ def variants(rec: dict, cfg_mode: str, content: dict | None = None) -> dict[str,
     if cfg_mode == "repro":
         return {"reproduction": pick(ends[f"{base}+alone"])}
     d = TrainConfig().cold_vectors
-    rows = {"default": pick(ends[f"{d}+served"]), "model alone (no prior, no fallback)": pick(ends[f"{d}+alone"])}
+    served = ends[f"{d}+served"]
+    alt = ends.get(f"{ALTERNATIVE_FORM}+served")
+    if d == "centred" and alt and served["confirmation"] and "forms" not in served["confirmation"] \
+            and choose_form(served["confirmation"], alt["confirmation"]):  # replay the form the trainer chooses
+        served = alt
+    rows = {"default": pick(served), "model alone (no prior, no fallback)": pick(ends[f"{d}+alone"])}
     for name, e in ends.items():
         if not name.startswith(f"{d}+"):
             rows[f"cold vectors {name.replace('+served', ', served').replace('+alone', ', model alone')}"] = pick(e)

@@ -119,6 +119,11 @@ def describe_confirmation(c: dict) -> str:
     if "served" in c["choosing"]:
         lines.append(row(f"choosing ({c['choosing']['items']} items, made the choices)", c["choosing"]))
     lines.append(row(f"held back ({c['items']} items, made none)", c))
+    if "forms" in c:
+        f = c["forms"]
+        lines.append(f"cold rows {f['served']}: kept scores (choosing, held back) centred {f['centred'][0]:.4f}, "
+                     f"{f['centred'][1]:.4f}; {ALTERNATIVE_FORM} {f[ALTERNATIVE_FORM][0]:.4f}, {f[ALTERNATIVE_FORM][1]:.4f} "
+                     f"({ALTERNATIVE_FORM} only if above on both)")
     if c["confirmed"]:
         return "\n".join(lines + ["confirmed: the served cold ranking is at least the model alone, the content-only "
                                    "cosine and the shared list on the held-back items"])
@@ -129,11 +134,29 @@ def describe_confirmation(c: dict) -> str:
     return "\n".join(lines + [f"NOT confirmed: {c['reason']} on the held-back items; {what[c['decision']]}"])
 
 
-def choose_and_confirm(model: CLCRec, dataset, cfg: TrainConfig, val_pairs: dict, console: Console) -> tuple[dict, dict]:
-    """(the content prior as served, the confirmation) for the model now loaded: W chosen on
-    `val_pairs["choose"]`, then confirmed on `val_pairs["confirm"]` (`decide`): a W that lowers the
-    model alone there is not taken, and a run below the content-only cosine there serves the cosine
-    (unless the prior's weight was given). Prints both."""
+# The form a run may serve instead of centred cold rows (`cold_vectors` centred, the default): the
+# encoder output as is, which keeps the popularity its content predicts, the same for every user.
+ALTERNATIVE_FORM = "raw"
+KEPT = {"served": "served", "alone": "model_alone", "content": "content"}  # decision -> its score's key
+
+
+def kept_scores(c: dict) -> tuple[float, float]:
+    """(choosing, held-back) score of what `decide` keeps of a confirmation `c`."""
+    key = KEPT[c["decision"]]
+    return c["choosing"].get(key, 0.0), c[key]
+
+
+def choose_form(default: dict, alternative: dict) -> bool:
+    """Whether the alternative form is served instead of the default's: only if what it keeps beats
+    the default's on the choosing items and is at least it on the held-back ones (a choice that
+    loses on the items it was not made on is not taken). Pure: scripts/quality_matrix.py replays it."""
+    (dc, dh), (ac, ah) = kept_scores(default), kept_scores(alternative)
+    return ac > dc and ah >= dh
+
+
+def confirm_form(model: CLCRec, dataset, cfg: TrainConfig, val_pairs: dict) -> tuple[dict, dict]:
+    """(the content prior, the confirmation) of the model's current `cold_vectors`: W chosen on the
+    choosing pairs, then confirmed on the held-back ones (`decide`)."""
     prior = choose_prior(model, dataset, cfg, val_pairs=val_pairs["choose"])
     confirmation = confirm_choices(model, dataset, Prior.of(prior), val_pairs, cfg.select_k, cfg.eval_block)
     if confirmation:
@@ -142,7 +165,29 @@ def choose_and_confirm(model: CLCRec, dataset, cfg: TrainConfig, val_pairs: dict
         if decision != "served":
             prior = choose_prior(model, dataset, cfg, weight=CONTENT_ONLY if decision == "content" else NOT_MIXED,
                                  chosen_on=f"{decision}: the choice made on validation was not confirmed on held-back items")
-    console.print(describe_prior(prior), highlight=False)
+    return {**prior, "cold_vectors": model.cold_vectors}, confirmation
+
+
+def choose_and_confirm(model: CLCRec, dataset, cfg: TrainConfig, val_pairs: dict, console: Console) -> tuple[dict, dict]:
+    """(the content prior as served, with the cold-row form it serves; the confirmation) for the
+    model now loaded, whose `cold_vectors` is left at the form served. W is chosen on
+    `val_pairs["choose"]`, then confirmed on `val_pairs["confirm"]` (`decide`): a W that lowers the
+    model alone there is not taken, and a run below the content-only cosine there serves the cosine
+    (unless the prior's weight was given). Centred cold rows (the default) give way to raw ones only
+    where `choose_form` says so. Prints the outcome."""
+    prior, confirmation = confirm_form(model, dataset, cfg, val_pairs)
+    if confirmation and model.cold_vectors == "centred" and cfg.prior_weight is None:
+        model.cold_vectors = ALTERNATIVE_FORM
+        other = confirm_form(model, dataset, cfg, val_pairs)
+        taken = choose_form(confirmation, other[1])
+        confirmation = {**(other[1] if taken else confirmation),
+                        "forms": {"centred": kept_scores(confirmation), ALTERNATIVE_FORM: kept_scores(other[1]),
+                                  "served": ALTERNATIVE_FORM if taken else "centred"}}
+        if taken:
+            prior = other[0]
+        else:
+            model.cold_vectors = "centred"
+    console.print(describe_prior(prior) + f"; cold rows {prior['cold_vectors']}", highlight=False)
     line = describe_confirmation(confirmation)
     console.print(line if confirmation.get("confirmed", True) else f"[yellow]warning:[/yellow] {line}",
                   highlight=False, soft_wrap=True)

@@ -125,6 +125,11 @@ def test_decide_takes_a_weight_only_where_it_helps_on_held_back_items():
     assert verdict({**c, "shared_list": 0.1}, "served")["confirmed"]
 
 
+def choose_form_of(c: dict) -> bool:
+    (dc, dh), (ac, ah) = c["forms"]["centred"], c["forms"]["raw"]
+    return ac > dc and ah >= dh
+
+
 def test_a_run_records_choosing_and_held_back_side_by_side(tiny_dataset, tiny_cache, tmp_path):
     cfg = TrainConfig(dataset=str(tiny_dataset), cache=str(tiny_cache), run_dir=str(tmp_path / "run"), num_neg=NUM_NEG,
                       epochs=2, patience=2)
@@ -135,6 +140,11 @@ def test_a_run_records_choosing_and_held_back_side_by_side(tiny_dataset, tiny_ca
     assert below["model"] == c["served"] and below["content"] == c["content"]
     assert "held-back" in below["metric"]
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["content_prior"]
+    form = c["forms"]["served"]  # centred rows unless raw ones won on both halves
+    assert recorded["cold_vectors"] == form == ("raw" if choose_form_of(c) else "centred")
+    from clcrec import load_run
+
+    assert load_run(tmp_path / "run", device="cpu").loaded.model.cold_vectors == form  # served as chosen
     if c["fell_back_to_content"]:
         assert recorded["weight"] == 1.0 and "not confirmed" in recorded["chosen_on"]
     off = TrainConfig(**{**cfg.to_dict(), "run_dir": str(tmp_path / "off"), "val_confirm": 0.0})

@@ -44,7 +44,8 @@ def test_replay_picks_what_the_trainer_would(qm):
 
 def test_rows_of_a_run(qm):
     ends = {"served": {"test": _slim(0.3), "pers": _pers(0.9), "weight": 0.5,
-                       "confirmation": {"served": 0.2, "model_alone": 0.1, "content": 0.1, "shared_list": 0.0}},
+                       "confirmation": {"served": 0.2, "model_alone": 0.1, "content": 0.1, "shared_list": 0.0,
+                                        "choosing": {"served": 0.0, "model_alone": 0.0, "content": 0.0}}},
             "alone": {"test": _slim(0.2), "pers": _pers(0.5)},
             "centred+served": {"test": _slim(0.25), "pers": _pers(1.0), "weight": 0.2, "confirmation": {}},
             "centred+alone": {"test": _slim(0.15), "pers": _pers(1.0)}}
@@ -62,11 +63,20 @@ def test_rows_of_a_run(qm):
     # the prior's weight replayed as the trainer now decides it: below the model alone on the
     # held-back items, the model alone is served; below the content-only cosine, the cosine
     content = {"test": _slim(0.05), "pers": _pers(0.8)}
-    ends["centred+served"]["confirmation"] = {"served": 0.1, "model_alone": 0.2, "content": 0.05, "shared_list": 0.0}
+    choosing = {"served": 0.1, "model_alone": 0.1, "content": 0.1}
+    ends["centred+served"]["confirmation"] = {"served": 0.1, "model_alone": 0.2, "content": 0.05, "shared_list": 0.0,
+                                              "choosing": choosing}
     assert qm.variants(rec, "honest", content)["default"]["test"]["cold"]["recall@10"] == 0.15
-    ends["centred+served"]["confirmation"] = {"served": 0.1, "model_alone": 0.02, "content": 0.15, "shared_list": 0.0}
+    ends["centred+served"]["confirmation"] = {"served": 0.1, "model_alone": 0.02, "content": 0.15, "shared_list": 0.0,
+                                              "choosing": choosing}
     row = qm.variants(rec, "honest", content)["default"]
     assert row["test"]["cold"]["recall@10"] == 0.05 and row["confirmation"]["fell_back_to_content"]
+    # raw rows are served only where they beat centred ones on the choosing and the held-back items
+    ends["served"]["confirmation"]["choosing"] = {"served": 0.5, "model_alone": 0.1, "content": 0.1}
+    ends["served"]["confirmation"]["served"] = 0.16  # held back: 0.16 >= the cosine's 0.15 kept by centred rows
+    assert qm.variants(rec, "honest", content)["default"]["test"]["cold"]["recall@10"] == 0.3
+    ends["served"]["confirmation"]["served"] = 0.14
+    assert qm.variants(rec, "honest", content)["default"]["test"]["cold"]["recall@10"] == 0.05
     assert list(qm.variants(rec, "repro")) == ["reproduction"]
 
 
