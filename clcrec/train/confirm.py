@@ -105,7 +105,7 @@ def verdict(c: dict, decision: str) -> dict:
             "confirmed": not losses and c["served"] >= c["model_alone"],
             "reason": "; ".join(([] if c["served"] >= c["model_alone"] else
                                  [f"the prior's weight lowers the model alone ({c['served']:.4f} < {c['model_alone']:.4f})"])
-                                + ([f"the ranking kept ({kept:.4f}) is below the {' and the '.join(losses)}"] if losses else []))}
+                                + ([f"the ranking chosen ({kept:.4f}) is below the {' and the '.join(losses)}"] if losses else []))}
 
 
 def describe_confirmation(c: dict) -> str:
@@ -188,7 +188,9 @@ def choose_and_confirm(model: CLCRec, dataset, cfg: TrainConfig, val_pairs: dict
         else:
             model.cold_vectors = "centred"
     console.print(describe_prior(prior) + f"; cold rows {prior['cold_vectors']}", highlight=False)
-    line = describe_confirmation(confirmation)
-    console.print(line if confirmation.get("confirmed", True) else f"[yellow]warning:[/yellow] {line}",
+    *table, verdict_line = describe_confirmation(confirmation).split("\n")
+    for line in table:
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(verdict_line if confirmation.get("confirmed", True) else f"[yellow]warning:[/yellow] {verdict_line}",
                   highlight=False, soft_wrap=True)
     return prior, confirmation
