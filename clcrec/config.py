@@ -82,8 +82,9 @@ class TrainConfig:
     l_r: float = 0.005
     reg_weight: float = 0.1
     # The regulariser's weight on the encoder outputs' norms (the slots' mean), next to the ID
-    # embeddings' (0: the reference, which regularises ID embeddings only; README section 5).
-    reg_content: float = 1.0
+    # embeddings' (0: the reference, which regularises ID embeddings only). 1 keeps them on the ID
+    # scale but pins them near zero on strong content: CiteULike's loss never left its plateau.
+    reg_content: float = 0.0
     num_neg: int = 128  # must equal the cache's num_neg
     exclude: str = "train"  # must equal the cache's exclusion; "all-known" leaks held-out items
     lr_lambda: float = 0.5  # weight of the R-E loss; U-I gets 1 - lr_lambda

@@ -27,8 +27,8 @@ def train(
     batch_size: int = typer.Option(256),
     l_r: Optional[float] = typer.Option(None, "--l-r", help="Learning rate (default 0.005; the reference's 0.001 in reproduction mode)."),
     reg_weight: float = typer.Option(0.1),
-    reg_content: float = typer.Option(1.0, help="Weight of the encoder outputs' norms in the regulariser, next to the "
-                                      "ID embeddings' (0: the reference, which holds ID embeddings only)."),
+    reg_content: float = typer.Option(0.0, help="Weight of the encoder outputs' norms in the regulariser, next to the "
+                                      "ID embeddings' (0, the default: the reference, which holds ID embeddings only)."),
     num_neg: Optional[int] = typer.Option(None, help="Negatives per pair [the --cache's, else 128]."),
     lr_lambda: float = typer.Option(0.5, help="Weight of the R-E loss (U-I gets 1 - lr_lambda)."),
     temp_value: float = typer.Option(2.0),
