@@ -111,7 +111,7 @@ class TrainConfig:
     select_k: int = 10  # the reference's (and the quality target's) K
     eval_ema: float = 0.9  # evaluate and keep an EMA of epoch-end weights (0: the raw weights)
     # Select on the mean of the last `select_window` validation scores (1: each epoch's own score);
-    # 3 damps one-epoch spikes of small validation sets (README section 5, clcrec/train/selection.py).
+    # 3 damps one-epoch spikes of small validation sets (docs/results.md, clcrec/train/selection.py).
     select_window: int = 3
     # A seeded share of the validation-cold items makes no choice (epoch, prior weight): it confirms
     # them against the content-only cosine and a shared list (clcrec/train/confirm.py; 0: off).

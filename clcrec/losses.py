@@ -5,7 +5,7 @@ scores[b, k] = table[idx[b, k]] . vec[b], and take a softmax cross-entropy with 
 column 0. Written as torch ops this is a gather to (B, 1+K, D), a batched matrix-vector product,
 a log-sum-exp and, in the backward pass, a (B, 1+K, D) gradient scattered back into the table,
 mostly memory traffic on a CPU. The numba kernels below read each table row in place and compute
-the loss and its gradient in one pass each way (README section 6 has the timings). Reads and
+the loss and its gradient in one pass each way (docs/speed.md has the timings). Reads and
 writes nothing on disk.
 
 They run serially on purpose: the result is then the same for any thread count, and no numba

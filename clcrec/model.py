@@ -205,7 +205,7 @@ class CLCRec(nn.Module):
         if self.reg_content > 0:
             # The encoder's outputs score in U-I slots beside the ID embeddings but, in the reference,
             # no norm term holds them: they grow along the users' shared direction until a cold item's
-            # score is mostly its content-predicted popularity, one list for everyone (README section 5).
+            # score is mostly its content-predicted popularity, one list for everyone (docs/results.md).
             content_reg = (slots * feat.float().norm(dim=1)).sum() / max(inverse.numel(), 1)
             reg = reg + self.reg_content * content_reg / 2
         return Losses(loss_re, loss_ui, reg)

@@ -15,7 +15,7 @@ which the GPU path captures in a CUDA graph):
     raw ones. `--eval-ema 0.9` is the default: over ten 40-epoch runs on the reference layout of
     ml-100k (5 seeds, two hybrid-draw generators) it held every run's test cold Recall@10 at
     >= 0.0854 when selecting on validation cold Recall@10, against a worst of 0.0709 for raw weights
-    (README section 5). Its memory is ~1/(1-d) = 10 epochs, so the default patience is 10.
+    (docs/results.md). Its memory is ~1/(1-d) = 10 epochs, so the default patience is 10.
   * `smoothed_score`: the selection score of epoch e is the mean of the validation scores of
     epochs e-W+1..e (epochs before 0 count as 0). A spike of height h in one epoch raises it by only h/W,
     and the epoch selected is the last of the best window (its weights are the ones kept).

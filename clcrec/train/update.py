@@ -55,7 +55,7 @@ from pipeline.new_interactions import read_new_interactions
 # 2 by default: with items' ID embeddings starting from their users (fold-in), k = 1-2 ranked items
 # seen 1-5 times best over the regimes measured (ml-100k in time, and items revealed 1-5 times on
 # ml-100k, a fifth of its users and weak-content synthetic data; CiteULike confirmed it after:
-# scripts/bench_update.py and bench_warmup.py, README section 3), 2 the better where users are few. A k chosen per file on the
+# scripts/bench_update.py and bench_warmup.py, docs/results.md), 2 the better where users are few. A k chosen per file on the
 # held-out new pairs ("auto") followed their noise: a file of a few hundred pairs holds a few dozen,
 # and all-item Recall was flat in k.
 BLEND_K = 2.0
@@ -71,14 +71,14 @@ class UpdateConfig:
     l_r: float | None = None  # None: the parent's rate (a fresh Adam either way)
     # r: each epoch over the new training pairs and r times as many old ones (a seeded sample, against
     # forgetting), so an epoch costs the delta, not the history. None: over every pair. 1 and None
-    # were level on ml-100k's temporal bench (README section 3), 1 at 2/3 of the rows there.
+    # were level on ml-100k's temporal bench (docs/results.md), 1 at 2/3 of the rows there.
     replay: float | None = 1.0
     # where a formerly cold or new item's ID embedding starts: "fold-in" (its users' mean direction,
     # content where none of its users is known) or "content" (its content vector)
     item_init: str = "fold-in"
     # how the new run ranks content rows (clcrec/model.py): "scaled" puts them on the ID scale, so
     # the blend mixes like with like; "raw" keeps a parent trained on the paper's random split
-    # filling all-item lists with cold items as it did (README section 3)
+    # filling all-item lists with cold items as it did (docs/results.md)
     cold_vectors: str = "scaled"
     seed: int = 0
     device: str = "auto"
@@ -150,11 +150,11 @@ def update_run(parent_dir: Path, interactions: Path, out: Path, *, new_items: Ne
 
 def outgrown(new_pairs: int, history: int) -> str | None:
     """What to tell a user whose file holds more new training pairs than the run was trained on
-    (None otherwise): there a 3-epoch update fell 17-23% short of a retrain (README section 3)."""
+    (None otherwise): there a 3-epoch update fell 17-23% short of a retrain (docs/results.md)."""
     if new_pairs <= history:
         return None
     return (f"the file holds more new training pairs ({new_pairs:,}) than the run was trained on ({history:,}); "
-            "an update falls short of a full retrain there (README section 3): retrain, or raise --epochs")
+            "an update falls short of a full retrain there (docs/results.md): retrain, or raise --epochs")
 
 
 @torch.no_grad()
@@ -225,7 +225,7 @@ def _fine_tune(parent: TrainedRun, ext: Extension, tmp: Path, modalities, config
         # longer (no L2 term) and would lift every item with few interactions over the popular ones in
         # all-item lists. "scaled" rather than "normalised" keeps each output's relative length, which
         # ranks cold items among themselves: +16% over the new items in time and over ml-100k's
-        # test-cold items revealed 1-5 times, level on all items (README section 3)
+        # test-cold items revealed 1-5 times, level on all items (docs/results.md)
         cold_vectors=config.cold_vectors,
         l_r=config.l_r if config.l_r is not None else parent.cfg.l_r)
     ensure_cache(Path(cfg.dataset), Path(cfg.cache), cfg.num_neg, cfg.seed, console, cfg.exclude, config.replay)
@@ -259,7 +259,7 @@ def _fine_tune(parent: TrainedRun, ext: Extension, tmp: Path, modalities, config
     results.update(val=metrics("val", best), test=metrics("test", best), test_id_only=metrics("test", 0.0))
     tied = bool(grid) and len(set(grid.values())) == 1
     if not auto:
-        how = "given (--blend-k)" if float(config.blend_k) != BLEND_K else "the default (README section 3)"
+        how = "given (--blend-k)" if float(config.blend_k) != BLEND_K else "the default (docs/results.md)"
     elif grid:
         how = (f"validation {key} of the {n_new:,} held-out new pairs, among the new items, then all items"
                + ("; every k tied there: the largest, content-leaning" if tied else ""))

@@ -133,7 +133,7 @@ def test_update_writes_a_new_run_and_leaves_the_parent_alone(parent, feed, tmp_p
     lin = record["lineage"]
     assert lin["parent_checkpoint_sha256"] == hashlib.sha256((root / "checkpoints" / "best.pt").read_bytes()).hexdigest()
     assert lin["interactions_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
-    assert record["blend"]["k"] == 2.0 and record["blend"]["chosen_on"] == "the default (README section 3)"
+    assert record["blend"]["k"] == 2.0 and record["blend"]["chosen_on"] == "the default (docs/results.md)"
     assert len(record["blend"]["val"]) == 9 and record["blend"]["val_new_items"].keys() == record["blend"]["val"].keys()
     assert record["update"]["new_items"] == 5 and record["update"]["new_users"] == 1
     assert record["update"]["replay"] == 1.0 and record["config"]["cold_vectors"] == "scaled"  # the defaults
