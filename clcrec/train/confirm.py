@@ -102,7 +102,7 @@ def verdict(c: dict, decision: str) -> dict:
               if kept < bar]
     return {"decision": decision, "prior_confirmed": c["served"] >= c["model_alone"],
             "below_content": kept < c["content"], "below_shared_list": kept < c["shared_list"],
-            "confirmed": not losses and c["served"] >= c["model_alone"],
+            "confirmed": not losses and decision != "content",  # what is served stands on the held-back items
             "reason": "; ".join(([] if c["served"] >= c["model_alone"] else
                                  [f"the prior's weight lowers the model alone ({c['served']:.4f} < {c['model_alone']:.4f})"])
                                 + ([f"the ranking chosen ({kept:.4f}) is below the {' and the '.join(losses)}"] if losses else []))}
@@ -125,8 +125,10 @@ def describe_confirmation(c: dict) -> str:
                      f"{f['centred'][1]:.4f}; {ALTERNATIVE_FORM} {f[ALTERNATIVE_FORM][0]:.4f}, {f[ALTERNATIVE_FORM][1]:.4f} "
                      f"({ALTERNATIVE_FORM} only if above on both)")
     if c["confirmed"]:
-        return "\n".join(lines + ["confirmed: the served cold ranking is at least the model alone, the content-only "
-                                   "cosine and the shared list on the held-back items"])
+        what = ("the model alone (W = 0: the prior's weight lowered it there)" if c["decision"] == "alone"
+                else "the served cold ranking")
+        return "\n".join(lines + [f"confirmed: {what} is at least the content-only cosine and the shared list on the "
+                                   "held-back items"])
     what = {"content": "the run's choices are not taken: cold items rank by the content-only cosine",
             "alone": "the prior's weight is not taken: cold items rank by the model alone (W = 0)",
             "served": ("kept, because the content prior's weight was given" if c["below_content"] or not c["prior_confirmed"]
