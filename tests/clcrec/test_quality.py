@@ -11,41 +11,32 @@ a margin; `python scripts/derive_bounds.py --write` measures them again and rewr
 
 Measured by scripts/derive_bounds.py:
     on AMD EPYC (2 cores, torch's native capability AVX512), torch 2.13.0+cpu, numba 0.68.1,
-    2026-12-07, commit 6f33d6c; seeds [0, 1, 2]; targets ['aten=avx512',
-    'aten=avx512+numba=generic', 'aten=avx2', 'aten=avx2+numba=generic', 'aten=default',
-    'aten=default+numba=generic']:
-    cold / oracle: worst 0.3518 (seed 2, aten=default), bound 0.316 (worst - 10%)
+    2026-12-08, commit 3d2c092; seeds [0, 1, 2]; targets ['aten=avx512', 'aten=avx2+numba=generic',
+    'aten=default', 'aten=default+numba=generic']:
+    cold / oracle: worst 0.4282 (seed 2, aten=default), bound 0.385 (worst - 10%)
       target                          seed 0    seed 1    seed 2
-      aten=avx512                     0.6131    0.5497    0.4082
-      aten=avx512+numba=generic       0.6131    0.5497    0.3793
-      aten=avx2                       0.6131    0.5497    0.4082
-      aten=avx2+numba=generic         0.6131    0.5497    0.3793
-      aten=default                    0.6131    0.5497    0.3518
-      aten=default+numba=generic      0.6131    0.5497    0.3881
-    cold / content: worst 0.8217 (seed 2, aten=default), bound 0.739 (worst - 10%)
+      aten=avx512                     0.5617    0.5497    0.4959
+      aten=avx2+numba=generic         0.5539    0.5497    0.4794
+      aten=default                    0.6177    0.5817    0.4282
+      aten=default+numba=generic      0.5696    0.5497    0.4875
+    cold / content: worst 0.9036 (seed 0, aten=avx2+numba=generic), bound 0.813 (worst - 10%)
       target                          seed 0    seed 1    seed 2
-      aten=avx512                     1.0000    1.0000    0.9534
-      aten=avx512+numba=generic       1.0000    1.0000    0.8858
-      aten=avx2                       1.0000    1.0000    0.9534
-      aten=avx2+numba=generic         1.0000    1.0000    0.8858
-      aten=default                    1.0000    1.0000    0.8217
-      aten=default+numba=generic      1.0000    1.0000    0.9063
-    cold / random: worst 1.6961 (seed 2, aten=default), bound 1.526 (worst - 10%)
+      aten=avx512                     0.9161    1.0000    1.1582
+      aten=avx2+numba=generic         0.9036    1.0000    1.1197
+      aten=default                    1.0076    1.0582    1.0000
+      aten=default+numba=generic      0.9291    1.0000    1.1387
+    cold / random: worst 2.0642 (seed 2, aten=default), bound 1.857 (worst - 10%)
       target                          seed 0    seed 1    seed 2
-      aten=avx512                     3.1686    2.3636    1.9681
-      aten=avx512+numba=generic       3.1686    2.3636    1.8284
-      aten=avx2                       3.1686    2.3636    1.9681
-      aten=avx2+numba=generic         3.1686    2.3636    1.8284
-      aten=default                    3.1686    2.3636    1.6961
-      aten=default+numba=generic      3.1686    2.3636    1.8709
-    warm / content warm: worst 1.5907 (seed 0, aten=avx512+numba=generic), bound 1.431 (worst - 10%)
+      aten=avx512                     2.9029    2.3636    2.3907
+      aten=avx2+numba=generic         2.8630    2.3636    2.3113
+      aten=default                    3.1926    2.5011    2.0642
+      aten=default+numba=generic      2.9439    2.3636    2.3504
+    warm / content warm: worst 1.5604 (seed 2, aten=default+numba=generic), bound 1.404 (worst - 10%)
       target                          seed 0    seed 1    seed 2
-      aten=avx512                     1.6098    1.8368    1.6949
-      aten=avx512+numba=generic       1.5907    1.8900    1.6757
-      aten=avx2                       1.6098    1.8368    1.6949
-      aten=avx2+numba=generic         1.5907    1.8900    1.6757
-      aten=default                    1.6650    1.8279    1.6694
-      aten=default+numba=generic      1.6420    1.7897    1.6525
+      aten=avx512                     1.5997    1.7275    1.6043
+      aten=avx2+numba=generic         1.5871    1.9397    1.6202
+      aten=default                    1.5797    1.9107    1.5930
+      aten=default+numba=generic      1.5959    1.8951    1.5604
 (end of measured block)
 """
 
