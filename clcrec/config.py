@@ -94,9 +94,10 @@ class TrainConfig:
     batch_size: int = 256  # positive pairs per step (global across ranks)
     dim_E: int = 64
     hidden: int = 256  # encoder hidden width (reference: 256)
-    # How cold items rank (clcrec/model.py): "centred" (without the component all users share: no list
-    # common to everyone; docs/results.md has the ablation), "raw" (the reference), "normalised", "scaled"
-    cold_vectors: str = "centred"
+    # How cold items rank (clcrec/model.py): "raw" (the encoder output, the reference's; a run may serve
+    # "centred" instead, without the component all users share, where that wins on both validation
+    # halves: clcrec/train/confirm.py), "centred", "normalised", "scaled" (docs/results.md: the ablation)
+    cold_vectors: str = "raw"
     # Cold items rank by 1 - W of the model's score plus W of the content-only cosine (clcrec/model.py
     # with_prior): "auto" chooses W on validation when training ends, "off" is W = 0, or W in [0, 1].
     content_prior: str = "auto"

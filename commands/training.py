@@ -35,10 +35,11 @@ def train(
     num_sample: float = typer.Option(0.5, help="Fraction of U-I item slots that use the content encoder."),
     hybrid_draw: str = typer.Option("bernoulli", help="How those slots are drawn: bernoulli (each slot) or "
                                     "with-replacement (the reference: int(slots*num_sample) indices)."),
-    cold_vectors: str = typer.Option("centred", help="How cold items rank: centred (the encoder output without the "
-                                     "component all users share: no list common to everyone), raw (as is, the "
-                                     "reference), normalised (its direction at the warm ID embeddings' mean norm) or "
-                                     "scaled (times one factor that brings the warm items' outputs to that norm)."),
+    cold_vectors: str = typer.Option("raw", help="How cold items rank: raw (the encoder output as is, the reference; "
+                                     "centred instead where that wins on both validation halves), centred (without "
+                                     "the component all users share: no list common to everyone), normalised (its "
+                                     "direction at the warm ID embeddings' mean norm) or scaled (times one factor that "
+                                     "brings the warm items' outputs to that norm)."),
     content_prior: str = typer.Option("auto", help="Cold items rank by 1 - W of the model's score plus W of the "
                                       "content-only cosine: auto (W chosen on validation when training ends), "
                                       "off (W = 0, the reference), or W in [0, 1]."),

@@ -58,7 +58,7 @@ import clcrec  # noqa: E402,F401 - first: sets the OpenMP spin default before to
 from clcrec.config import TrainConfig  # noqa: E402
 from clcrec.evaluation.personalisation import cold_list_stats, held_out_popularity  # noqa: E402
 from clcrec.model import NO_PRIOR, Prior  # noqa: E402
-from clcrec.train.confirm import ALTERNATIVE_FORM, choose_and_confirm, choose_form, decide  # noqa: E402
+from clcrec.train.confirm import ALTERNATIVE_FORMS, choose_and_confirm, decide, prefer  # noqa: E402
 from clcrec.train.selection import EpochAverage, first_selectable, select_epoch  # noqa: E402
 from clcrec.train.trainer import Trainer  # noqa: E402
 
@@ -277,30 +277,32 @@ def as_decided(ends: dict, name: str, content: dict) -> dict:
 def variants(rec: dict, cfg_mode: str, content: dict | None = None) -> dict[str, dict]:
     """name -> pick {"epoch", "last", "test", "pers", "prior_weight", "confirmation"} of one run;
     `content`: the content-only cosine's {"test", "pers"} (what a run that falls back serves)."""
-    # ends by scoring: "served"/"alone" are the scoring the run was trained to serve, the other's
-    # carry its name (a record made under another default is read the same way)
-    base = "raw" if "centred+served" in rec["ends"] else "centred"
-    ends = {(k if "+" in k else f"{base}+{k}"): v for k, v in rec["ends"].items()}
-    for name in list(ends):
-        if name.endswith("served") and content is not None:
-            ends[name] = as_decided(ends, name, content)
+    # ends by form: "served"/"alone" are the run's (what its trainer served, of the form it chose, and
+    # its configured form alone); "<form>+served"/"<form>+alone" the other form's
+    e = rec["ends"]
+    base = "raw" if "centred+served" in e else "centred"
+    other = ALTERNATIVE_FORMS[base]
+    forms = (e["served"].get("confirmation") or {}).get("forms")
+    served = {other: e[f"{other}+served"], (forms["served"] if forms else base): e["served"]}
+    alone = {base: e["alone"], other: e[f"{other}+alone"]}
+    if content is not None:
+        served = {f: as_decided({"served": v, "alone": alone[f]}, "served", content) for f, v in served.items()}
     best = rec["best_epoch"]
     last = best == rec["epochs_run"] - 1 and rec["epochs_run"] == rec["max_epochs"]
     pick = lambda e, epoch=best: {"epoch": epoch, "last": last if epoch == best else False, "test": e["test"],  # noqa: E731
                                   "pers": e.get("pers"), "prior_weight": e.get("weight"),
                                   "confirmation": e.get("confirmation") or {}}
     if cfg_mode == "repro":
-        return {"reproduction": pick(ends[f"{base}+alone"])}
+        return {"reproduction": pick(alone[base])}
     d = TrainConfig().cold_vectors
-    served = ends[f"{d}+served"]
-    alt = ends.get(f"{ALTERNATIVE_FORM}+served")
-    if d == "centred" and alt and served["confirmation"] and "forms" not in served["confirmation"] \
-            and choose_form(served["confirmation"], alt["confirmation"]):  # replay the form the trainer chooses
-        served = alt
-    rows = {"default": pick(served), "model alone (no prior, no fallback)": pick(ends[f"{d}+alone"])}
-    for name, e in ends.items():
-        if not name.startswith(f"{d}+"):
-            rows[f"cold vectors {name.replace('+served', ', served').replace('+alone', ', model alone')}"] = pick(e)
+    alt = ALTERNATIVE_FORMS.get(d)
+    # the form the trainer serves today: the default's, unless the other wins on both halves (replayed
+    # on the kept scores the run recorded for both)
+    take = bool(forms) and alt in forms and prefer(tuple(forms[d]), tuple(forms[alt]))
+    rows = {"default": pick(served[alt if take else d]), "model alone (no prior, no fallback)": pick(alone[d])}
+    if alt in served:
+        rows[f"cold vectors {alt}, served"] = pick(served[alt])
+    rows[f"cold vectors {alt}, model alone"] = pick(alone[alt])
     for name, weights, ranking, key, serve in replayed_rules():
         e = replay(rec["curves"], weights, ranking, key)
         rows[name] = {"epoch": e, "last": False, "test": rec["curves"][e][weights][serve]["test"], "pers": None,

@@ -121,9 +121,9 @@ def describe_confirmation(c: dict) -> str:
     lines.append(row(f"held back ({c['items']} items, made none)", c))
     if "forms" in c:
         f = c["forms"]
-        lines.append(f"cold rows {f['served']}: kept scores (choosing, held back) centred {f['centred'][0]:.4f}, "
-                     f"{f['centred'][1]:.4f}; {ALTERNATIVE_FORM} {f[ALTERNATIVE_FORM][0]:.4f}, {f[ALTERNATIVE_FORM][1]:.4f} "
-                     f"({ALTERNATIVE_FORM} only if above on both)")
+        mine, alt = f["configured"], ALTERNATIVE_FORMS[f["configured"]]
+        lines.append(f"cold rows {f['served']}: kept scores (choosing, held back) {mine} {f[mine][0]:.4f}, {f[mine][1]:.4f}; "
+                     f"{alt} {f[alt][0]:.4f}, {f[alt][1]:.4f} ({alt} only if above on both)")
     if c["confirmed"]:
         what = ("the model alone (W = 0: the prior's weight lowered it there)" if c["decision"] == "alone"
                 else "the served cold ranking")
@@ -136,9 +136,9 @@ def describe_confirmation(c: dict) -> str:
     return "\n".join(lines + [f"NOT confirmed: {c['reason']} on the held-back items; {what[c['decision']]}"])
 
 
-# The form a run may serve instead of centred cold rows (`cold_vectors` centred, the default): the
-# encoder output as is, which keeps the popularity its content predicts, the same for every user.
-ALTERNATIVE_FORM = "raw"
+# The form a run may serve instead of the one configured: raw rows (the default) keep the popularity
+# the content predicts, the same for every user; centred ones keep only what is personal.
+ALTERNATIVE_FORMS = {"raw": "centred", "centred": "raw"}
 KEPT = {"served": "served", "alone": "model_alone", "content": "content"}  # decision -> its score's key
 
 
@@ -149,10 +149,15 @@ def kept_scores(c: dict) -> tuple[float, float]:
 
 
 def choose_form(default: dict, alternative: dict) -> bool:
-    """Whether the alternative form is served instead of the default's: only if what it keeps beats
-    the default's on the choosing items and is at least it on the held-back ones (a choice that
+    """Whether the alternative form is served instead of the default's (confirmations), `prefer`."""
+    return prefer(kept_scores(default), kept_scores(alternative))
+
+
+def prefer(default: tuple[float, float], alternative: tuple[float, float]) -> bool:
+    """Whether the alternative form's (choosing, held-back) scores take it over the default's: only
+    if it beats them on the choosing items and is at least them on the held-back ones (a choice that
     loses on the items it was not made on is not taken). Pure: scripts/quality_matrix.py replays it."""
-    (dc, dh), (ac, ah) = kept_scores(default), kept_scores(alternative)
+    (dc, dh), (ac, ah) = default, alternative
     return ac > dc and ah >= dh
 
 
@@ -175,20 +180,21 @@ def choose_and_confirm(model: CLCRec, dataset, cfg: TrainConfig, val_pairs: dict
     model now loaded, whose `cold_vectors` is left at the form served. W is chosen on
     `val_pairs["choose"]`, then confirmed on `val_pairs["confirm"]` (`decide`): a W that lowers the
     model alone there is not taken, and a run below the content-only cosine there serves the cosine
-    (unless the prior's weight was given). Centred cold rows (the default) give way to raw ones only
-    where `choose_form` says so. Prints the outcome."""
+    (unless the prior's weight was given). The configured cold-row form (raw by default) gives way to
+    the other (centred) only where `choose_form` says so. Prints the outcome."""
     prior, confirmation = confirm_form(model, dataset, cfg, val_pairs)
-    if confirmation and model.cold_vectors == "centred" and cfg.prior_weight is None:
-        model.cold_vectors = ALTERNATIVE_FORM
+    form = model.cold_vectors
+    if confirmation and form in ALTERNATIVE_FORMS and cfg.prior_weight is None:
+        model.cold_vectors = alternative = ALTERNATIVE_FORMS[form]
         other = confirm_form(model, dataset, cfg, val_pairs)
         taken = choose_form(confirmation, other[1])
         confirmation = {**(other[1] if taken else confirmation),
-                        "forms": {"centred": kept_scores(confirmation), ALTERNATIVE_FORM: kept_scores(other[1]),
-                                  "served": ALTERNATIVE_FORM if taken else "centred"}}
+                        "forms": {"configured": form, form: kept_scores(confirmation), alternative: kept_scores(other[1]),
+                                  "served": alternative if taken else form}}
         if taken:
             prior = other[0]
         else:
-            model.cold_vectors = "centred"
+            model.cold_vectors = form
     console.print(describe_prior(prior) + f"; cold rows {prior['cold_vectors']}", highlight=False)
     *table, verdict_line = describe_confirmation(confirmation).split("\n")
     for line in table:

@@ -125,9 +125,13 @@ def test_decide_takes_a_weight_only_where_it_helps_on_held_back_items():
     assert verdict({**c, "shared_list": 0.1}, "served")["confirmed"]
 
 
-def choose_form_of(c: dict) -> bool:
-    (dc, dh), (ac, ah) = c["forms"]["centred"], c["forms"]["raw"]
-    return ac > dc and ah >= dh
+def served_form(c: dict) -> str:
+    """The configured form, unless the other beat it on both halves (slow and obvious)."""
+    f = c["forms"]
+    mine = f["configured"]
+    alt = "centred" if mine == "raw" else "raw"
+    (dc, dh), (ac, ah) = f[mine], f[alt]
+    return alt if ac > dc and ah >= dh else mine
 
 
 def test_a_run_records_choosing_and_held_back_side_by_side(tiny_dataset, tiny_cache, tmp_path):
@@ -140,8 +144,8 @@ def test_a_run_records_choosing_and_held_back_side_by_side(tiny_dataset, tiny_ca
     assert below["model"] == c["served"] and below["content"] == c["content"]
     assert "held-back" in below["metric"]
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["content_prior"]
-    form = c["forms"]["served"]  # centred rows unless raw ones won on both halves
-    assert recorded["cold_vectors"] == form == ("raw" if choose_form_of(c) else "centred")
+    form = c["forms"]["served"]  # raw rows (the default) unless centred ones won on both halves
+    assert c["forms"]["configured"] == "raw" and recorded["cold_vectors"] == form == served_form(c)
     from clcrec import load_run
 
     assert load_run(tmp_path / "run", device="cpu").loaded.model.cold_vectors == form  # served as chosen

@@ -43,39 +43,37 @@ def test_replay_picks_what_the_trainer_would(qm):
 
 
 def test_rows_of_a_run(qm):
-    ends = {"served": {"test": _slim(0.3), "pers": _pers(0.9), "weight": 0.5,
-                       "confirmation": {"served": 0.2, "model_alone": 0.1, "content": 0.1, "shared_list": 0.0,
-                                        "choosing": {"served": 0.0, "model_alone": 0.0, "content": 0.0}}},
-            "alone": {"test": _slim(0.2), "pers": _pers(0.5)},
-            "centred+served": {"test": _slim(0.25), "pers": _pers(1.0), "weight": 0.2, "confirmation": {}},
-            "centred+alone": {"test": _slim(0.15), "pers": _pers(1.0)}}
+    # recorded under a default of centred rows: "served"/"alone" are centred, the raw ones named
+    choosing = {"served": 0.1, "model_alone": 0.1, "content": 0.1}
+    conf = lambda served, alone, content: {"served": served, "model_alone": alone, "content": content,  # noqa: E731
+                                           "shared_list": 0.0, "choosing": dict(choosing)}
+    ends = {"served": {"test": _slim(0.25), "pers": _pers(1.0), "weight": 0.2, "confirmation": conf(0.2, 0.1, 0.1)},
+            "alone": {"test": _slim(0.15), "pers": _pers(1.0)},
+            "raw+served": {"test": _slim(0.3), "pers": _pers(0.9), "weight": 0.5, "confirmation": conf(0.2, 0.1, 0.1)},
+            "raw+alone": {"test": _slim(0.2), "pers": _pers(0.5)}}
     point = lambda e: {"raw": _point(0.1 * e, e), "centred": _point(0.1 * e, e)}  # noqa: E731
     rec = {"curves": [{"raw": point(e), "ema0.9": point(e)} for e in range(12)], "ends": ends,
            "best_epoch": 11, "epochs_run": 12, "max_epochs": 12}
-    # recorded when the default served raw rows: "served"/"alone" are raw, the centred ones named
-    rows = qm.variants(rec, "honest")
-    assert rows["default"]["test"]["cold"]["recall@10"] == 0.25 and rows["default"]["prior_weight"] == 0.2
+    content = {"test": _slim(0.05), "pers": _pers(0.8)}
+    rows = qm.variants(rec, "honest", content)  # today's default: raw rows
+    assert rows["default"]["test"]["cold"]["recall@10"] == 0.3 and rows["default"]["prior_weight"] == 0.5
     assert rows["default"]["last"]  # best epoch = the last of a run that ran out of epochs
-    assert rows["model alone (no prior, no fallback)"]["test"]["cold"]["recall@10"] == 0.15
-    assert rows["cold vectors raw, served"]["test"]["cold"]["recall@10"] == 0.3
+    assert rows["model alone (no prior, no fallback)"]["test"]["cold"]["recall@10"] == 0.2
+    assert rows["cold vectors centred, served"]["test"]["cold"]["recall@10"] == 0.25
+    assert rows["cold vectors centred, model alone"]["pers"]["distinct_share"] == 1.0
     s = qm.summarise([rows["default"], rows["default"]])
-    assert s["cold recall@10"]["mean"] == 0.25 and s["last_epoch"] == 2 and s["common_share"] == 0.3
+    assert s["cold recall@10"]["mean"] == 0.3 and s["last_epoch"] == 2 and s["common_share"] == 0.3
     # the prior's weight replayed as the trainer now decides it: below the model alone on the
     # held-back items, the model alone is served; below the content-only cosine, the cosine
-    content = {"test": _slim(0.05), "pers": _pers(0.8)}
-    choosing = {"served": 0.1, "model_alone": 0.1, "content": 0.1}
-    ends["centred+served"]["confirmation"] = {"served": 0.1, "model_alone": 0.2, "content": 0.05, "shared_list": 0.0,
-                                              "choosing": choosing}
-    assert qm.variants(rec, "honest", content)["default"]["test"]["cold"]["recall@10"] == 0.15
-    ends["centred+served"]["confirmation"] = {"served": 0.1, "model_alone": 0.02, "content": 0.15, "shared_list": 0.0,
-                                              "choosing": choosing}
+    ends["raw+served"]["confirmation"] = conf(0.1, 0.2, 0.05)
+    assert qm.variants(rec, "honest", content)["default"]["test"]["cold"]["recall@10"] == 0.2
+    ends["raw+served"]["confirmation"] = conf(0.1, 0.02, 0.15)
     row = qm.variants(rec, "honest", content)["default"]
     assert row["test"]["cold"]["recall@10"] == 0.05 and row["confirmation"]["fell_back_to_content"]
-    # raw rows are served only where they beat centred ones on the choosing and the held-back items
-    ends["served"]["confirmation"]["choosing"] = {"served": 0.5, "model_alone": 0.1, "content": 0.1}
-    ends["served"]["confirmation"]["served"] = 0.16  # held back: 0.16 >= the cosine's 0.15 kept by centred rows
-    assert qm.variants(rec, "honest", content)["default"]["test"]["cold"]["recall@10"] == 0.3
-    ends["served"]["confirmation"]["served"] = 0.14
+    # the other form is served only where it wins on both halves (the kept scores the run recorded)
+    ends["served"]["confirmation"]["forms"] = {"centred": [0.5, 0.16], "raw": [0.1, 0.15], "served": "centred"}
+    assert qm.variants(rec, "honest", content)["default"]["test"]["cold"]["recall@10"] == 0.25
+    ends["served"]["confirmation"]["forms"] = {"centred": [0.5, 0.14], "raw": [0.1, 0.15], "served": "centred"}
     assert qm.variants(rec, "honest", content)["default"]["test"]["cold"]["recall@10"] == 0.05
     assert list(qm.variants(rec, "repro")) == ["reproduction"]
 
