@@ -33,8 +33,9 @@ HELD_OUT_NOTE = (
 
 
 def check_cache(store: CacheStore, dataset_dir: Path, fingerprint: str, num_neg: int,
-                exclude: str = "train") -> None:
-    """Refuse a cache built from other data, with another num_neg or another exclusion mode."""
+                exclude: str = "train", tune: bool = False) -> None:
+    """Refuse a cache built from other data, with another num_neg or another exclusion mode (`tune`:
+    the fix named as `tune` takes it, from its --config file)."""
     if store.fingerprint != fingerprint:
         raise DatasetChangedError(
             f"cache {store.cache_dir} was built from another dataset ({store.dataset_path}, fingerprint "
@@ -42,11 +43,11 @@ def check_cache(store: CacheStore, dataset_dir: Path, fingerprint: str, num_neg:
             f"`cli.py build-negatives {dataset_dir} NEW_CACHE`, or pass another --cache"
         )
     if store.config.num_neg != num_neg:
-        raise UserError(
-            f"cache {store.cache_dir} holds {store.config.num_neg} negatives per pair but --num-neg is "
-            f"{num_neg}; pass --num-neg {store.config.num_neg} (in a --config file: num_neg = "
-            f"{store.config.num_neg}) or another --cache"
-        )
+        n = store.config.num_neg
+        fix = (f"set num_neg = {n} in the file given to tune --config" if tune else
+               f"pass --num-neg {n} (in a --config file: num_neg = {n})")
+        raise UserError(f"cache {store.cache_dir} holds {n} negatives per pair but the run asks for {num_neg}; "
+                        f"{fix}, or another --cache")
     if store.config.exclusion != exclude:
         raise UserError(
             f"cache {store.cache_dir} was built with negatives excluding {store.config.exclusion!r} "

@@ -98,7 +98,8 @@ def run_tune(tc: TuneConfig, given: dict, space: tuple[list[Param], str] | None,
     check_selectable(load_dataset(base.dataset), base)  # before anything is written
     resolve_device(base.device)  # `--device tpu`: refused here, not in every trial
     if (Path(base.cache) / "manifest.json").exists():  # another num_neg or exclusion: refused before the lock
-        check_cache(CacheStore(base.cache), Path(base.dataset), read_fingerprint(base.dataset), base.num_neg, base.exclude)
+        check_cache(CacheStore(base.cache), Path(base.dataset), read_fingerprint(base.dataset), base.num_neg, base.exclude,
+                    tune=True)
 
     root.mkdir(parents=True, exist_ok=True)
     lock = OwnedLock(root / "tune.lock", f"tune of {root}", busy=(

@@ -557,7 +557,7 @@ def second_pass_cases(w: dict, p: dict, tmp: Path) -> list[dict]:
         dict(argv=["ingest", "table", tmp / "u0.csv", tmp / "newds", "--feature", f"f={tmp / 'zero.npy'}:{r / 'ids8.txt'}"], says=["zero.npy", "0 feature columns"], watch=[tmp / "newds"]),
         dict(argv=[*tune, "--sampler-seed", -1], says=["--sampler-seed must be an integer from 0"], watch=[st]),
         dict(argv=[*tune, "--device", "tpu"], says=["--device 'tpu'"], watch=[st]),
-        dict(argv=["tune", st, "--dataset", ds, "--cache", cache], says=[f"num_neg = {NUM_NEG}"], watch=[st]),
+        dict(argv=["tune", st, "--dataset", ds, "--cache", cache], says=[f"set num_neg = {NUM_NEG} in the file given to tune --config"], watch=[st]),
         dict(argv=[*tune, "--space", tmp / "space.toml"], says=["needs numbers low and high"], watch=[st]),
         # low: a train that fails in its first epoch leaves no stub run directory behind
         dict(argv=[*trn[:-1], tmp / "diverged", "--l-r", "1e30", "--temp-value", "1e-30", "--log-every", 1], says=["non-finite loss at epoch 0"], watch=[tmp / "diverged"], trains=True),

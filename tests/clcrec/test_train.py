@@ -159,7 +159,7 @@ def test_resume_refuses_a_changed_config_and_an_existing_run_dir(tiny_dataset, t
 
 
 def test_num_neg_must_match_the_cache(tiny_dataset, tiny_cache, tmp_path):
-    with pytest.raises(UserError, match=f"holds {NUM_NEG} negatives per pair but --num-neg is 128"):
+    with pytest.raises(UserError, match=f"holds {NUM_NEG} negatives per pair but the run asks for 128; pass --num-neg {NUM_NEG}"):
         Trainer(config(tiny_dataset, tiny_cache, tmp_path / "run", num_neg=128), console=quiet())
 
 
