@@ -39,8 +39,9 @@ def parent(tiny_dataset, tiny_cache, tmp_path_factory):
     from clcrec.train.trainer import train
 
     run_dir = tmp_path_factory.mktemp("upd") / "parent"
-    # raw cold rows: the blend and the starts below are checked against the encoder's output as is
-    train(config(tiny_dataset, tiny_cache, run_dir, epochs=2, cold_vectors="raw"), console=quiet())
+    # raw cold rows, served as they are (a given prior: no form chosen at the end): the blend and the
+    # starts below are checked against the encoder's output as is
+    train(config(tiny_dataset, tiny_cache, run_dir, epochs=2, cold_vectors="raw", content_prior="off"), console=quiet())
     return load_run(run_dir, device="cpu")
 
 
