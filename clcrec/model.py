@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -236,6 +237,15 @@ class CLCRec(nn.Module):
         idx = warm if warm.numel() else torch.arange(self.num_items, device=dev)
         total = sum(float(self.encode(idx[s : s + block]).float().norm(dim=1).sum()) for s in range(0, idx.numel(), block))
         return scale / max(total / max(idx.numel(), 1), 1e-12)
+
+    @contextmanager
+    def ranked_as(self, form: str):
+        """Rank cold items as `form` (one of COLD_VECTORS) inside the block, then as before."""
+        kind, self.cold_vectors = self.cold_vectors, form
+        try:
+            yield
+        finally:
+            self.cold_vectors = kind
 
     @torch.no_grad()
     def cold_shift(self, item_status, block: int = 65536) -> tuple[torch.Tensor, torch.Tensor] | None:

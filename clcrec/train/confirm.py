@@ -43,12 +43,8 @@ NOT_MIXED = 0.0  # the prior's weight of the model alone
 def shared_list(model: CLCRec, item_status) -> tuple[torch.Tensor, torch.Tensor]:
     """(users (U, D), items (I, D)) that give every user one cold list: the model's raw rows ranked
     by their mean score over all users (every user row is the mean user row)."""
-    kind = model.cold_vectors
-    model.cold_vectors = "raw"
-    try:
+    with model.ranked_as("raw"):
         items = model.ranking_table(torch.as_tensor(np.asarray(item_status)))
-    finally:
-        model.cold_vectors = kind
     users = model.user_table()
     return users.mean(0, keepdim=True).expand_as(users).contiguous(), items
 

@@ -186,12 +186,8 @@ def ranked_for_selection(model: nn.Module, select_rank: str):
     cold rows point one way and every user gets one list; on ml-latest-small such a list held a
     popular validation item and won the epoch (validation 3.5x the content-only cosine, test 0.6x).
     Without the shared component only what is personal in the ranking can win."""
-    kind = model.cold_vectors
-    model.cold_vectors = "centred" if select_rank == "centred" else kind
-    try:
+    with model.ranked_as("centred" if select_rank == "centred" else model.cold_vectors):
         yield
-    finally:
-        model.cold_vectors = kind
 
 
 def select_score(val: dict, cfg: TrainConfig) -> float:
