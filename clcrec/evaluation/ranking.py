@@ -183,6 +183,41 @@ class RankingEvaluator:
 
     @torch.no_grad()
     def __call__(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> dict[str, dict[str, float]]:
+        cfg = self.config
+        sums = None
+        for m, s, e, hit in self._hits(user_vecs, item_vecs):
+            t = self._tensors(user_vecs.device)
+            if sums is None:
+                sums = torch.zeros(len(cfg.modes), 4 * len(cfg.ks), dtype=t["discount"].dtype, device=user_vecs.device)
+            sums[m] += self._block_sums(hit, t[f"npos_{cfg.modes[m]}"][s:e], t).sum(1)
+        # the one device->host copy of the evaluation
+        sums = sums.cpu().numpy() if sums is not None else np.zeros((len(cfg.modes), 4 * len(cfg.ks)))
+        keys = metric_keys(cfg.ks)
+        out: dict[str, dict[str, float]] = {}
+        for m, mode in enumerate(cfg.modes):
+            n = self.users_per_mode[mode]
+            out[mode] = {key: (float(sums[m, j]) / n if n else 0.0) for j, key in enumerate(keys)}
+            out[mode]["users"] = n
+        return out
+
+    @torch.no_grad()
+    def per_user(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor, mode: str, key: str) -> np.ndarray:
+        """(users_per_mode[mode],) one metric (`key`, e.g. "recall@10") of each user counted in `mode`,
+        in user order: the terms whose mean __call__ returns (paired comparisons of two rankings)."""
+        cfg = self.config
+        if mode not in cfg.modes or key not in metric_keys(cfg.ks):
+            raise ValueError(f"{mode} {key} is not evaluated here: modes {cfg.modes}, ks {cfg.ks}")
+        col = metric_keys(cfg.ks).index(key)
+        parts = []
+        for _, s, e, hit in self._hits(user_vecs, item_vecs, only=mode):
+            t = self._tensors(user_vecs.device)
+            npos = t[f"npos_{mode}"][s:e]
+            parts.append(self._block_sums(hit, npos, t)[col][npos > 0])
+        return torch.cat(parts).cpu().numpy() if parts else np.zeros(0)
+
+    def _hits(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor, only: str | None = None):
+        """Yield (mode index, first, end, hit (B, kmax)) per block of eval users and mode: whether
+        each of a user's top items is a held-out positive of that mode."""
         _check_vectors(user_vecs, item_vecs)
         if user_vecs.shape[0] != self.num_users or item_vecs.shape[0] != self.num_items:
             raise ValueError(
@@ -192,8 +227,7 @@ class RankingEvaluator:
         cfg, dev = self.config, user_vecs.device
         t = self._tensors(dev)
         kmax, n_eval = max(cfg.ks), len(self.eval_users)
-        active = [m for m in cfg.modes if self.users_per_mode[m] > 0]
-        sums = torch.zeros(len(cfg.modes), 4 * len(cfg.ks), dtype=t["discount"].dtype, device=dev)
+        active = [m for m in cfg.modes if self.users_per_mode[m] > 0 and only in (None, m)]
         neg_inf = float("-inf")
         # Autocast off: a caller inside an AMP region must still get float32 scores.
         with torch.autocast(device_type=dev.type, enabled=False):
@@ -214,19 +248,11 @@ class RankingEvaluator:
                     vals, idx = torch.topk(sub, min(kmax, sub.shape[1]), dim=1)  # (B, k)
                     if cols is not None:
                         idx = cols[idx]  # (B, k) back to item ids
-                    hit = pos.gather(1, idx) & (vals != neg_inf)  # (B, k) a -inf item is never a hit
-                    sums[m] += self._block_sums(hit, t[f"npos_{mode}"][s:e], t)
-        sums = sums.cpu().numpy()  # the one device->host copy of the evaluation
-        keys = metric_keys(cfg.ks)
-        out: dict[str, dict[str, float]] = {}
-        for m, mode in enumerate(cfg.modes):
-            n = self.users_per_mode[mode]
-            out[mode] = {key: (float(sums[m, j]) / n if n else 0.0) for j, key in enumerate(keys)}
-            out[mode]["users"] = n
-        return out
+                    yield m, s, e, pos.gather(1, idx) & (vals != neg_inf)  # a -inf item is never a hit
 
     def _block_sums(self, hit: torch.Tensor, npos: torch.Tensor, t: dict) -> torch.Tensor:
-        """(4 * len(ks),) sums over the block's counted users of precision, recall, ndcg, hit @K."""
+        """(4 * len(ks), B) each block user's precision, recall, ndcg, hit @K (zero for a user that
+        does not count: no positive of the mode)."""
         acc = t["discount"].dtype
         k = hit.shape[1]
         h = hit.to(acc)  # (B, k)
@@ -240,8 +266,7 @@ class RankingEvaluator:
             nhit, dcg = nhit_at[:, c], dcg_at[:, c]  # (B,)
             idcg = t["idcg"][npos.clamp(max=K)]  # (B,) zero only for users that do not count
             ndcg = torch.where(counted, dcg / idcg.clamp(min=1e-12), torch.zeros_like(dcg))
-            per_user = torch.stack([nhit / K, nhit / npos_f, ndcg, (nhit > 0).to(acc)])  # (4, B)
-            out.append((per_user * counted).sum(1))  # (4,)
+            out.append(torch.stack([nhit / K, nhit / npos_f, ndcg, (nhit > 0).to(acc)]) * counted)  # (4, B)
         return torch.cat(out)
 
 

@@ -142,6 +142,17 @@ def remove_stub(run_dir: Path) -> None:
         lock.release()
 
 
+def below_consequence(c: dict) -> str:
+    """What follows from a run below its content-only baseline (the report's warning)."""
+    if c.get("fell_back_to_content"):
+        return "cold items are served by the content-only cosine instead"
+    z = c.get("judged_content_z")
+    if z is not None and not c.get("prior_weight_given"):
+        return (f"the cosine leads by no more than noise ({z:.2f} paired standard errors), so the model's "
+                "ranking is kept; its cold recommendations are not a confirmed result")
+    return "its cold recommendations are not a result"
+
+
 def report(run_dir: str, results: dict, console: Console) -> None:
     from clcrec.evaluation.report import format_table
 
@@ -161,9 +172,7 @@ def report(run_dir: str, results: dict, console: Console) -> None:
     if below and below["below"]:
         console.print(f"[bold yellow]warning:[/bold yellow] this model is below its content-only baseline: "
                       f"{below['metric']} {below['model']:.4f} < {below['content']:.4f} (content-only cosine); "
-                      + ("cold items are served by the content-only cosine instead"
-                         if results.get("confirmation", {}).get("fell_back_to_content")
-                         else "its cold recommendations are not a result"), highlight=False, soft_wrap=True)
+                      + below_consequence(results.get("confirmation") or {}), highlight=False, soft_wrap=True)
     if results.get("uses_held_out_data"):
         console.print(f"[yellow]note:[/yellow] {results['note']}")
     console.print(f"run directory: {run_dir}")

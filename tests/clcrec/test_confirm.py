@@ -15,7 +15,8 @@ from clcrec.evaluation.baselines import content_baseline
 from clcrec.evaluation.personalisation import common_share
 from clcrec.model import NO_PRIOR, CLCRec, concat_normalised_features
 from clcrec.serving.new_items import encode_features
-from clcrec.train.confirm import confirm_choices, decide, shared_list, verdict
+from clcrec.train.confirm import (FALLBACK_Z, confirm_choices, decide, describe_confirmation, paired_z, shared_list,
+                                  verdict)
 from clcrec.train.selection import split_validation
 from clcrec.train.trainer import train
 from pipeline.dataset import load_dataset
@@ -125,6 +126,51 @@ def test_decide_takes_a_weight_only_where_it_helps_on_held_back_items():
     assert verdict({**c, "shared_list": 0.1}, "served")["confirmed"]
 
 
+def test_paired_z_matches_a_slow_reference():
+    import statistics
+
+    rng = np.random.default_rng(4)
+    a, b = rng.random(50), rng.random(50)
+    d = [x - y for x, y in zip(a.tolist(), b.tolist())]
+    want = statistics.mean(d) / (statistics.stdev(d) / len(d) ** 0.5)
+    assert paired_z(a, b) == pytest.approx(want, rel=1e-12) and paired_z(b, a) == pytest.approx(-want, rel=1e-12)
+    q = np.arange(8) / 8  # recalls are such fractions; a shift of 1/4 is exact
+    assert paired_z(q + 0.25, q) == float("inf") and paired_z(q, q + 0.25) == float("-inf")  # no spread
+    assert paired_z(a, a) == 0.0 and paired_z(a[:0], b[:0]) == 0.0
+
+
+def test_per_user_scores_are_the_terms_of_the_mean(untrained):
+    ds, model = untrained
+    from clcrec.evaluation.ranking import EvalConfig, RankingEvaluator
+
+    ev = RankingEvaluator(ds.train, ds.test, ds.item_status, ds.num_users, EvalConfig(ks=(5, 10), modes=("all", "cold")))
+    tables = model.tables(ds.train, ds.item_status)
+    whole = ev(*tables)
+    for mode in ("all", "cold"):
+        for key in ("recall@10", "ndcg@5", "hit@10"):
+            terms = ev.per_user(*tables, mode, key)
+            assert len(terms) == whole[mode]["users"] and terms.mean() == pytest.approx(whole[mode][key], rel=1e-12)
+    with pytest.raises(ValueError, match="warm recall@10 is not evaluated here"):
+        ev.per_user(*tables, "warm", "recall@10")
+
+
+def test_a_run_falls_back_to_the_cosine_only_when_it_leads_by_more_than_noise():
+    c = {"served": 0.20, "model_alone": 0.18, "content": 0.25, "shared_list": 0.05, "users": 60,
+         "content_lead_z": {"served": 1.2, "model_alone": 2.5}, "choosing": {}, "metric": "cold recall@10 on 40 items",
+         "items": 40}
+    assert decide(c, False) == "served"  # below the cosine, by noise: kept
+    assert decide({**c, "content_lead_z": {"served": FALLBACK_Z + 0.01, "model_alone": 3.0}}, False) == "content"
+    assert decide({**c, "served": 0.17}, False) == "content"  # W not taken; the model alone is clearly below
+    v = verdict(c, "served")
+    assert v["below_content"] and not v["confirmed"] and v["judged_content_z"] == 1.2  # still says it is below
+    text = describe_confirmation({**c, **v})
+    assert "no more than noise" in text and "1.20 paired standard errors over 60 users" in text
+    v = verdict({**c, "served": 0.17}, "content")
+    assert v["judged_content_z"] == 2.5  # the ranking weighed before the fallback: the model alone
+    assert "the run's choices are not taken" in describe_confirmation({**c, "served": 0.17, **v})
+    assert decide({k: v for k, v in c.items() if k != "content_lead_z"}, False) == "content"  # recorded before: any loss
+
+
 def served_form(c: dict) -> str:
     """The configured form, unless the other beat it on both halves (slow and obvious)."""
     f = c["forms"]
@@ -154,3 +200,12 @@ def test_a_run_records_choosing_and_held_back_side_by_side(tiny_dataset, tiny_ca
     off = TrainConfig(**{**cfg.to_dict(), "run_dir": str(tmp_path / "off"), "val_confirm": 0.0})
     results = train(off, console=Console(file=open(os.devnull, "w")))
     assert results["confirmation"] == {} and "held-back" not in results["below_content_baseline"]["metric"]
+
+
+def test_the_below_content_warning_says_what_follows():
+    from clcrec.train.flow import below_consequence
+
+    assert "served by the content-only cosine" in below_consequence({"fell_back_to_content": True})
+    kept = below_consequence({"fell_back_to_content": False, "judged_content_z": 0.85, "prior_weight_given": False})
+    assert "no more than noise (0.85 paired standard errors)" in kept and "kept" in kept
+    assert below_consequence({}) == "its cold recommendations are not a result"  # nothing held back

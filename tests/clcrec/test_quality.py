@@ -11,29 +11,38 @@ a margin; `python scripts/derive_bounds.py --write` measures them again and rewr
 
 Measured by scripts/derive_bounds.py:
     on AMD EPYC (2 cores, torch's native capability AVX512), torch 2.13.0+cpu, numba 0.68.1,
-    2026-12-08, commit 5b1f214; seeds [0, 1, 2]; targets ['aten=avx512', 'aten=avx2+numba=generic',
-    'aten=default', 'aten=default+numba=generic']:
-    cold / oracle: worst 0.4049 (seed 2, aten=avx2+numba=generic), bound 0.364 (worst - 10%)
+    2026-12-08, commit 8a70063 with uncommitted changes; seeds [0, 1, 2]; targets ['aten=avx512',
+    'aten=avx512+numba=generic', 'aten=avx2', 'aten=avx2+numba=generic', 'aten=default',
+    'aten=default+numba=generic']:
+    cold / oracle: worst 0.4049 (seed 2, aten=avx512+numba=generic), bound 0.364 (worst - 10%)
       target                          seed 0    seed 1    seed 2
       aten=avx512                     0.6234    0.5497    0.4084
-      aten=avx2+numba=generic         0.6233    0.5497    0.4049
+      aten=avx512+numba=generic       0.6233    0.5514    0.4049
+      aten=avx2                       0.6234    0.5497    0.4084
+      aten=avx2+numba=generic         0.6233    0.5514    0.4049
       aten=default                    0.6177    0.5817    0.4055
-      aten=default+numba=generic      0.5696    0.5497    0.4426
+      aten=default+numba=generic      0.5696    0.5587    0.4426
     cold / content: worst 0.9291 (seed 0, aten=default+numba=generic), bound 0.836 (worst - 10%)
       target                          seed 0    seed 1    seed 2
       aten=avx512                     1.0169    1.0000    0.9538
-      aten=avx2+numba=generic         1.0167    1.0000    0.9456
+      aten=avx512+numba=generic       1.0167    1.0032    0.9456
+      aten=avx2                       1.0169    1.0000    0.9538
+      aten=avx2+numba=generic         1.0167    1.0032    0.9456
       aten=default                    1.0076    1.0582    0.9470
-      aten=default+numba=generic      0.9291    1.0000    1.0338
-    cold / random: worst 1.9520 (seed 2, aten=avx2+numba=generic), bound 1.756 (worst - 10%)
+      aten=default+numba=generic      0.9291    1.0164    1.0338
+    cold / random: worst 1.9520 (seed 2, aten=avx512+numba=generic), bound 1.756 (worst - 10%)
       target                          seed 0    seed 1    seed 2
       aten=avx512                     3.2221    2.3636    1.9689
-      aten=avx2+numba=generic         3.2217    2.3636    1.9520
+      aten=avx512+numba=generic       3.2217    2.3711    1.9520
+      aten=avx2                       3.2221    2.3636    1.9689
+      aten=avx2+numba=generic         3.2217    2.3711    1.9520
       aten=default                    3.1926    2.5011    1.9548
-      aten=default+numba=generic      2.9439    2.3636    2.1340
+      aten=default+numba=generic      2.9439    2.4023    2.1340
     warm / content warm: worst 1.5604 (seed 2, aten=default+numba=generic), bound 1.404 (worst - 10%)
       target                          seed 0    seed 1    seed 2
       aten=avx512                     1.5997    1.7275    1.6043
+      aten=avx512+numba=generic       1.5871    1.9397    1.6202
+      aten=avx2                       1.5997    1.7275    1.6043
       aten=avx2+numba=generic         1.5871    1.9397    1.6202
       aten=default                    1.5797    1.9107    1.5930
       aten=default+numba=generic      1.5959    1.8951    1.5604

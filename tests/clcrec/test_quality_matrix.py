@@ -82,3 +82,12 @@ def test_absent_data_is_skipped_with_the_reason(qm, tmp_path, monkeypatch):
     monkeypatch.setattr(qm, "SHARED", tmp_path / "nowhere")
     path, reason = qm.prepare("citeulike", tmp_path / "data", 10)
     assert path is None and "citeulike-a is absent" in reason
+
+
+def test_a_claim_is_what_a_run_kept_reported_at_least_the_cosine(qm):
+    c = {"served": 0.2, "model_alone": 0.1, "content": 0.15}
+    assert qm.claims_content_level({**c, "decision": "served", "below_content": False})
+    assert not qm.claims_content_level({**c, "decision": "served", "below_content": True})  # kept below, said so
+    assert not qm.claims_content_level({**c, "decision": "content", "below_content": True})  # serves the cosine
+    assert qm.claims_content_level(c) and not qm.claims_content_level({**c, "served": 0.1})  # recorded before
+    assert not qm.claims_content_level({})  # nothing held back: no claim on held-back items

@@ -13,11 +13,14 @@ measures it again and rewrites this block:
 
 Measured by scripts/derive_bounds.py:
     on AMD EPYC (2 cores, torch's native capability AVX512), torch 2.13.0+cpu, numba 0.68.1,
-    2026-12-08, commit 5b1f214; seeds [0, 1, 2]; targets ['aten=avx512', 'aten=avx2+numba=generic',
-    'aten=default', 'aten=default+numba=generic']:
+    2026-12-08, commit 8a70063 with uncommitted changes; seeds [0, 1, 2]; targets ['aten=avx512',
+    'aten=avx512+numba=generic', 'aten=avx2', 'aten=avx2+numba=generic', 'aten=default',
+    'aten=default+numba=generic']:
     with tags / without: worst 2.0990 (seed 0, aten=default+numba=generic), bound 1.889 (worst - 10%)
       target                          seed 0    seed 1    seed 2
       aten=avx512                     2.1327    3.9824    3.7089
+      aten=avx512+numba=generic       2.1741    3.6281    3.6089
+      aten=avx2                       2.1327    3.9824    3.7089
       aten=avx2+numba=generic         2.1741    3.6281    3.6089
       aten=default                    2.2312    4.1275    3.6725
       aten=default+numba=generic      2.0990    3.9212    3.5541

@@ -97,6 +97,27 @@ def test_killed_and_resumed_run_ends_with_the_same_metrics(tiny_dataset, tiny_ca
     assert la == lb
 
 
+def test_sigterm_stops_a_run_with_exit_143_and_a_message_and_it_resumes(tiny_dataset, tiny_cache, tmp_path):
+    # what a scheduler's stop sends: the handler raises where the process is, writers clean up
+    run = tmp_path / "run"
+    proc = run_cli("train", "--dataset", tiny_dataset, "--cache", tiny_cache, "--num-neg", NUM_NEG, "--batch-size", 32,
+                   "--epochs", 4, "--patience", 10, "--l-r", 0.01, "--threads", 1, "--run-dir", run)
+    metrics, last = run / "metrics.jsonl", run / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not last.exists():
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert not (run / "results.json").exists() and last.exists()
+    resumed = run_cli("train", "--resume", run)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert len(metrics.read_text().splitlines()) == 4 and (run / "results.json").exists()
+
+
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_best_checkpoint(tiny_dataset, tiny_cache, tmp_path):
     cfg = config(tiny_dataset, tiny_cache, tmp_path / "run", epochs=2)
     train(cfg, console=quiet())
