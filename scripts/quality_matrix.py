@@ -448,7 +448,8 @@ def run_regime(regime: str, args) -> tuple[dict | None, str]:
     epochs = args.epochs or TrainConfig().epochs
     ds = load_dataset(dataset)
     recs = {(mode, s): train_recorded(dataset, args.out / regime / f"{mode}-s{s}", s, mode, args.epochs)
-            for s in args.seeds for mode in args.modes}
+            for s in args.seeds for mode in args.modes
+            if not args.no_train or (args.out / regime / f"{mode}-s{s}" / "done.json").exists()}
     pop = held_out_popularity(ds.num_items, ds.val, ds.test)
     base: dict[str, list[dict]] = {"content": [], "random": []}
     for s in args.seeds:
@@ -466,8 +467,7 @@ def run_regime(regime: str, args) -> tuple[dict | None, str]:
     rows = {name: summarise(picks) for name, picks in by_row.items()}
     picks_all = by_row
     rows["content"], rows["random"] = summarise(base["content"]), summarise(base["random"])
-    secs = [json.loads((args.out / regime / f"{m}-s{s}" / "done.json").read_text())["seconds"]
-            for s in args.seeds for m in args.modes]
+    secs = [json.loads((args.out / regime / f"{m}-s{s}" / "done.json").read_text())["seconds"] for m, s in recs]
     note = (f"({ds.num_users:,} users x {ds.num_items:,} items, {len(ds.train):,} train pairs, "
             f"{int((ds.item_status != 0).sum()):,} cold items; {epochs} epochs, seeds "
             f"{','.join(map(str, args.seeds))}; {sum(secs):.0f} s of training)")
@@ -487,6 +487,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "quality")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="TrainConfig fields for the honest runs (a pilot of a new default; use another --out)")
+    ap.add_argument("--no-train", action="store_true",
+                    help="tabulate the runs already recorded under --out; train none (a missing run is left out)")
     ap.add_argument("--reconfirm", action="store_true",
                     help="run the end of every recorded honest run again with today's code (no training)")
     args = ap.parse_args()
