@@ -184,3 +184,17 @@ def cli_tokens(command: str) -> list[str]:
             break
         args.append(t)
     return args
+
+
+def run_batch(cases: list[dict], tmp: Path) -> list[dict]:
+    """Real `cli.main()` processes sharing one import (tests/clcrec/cli_batch.py), in order: each
+    case {"argv", "watch"} gives {"code", "out", "err", ...} (cli_batch.py)."""
+    import json
+
+    spec, out = tmp / "cases.json", tmp / "results.json"
+    spec.write_text(json.dumps([{"argv": [str(a) for a in c["argv"]], "watch": [str(w) for w in c.get("watch", [])]}
+                                for c in cases]))
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "clcrec" / "cli_batch.py"), str(spec), str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())

@@ -5,8 +5,6 @@ that trains the same config again; a bad file is one line naming the key, exit 1
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,20 +13,10 @@ from cache.manifest import NegativeConfig
 from clcrec.config import TrainConfig
 from common.errors import UserError
 from common.tomlconfig import read_toml_fields
-from tests.support import NUM_NEG
+from tests.support import NUM_NEG, run_batch
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-def run_batch(cases: list[dict], tmp: Path) -> list[dict]:
-    """Real `cli.main()` processes sharing one import (tests/clcrec/cli_batch.py), in order."""
-    spec, out = tmp / "cases.json", tmp / "results.json"
-    spec.write_text(json.dumps([{"argv": [str(a) for a in c["argv"]], "watch": [str(w) for w in c.get("watch", [])]}
-                                for c in cases]))
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("cli_batch.py")), str(spec), str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())
 
 
 def test_fields_are_typed_by_the_dataclass(tmp_path):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+
+from tests.support import run_batch
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = "space war love story robot city night dark river king queen ghost music dream fire".split()
@@ -43,15 +43,6 @@ def write_tables(root: Path) -> None:
         f"101,{rows[1]['title']},{rows[1]['blurb']}", "101,,"))
     (root / "items_latin1.csv").write_bytes((root / "items.csv").read_bytes() + "999,Café,x,Drama,\n".encode("latin-1"))
 
-
-def run_batch(cases: list[dict], tmp: Path) -> list[dict]:
-    spec, out = tmp / "cases.json", tmp / "results.json"
-    spec.write_text(json.dumps([{"argv": [str(a) for a in c["argv"]], "watch": [str(w) for w in c.get("watch", [])]}
-                                for c in cases]))
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("cli_batch.py")), str(spec), str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())
 
 
 @pytest.fixture(scope="module")
