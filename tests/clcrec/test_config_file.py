@@ -15,7 +15,6 @@ from common.errors import UserError
 from common.tomlconfig import read_toml_fields
 from tests.support import NUM_NEG, run_batch
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 

@@ -16,7 +16,6 @@ import pytest
 
 from tests.support import run_batch
 
-REPO = Path(__file__).resolve().parents[2]
 WORDS = "space war love story robot city night dark river king queen ghost music dream fire".split()
 GENRES = "Action Comedy Drama Horror SciFi".split()
 ROLES = ["--text", "title", "--text", "blurb", "--categories", "genres", "--numeric", "year"]
