@@ -5,7 +5,6 @@ that trains the same config again; a bad file is one line naming the key, exit 1
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
