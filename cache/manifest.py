@@ -7,6 +7,8 @@ Layout of CACHE/ (one dataset and one sampling config per cache directory):
     manifest.json            the source of truth: dataset path + fingerprint, NegativeConfig,
                              item dtype, and per published generation its row/chunk counts,
                              bytes, creation time and crc32c of every chunk's users/pos/neg
+    .clcrec-output.json      the provenance marker of kind "cache" (common/provenance.py), written
+                             with the first manifest; caches built before markers lack it
     writer.lock              flock'ed exclusively by the one writer (build, refresh, publish,
                              prune); holds the writer's pid and command for error messages
     leases/gen-NNNNNN.lock   flock'ed shared by every reader of generation N, exclusively by

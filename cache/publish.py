@@ -33,7 +33,7 @@ from cache.manifest import (
 )
 from cache.write import GenerationSource, dir_bytes
 from common.errors import CacheError
-from common.fsutil import TMP_PREFIX, atomic_write_json, fsync_dir, fsync_tree
+from common.fsutil import TMP_PREFIX, atomic_write_json, fsync_dir, fsync_tree, write_marker
 from common.lock import FileLock
 from pipeline.dataset import read_fingerprint
 
@@ -96,6 +96,9 @@ def writing(cache_dir: Path, dataset_dir: Path | None, config: NegativeConfig | 
                 manifest = new_manifest(dataset_dir, source.meta, source.num_rows, source.warm.size,
                                         config, source.item_dtype)
                 write_manifest(cache_dir, manifest)
+                # after the manifest: a kill between the two leaves a cache like one written before
+                # markers existed (common/provenance.py), never a marker on a directory without one
+                write_marker(cache_dir, "cache")
         manifest = read_manifest(cache_dir)
         clean_leftovers(cache_dir, manifest)
         yield manifest, source

@@ -20,6 +20,7 @@ from cache.build import (
 from cache.manifest import NegativeConfig
 from cache.store import CacheStore
 from common.errors import CacheError, DatasetChangedError
+from common.fsutil import output_kind
 from pipeline.dataset import WARM, load_dataset, write_dataset
 from tests.support import (
     assert_generation_valid,
@@ -49,6 +50,11 @@ def test_generation_rows_keep_every_invariant(dataset, tmp_path):
     assert_generation_valid(dataset, users, pos, neg, 16)
     m = store.manifest
     assert m["config"]["exclusion"] == "train" and m["config"]["item_dtype"] == "uint16"
+    # the cache proves its provenance: its marker verifies, and a second writer keeps it as it is
+    marker = (cache / ".clcrec-output.json").read_bytes()
+    assert output_kind(cache) == ("cache", "a negative cache (build-negatives)", True)
+    build_next(dataset, cache, 1, CFG, progress=False)
+    assert (cache / ".clcrec-output.json").read_bytes() == marker
     assert len(m["generations"]["0"]["checksums"]["neg"]) == gen.num_chunks
 
 
