@@ -41,7 +41,13 @@ def write_tables(root: Path) -> None:
     (root / "items_empty.csv").write_text((root / "items.csv").read_text().replace(
         f"101,{rows[1]['title']},{rows[1]['blurb']}", "101,,"))
     (root / "items_latin1.csv").write_bytes((root / "items.csv").read_bytes() + "999,Café,x,Drama,\n".encode("latin-1"))
-
+    # LDA-C lines, one per row of items.csv, over a 6-word vocabulary; new.dat has new.csv's rows
+    # (the twin repeats item 100's line; word 5 "zeta" for 9001)
+    bags = [f"2 {a}:{rng.randint(1, 3)} {a + 1}:1" for a in (rng.randrange(5) for _ in rows)]
+    (root / "mult.dat").write_text("\n".join(bags) + "\n")
+    (root / "vocab.dat").write_text("alpha\nbeta\ngamma\ndelta\neps\nzeta\n")
+    (root / "new.dat").write_text(f"1 5:2\n{bags[0]}\n")
+    (root / "short.dat").write_text(f"{bags[0]}\n")
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +61,13 @@ def world(tmp_path_factory):
          "--batch-size", "64"],
         ["embed-items", run, "--items", root / "new.csv", "--out", new],
         ["recommend", run, "--user", "3", "--candidates", "new", "--new-items", new, "--k", "2"],
+        # a bag-of-words modality (LDA-C lines beside the item table), from ingest to embed-items
+        ["ingest", "table", root / "inter.csv", root / "ds_bow", "--items", root / "items.csv", "--text", "title",
+         "--bow", root / "mult.dat", "--bow-vocab", root / "vocab.dat", "--text-dim", "4"],
+        ["train", "--dataset", root / "ds_bow", "--cache", root / "cache_bow", "--run-dir", root / "run_bow",
+         "--epochs", "1", "--num-neg", "8", "--batch-size", "64"],
+        ["embed-items", root / "run_bow", "--items", root / "new.csv", "--bow", root / "new.dat", "--out",
+         root / "new_bow"],
     ]
     bad_ingest = root / "ds_bad"
     bad_new = root / "new_bad"
@@ -77,6 +90,12 @@ def world(tmp_path_factory):
          ["error:", "latin1.csv is not UTF-8 text (line 2"]),
         (["embed-items", run, "--items", root / "new_empty.csv", "--out", bad_new],
          ["error:", "columns ['title', 'blurb'] is empty at row 2 (item 9100)"]),
+        (["embed-items", root / "run_bow", "--items", root / "new.csv", "--out", bad_new],
+         ["error:", "give the new items' lines with --bow FILE (line i: the words of row i of items file"]),
+        (["embed-items", root / "run_bow", "--items", root / "new.csv", "--bow", root / "short.dat", "--out", bad_new],
+         ["error:", "short.dat has 1 line(s) but items file", "new.csv has 2 row(s); line i must hold the words of row i"]),
+        (["embed-items", run, "--items", root / "new.csv", "--bow", root / "new.dat", "--out", bad_new],
+         ["error:", "the run has no bag-of-words modality (its modalities: ['text', 'categories', 'numeric'])"]),
     ]
     cases = [{"argv": a} for a in ok] + [{"argv": a, "watch": [bad_ingest, bad_new, ds, run]} for a, _ in refusals]
     res = run_batch(cases, root)
@@ -101,12 +120,17 @@ def test_one_command_each_from_table_to_new_recommendations(world):
     assert "9001" in world["ok"][3]["out"] and "9100" in world["ok"][3]["out"]
 
 
-def test_an_item_gets_the_same_features_at_ingest_and_at_embed_items(world):
-    row = pl.read_parquet(world["ds"] / "items.parquet")["original_id"].to_list().index(100)
-    ids = pl.read_parquet(world["new"] / "items.parquet")["original_id"].to_list()
-    for m in ("text", "categories", "numeric"):
-        at_ingest = np.load(world["ds"] / "features" / f"{m}.npy")[row]
-        at_embed = np.load(world["new"] / "features" / f"{m}.npy")[ids.index(9100)]
+@pytest.mark.parametrize("ds, new, modalities", [("ds", "new_out", ("text", "categories", "numeric")),
+                                                  ("ds_bow", "new_bow", ("text", "bow"))])
+def test_an_item_gets_the_same_features_at_ingest_and_at_embed_items(world, ds, new, modalities):
+    ds, new = world["root"] / ds, world["root"] / new
+    assert [m["name"] for m in json.loads((ds / "meta.json").read_text())["modalities"]] == list(modalities)
+    row = pl.read_parquet(ds / "items.parquet")["original_id"].to_list().index(100)
+    ids = pl.read_parquet(new / "items.parquet")["original_id"].to_list()
+    assert ids == [9001, 9100]
+    for m in modalities:
+        at_ingest = np.load(ds / "features" / f"{m}.npy")[row]
+        at_embed = np.load(new / "features" / f"{m}.npy")[ids.index(9100)]
         assert at_ingest.tobytes() == at_embed.tobytes(), m
 
 
