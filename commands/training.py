@@ -22,7 +22,7 @@ def train(
     run_dir: Optional[Path] = typer.Option(None, help="Run directory (default runs/<dataset>-<time>)."),
     resume: Optional[Path] = typer.Option(None, help="Continue a killed or finished run from its last checkpoint."),
     scale: str = typer.Option("default", help="Synthetic scale when no --dataset: tiny, default, paper, large."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default 30, synthetic demo 15; with --resume: the run's own)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default 60, synthetic demo 15; with --resume: the run's own)."),
     patience: int = typer.Option(10, help="Epochs without validation improvement before stopping."),
     batch_size: int = typer.Option(256),
     l_r: Optional[float] = typer.Option(None, "--l-r", help="Learning rate (default 0.005; the reference's 0.001 in reproduction mode)."),

@@ -23,7 +23,7 @@ def tune(
     trials: int = typer.Option(20, "--trials", help="Finished trials the study should reach (counting earlier runs)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds after which no new trial starts."),
     cache: Optional[Path] = typer.Option(None, help="Negative cache shared by the trials (default: built as train does)."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs per trial [30]."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs per trial [60]."),
     patience: Optional[int] = typer.Option(None, help="Early-stopping patience per trial [10]."),
     select_mode: Optional[str] = typer.Option(None, help="The validation score: cold (default), warm, all, mean."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda ..."),
