@@ -162,9 +162,8 @@ def read_content(config: IngestConfig) -> tuple[pl.DataFrame, dict[str, np.ndarr
         df = read_items_file(config.items)
         items = select_items(df, config.item_col, roles, where)
         titles = df["title"].cast(pl.String) if "title" in df.columns else None
-        if bag is not None and bag.rows != items.height:
-            raise InputError(f"--bow file {spec.bow} has {bag.rows} line(s) but {where} has {items.height} row(s); "
-                             "line i must hold the words of row i")
+        if bag is not None:
+            bag.check_rows(items.height, where)  # before fitting on it
     else:  # LDA-C alone: line i is item id i (0-based), as the public datasets number them
         where, titles = f"--bow file {spec.bow}", None
         items = pl.DataFrame({"original_id": np.arange(bag.rows, dtype=np.int64)})

@@ -42,9 +42,6 @@ def featurize_items(dataset: Dataset, modalities: dict[str, int], items, bow=Non
             raise InputError("the run's modality 'bow' is built from LDA-C lines: give the new items' lines with "
                              f"--bow FILE (line i: the words of row i of {where})")
         bag = txt.read_ldac(Path(bow), int(fz.state["modalities"]["bow"]["source_words"]))
-        if bag.rows != table.height:
-            raise InputError(f"--bow file {bow} has {bag.rows} line(s) but {where} has {table.height} row(s); "
-                             "line i must hold the words of row i")
     elif bow is not None:
         raise InputError(f"--bow {bow}: the run has no bag-of-words modality (its modalities: {list(modalities)})")
     feats, notes = fz.transform(table, bag, where, only=modalities)

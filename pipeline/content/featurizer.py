@@ -121,9 +121,7 @@ class Featurizer:
                 if bow is None:
                     raise InputError("the run's modality 'bow' is built from LDA-C lines: give them with --bow FILE "
                                      "(one line per row of the item table)")
-                if bow.rows != items.height:
-                    raise InputError(f"the bag-of-words file has {bow.rows} line(s) but {where} has {items.height} "
-                                     "row(s); line i must be row i's words")
+                bow.check_rows(items.height, where)
                 bag, notes["unknown_bow_words"] = txt.remap_bag(bow, self.arrays[f"{name}_lookup.npy"])
             elif m["role"] == "categories":
                 feats[name], notes["unknown_categories"] = _multi_hot(items, m["columns"])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numba
@@ -44,10 +44,17 @@ class Bag:
     indptr: np.ndarray  # (n+1,) int64
     indices: np.ndarray  # (nnz,) int64 word ids
     counts: np.ndarray  # (nnz,) float64, > 0
+    source: str = ""  # where the lines came from, for messages ("--bow file PATH"; read_ldac sets it)
 
     @property
     def rows(self) -> int:
         return len(self.indptr) - 1
+
+    def check_rows(self, n: int, where: str) -> None:
+        """InputError unless the bag has one line per row of the table `where` (n rows)."""
+        if self.rows != n:
+            raise InputError(f"{self.source or 'the bag-of-words file'} has {self.rows} line(s) but {where} has {n} "
+                             "row(s); line i must hold the words of row i")
 
 
 def bag_from_counters(counters: list[dict[int, float]]) -> Bag:
@@ -126,7 +133,7 @@ def read_ldac(path: Path, num_words: int) -> Bag:
         counters.append(c)
     if not counters:
         raise InputError(f"bag-of-words file {path} is empty")
-    return bag_from_counters(counters)
+    return replace(bag_from_counters(counters), source=f"--bow file {path}")
 
 
 def remap_bag(bag: Bag, lookup: np.ndarray) -> tuple[Bag, int]:
